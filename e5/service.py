@@ -1,0 +1,126 @@
+"""One embedding request, from the caller's fields to vectors and scores.
+
+Cog-free: `predict.py` and the CLI both call `EmbeddingService.handle`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .encoder import Encoder, TooLongError
+from .pooling import cosine_scores, l2_normalize
+from .prompts import InputType, UnknownTaskError, format_text, resolve_task
+
+
+class RequestError(ValueError):
+    """A request the service cannot answer; the message names the input and the rule."""
+
+
+@dataclass
+class EmbeddingRequest:
+    """The caller's fields, as the predictor receives them."""
+
+    query: str | None = None
+    passage: str | None = None
+    texts: list[str] | None = None
+    input_type: str = InputType.PASSAGE.value
+    task: str | None = None
+    normalize: bool = False
+    truncate: bool = True
+
+
+@dataclass
+class EmbeddingResponse:
+    """Vectors and scores; fields not asked for stay None."""
+
+    model: str
+    dimensions: int
+    token_count: int
+    truncated: list[str] = field(default_factory=list)
+    query_embedding: list[float] | None = None
+    passage_embedding: list[float] | None = None
+    embeddings: list[list[float]] | None = None
+    score: float | None = None
+    scores: list[float] | None = None
+
+
+def _parse_input_type(value: str) -> InputType:
+    try:
+        return InputType(value)
+    except ValueError:
+        raise RequestError(f"input_type must be 'query' or 'passage', not {value!r}") from None
+
+
+class EmbeddingService:
+    """Answers embedding requests with one loaded `Encoder`."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+
+    def handle(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Embed every text of the request in one pass and assemble the response."""
+        texts = list(request.texts or [])
+        if request.query is None and request.passage is None and not texts:
+            raise RequestError("nothing to embed: give `query`, `passage`, or a non-empty `texts` list")
+        input_type = _parse_input_type(request.input_type)
+        try:
+            task = resolve_task(request.task)
+        except UnknownTaskError as exc:
+            raise RequestError(str(exc)) from None
+
+        style = self.encoder.spec.prompt_style
+        labels: list[str] = []
+        formatted: list[str] = []
+        for label, text, kind in (("query", request.query, InputType.QUERY),
+                                  ("passage", request.passage, InputType.PASSAGE)):
+            if text is not None:
+                labels.append(label)
+                formatted.append(format_text(text, kind, style, task))
+        for i, text in enumerate(texts):
+            labels.append(f"texts[{i}]")
+            formatted.append(format_text(text, input_type, style, task))
+
+        try:
+            tokens = self.encoder.tokenize(formatted, truncate=request.truncate, labels=labels)
+        except TooLongError as exc:
+            raise RequestError(str(exc)) from None
+        raw = self.encoder.embed_ids(tokens.ids)
+        returned = l2_normalize(raw) if request.normalize else raw
+        by_label = {label: i for i, label in enumerate(labels)}
+        first_text = len(labels) - len(texts)
+
+        response = EmbeddingResponse(
+            model=self.encoder.spec.name,
+            dimensions=self.encoder.dimensions,
+            token_count=tokens.token_count,
+            truncated=[label for label, cut in zip(labels, tokens.truncated) if cut],
+        )
+        if "query" in by_label:
+            response.query_embedding = returned[by_label["query"]].tolist()
+        if "passage" in by_label:
+            response.passage_embedding = returned[by_label["passage"]].tolist()
+        if texts:
+            response.embeddings = returned[first_text:].tolist()
+        if "query" in by_label and "passage" in by_label:
+            response.score = _cosine(raw[by_label["query"]], raw[by_label["passage"]])
+        if "query" in by_label and texts:
+            response.scores = cosine_scores(raw[by_label["query"]][None], raw[first_text:])[0].tolist()
+        return response
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(cosine_scores(a[None], b[None])[0, 0])
+
+
+def load_service(model_name: str | None = None) -> EmbeddingService:
+    """Load the checkpoint chosen by `model_name` or `E5_MODEL`, from `E5_WEIGHTS_DIR` or `weights/`."""
+    from .registry import get_spec, selected_model_name
+    from .weights import WeightsNotFoundError, is_present, missing_weights_message, weights_dir_for
+
+    spec = get_spec(model_name or selected_model_name())
+    path = weights_dir_for(spec)
+    if not is_present(path):
+        raise WeightsNotFoundError(missing_weights_message(spec, path))
+    return EmbeddingService(Encoder.load(spec, path))

