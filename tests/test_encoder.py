@@ -1,0 +1,165 @@
+"""The encoder against the model cards' reference code, on tiny checkpoints of every family."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+from e5.encoder import Encoder, TooLongError, WeightsError, check_weights_dir
+from e5.prompts import DEFAULT_TASK, TASK_PRESETS, InputType, format_texts
+from e5.registry import get_spec
+
+QUERIES = ["how much protein should a female eat", "南瓜的家常做法"]
+PASSAGES = [
+    "As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per "
+    "day. But, as you can see from this chart, you'll need to increase that if you're expecting or training.",
+    "1.清炒南瓜丝 原料:嫩南瓜半个 调料:葱、盐、白糖、鸡精",
+]
+
+
+# --- the model cards' reference code, re-implemented -------------------------------------------
+
+def average_pool(last_hidden_states, attention_mask):
+    last_hidden = last_hidden_states.masked_fill(~attention_mask[..., None].bool(), 0.0)
+    return last_hidden.sum(dim=1) / attention_mask.sum(dim=1)[..., None]
+
+
+def last_token_pool(last_hidden_states, attention_mask):
+    left_padding = attention_mask[:, -1].sum() == attention_mask.shape[0]
+    if left_padding:
+        return last_hidden_states[:, -1]
+    sequence_lengths = attention_mask.sum(dim=1) - 1
+    batch_size = last_hidden_states.shape[0]
+    return last_hidden_states[torch.arange(batch_size), sequence_lengths]
+
+
+def get_detailed_instruct(task_description, query):
+    return f"Instruct: {task_description}\nQuery: {query}"
+
+
+@torch.no_grad()
+def reference_embeddings(model_dir, input_texts, mistral):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    if not mistral:
+        batch_dict = tokenizer(input_texts, max_length=512, padding=True, truncation=True, return_tensors="pt")
+        outputs = model(**batch_dict)
+        return average_pool(outputs.last_hidden_state, batch_dict["attention_mask"])
+    max_length = 4096
+    batch_dict = tokenizer(input_texts, max_length=max_length - 1, return_attention_mask=False, padding=False,
+                           truncation=True)
+    batch_dict["input_ids"] = [ids + [tokenizer.eos_token_id] for ids in batch_dict["input_ids"]]
+    batch_dict = tokenizer.pad(batch_dict, padding=True, return_attention_mask=True, return_tensors="pt")
+    outputs = model(**batch_dict)
+    return last_token_pool(outputs.last_hidden_state, batch_dict["attention_mask"])
+
+
+def reference_texts(key):
+    """The texts exactly as the model cards write them."""
+    if key in ("bert", "xlm-roberta"):
+        return [f"query: {q}" for q in QUERIES] + [f"passage: {p}" for p in PASSAGES]
+    return [get_detailed_instruct(DEFAULT_TASK.instruction, q) for q in QUERIES] + PASSAGES
+
+
+def our_embeddings(encoder, batched):
+    style = encoder.spec.prompt_style
+    texts = (format_texts(QUERIES, InputType.QUERY, style, DEFAULT_TASK)
+             + format_texts(PASSAGES, InputType.PASSAGE, style, DEFAULT_TASK))
+    if batched:
+        return encoder.embed(texts)[0]
+    return torch.cat([encoder.embed([t])[0] for t in texts])
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "xlm-roberta-instruct", "mistral"])
+def test_parity_with_the_model_card_reference(key, batched, normalize, encoders, checkpoints):
+    family = key.removesuffix("-instruct")
+    ours = our_embeddings(encoders[key], batched)
+    ref = reference_embeddings(checkpoints[family], reference_texts(key), mistral=family == "mistral")
+    if normalize:
+        ours, ref = F.normalize(ours, p=2, dim=1), F.normalize(ref, p=2, dim=1)
+    diff = (ours - ref).abs().max().item()
+    print(f"parity {key} {'batched' if batched else 'single'} {'normalized' if normalize else 'raw'}: "
+          f"max abs diff {diff:.2e}")
+    assert ours.shape == ref.shape
+    assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "mistral"])
+def test_a_text_in_a_batch_equals_the_text_alone(key, encoders):
+    encoder = encoders[key]
+    texts = ["short", "a somewhat longer text about protein " * 3, "mid length text here", "x " * 60]
+    batched = encoder.embed(texts)[0]
+    alone = torch.cat([encoder.embed([t])[0] for t in texts])
+    assert (batched - alone).abs().max().item() <= 1e-5
+
+
+def test_mistral_appends_eos_exactly_once(encoders):
+    encoder = encoders["mistral"]
+    eos = encoder.tokenizer.eos_token_id
+    plain = encoder.tokenizer("a text", add_special_tokens=True)["input_ids"]
+    assert plain[-1] != eos, "the tiny tokenizer must not add EOS itself (transformers 5 behaviour)"
+    for ids in encoder.tokenize(["a text", "another, longer text", ""]).ids:
+        assert ids[-1] == eos and ids[-2] != eos
+        assert ids.count(eos) == 1
+    assert encoder.tokenize(["a text"]).ids[0] == plain + [eos]
+
+
+def test_eos_is_not_doubled_when_the_tokenizer_adds_it(checkpoints, tmp_path):
+    path = shutil.copytree(checkpoints["mistral"], tmp_path / "mistral-adds-eos")
+    tokenizer_json = json.loads((path / "tokenizer.json").read_text())
+    post = tokenizer_json["post_processor"]
+    post["single"].append({"SpecialToken": {"id": "</s>", "type_id": 0}})
+    post["special_tokens"]["</s>"] = {"id": "</s>", "ids": [2], "tokens": ["</s>"]}
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    encoder = Encoder.load(get_spec("e5-mistral-7b-instruct"), path)
+    eos = encoder.tokenizer.eos_token_id
+    assert encoder.tokenizer("a text")["input_ids"][-1] == eos
+    ids = encoder.tokenize(["a text", "word " * 5000]).ids
+    for row in ids:
+        assert row[-1] == eos and row.count(eos) == 1
+    assert len(ids[1]) == 4096
+
+
+@pytest.mark.parametrize("key,limit", [("bert", 512), ("xlm-roberta", 512), ("mistral", 4096)])
+def test_truncation_cuts_to_the_limit_and_keeps_the_closing_token(key, limit, encoders):
+    encoder = encoders[key]
+    long_text = "protein " * (limit + 100)
+    tokens = encoder.tokenize(["short", long_text])
+    assert tokens.truncated == [False, True]
+    assert len(tokens.ids[1]) == limit < tokens.full_lengths[1]
+    closing = encoder.tokenize(["short"]).ids[0][-1]
+    assert tokens.ids[1][-1] == closing
+    assert encoder.embed([long_text])[0].shape == (1, encoder.dimensions)
+
+
+def test_truncate_false_names_the_input_and_its_token_count(encoders):
+    encoder = encoders["bert"]
+    with pytest.raises(TooLongError) as err:
+        encoder.tokenize(["fine", "protein " * 600], truncate=False, labels=["query", "texts[0]"])
+    full = encoder.tokenize(["protein " * 600]).full_lengths[0]
+    assert str(err.value) == (f"texts[0] has {full} tokens, more than the 512 that e5-small-v2 accepts; "
+                              "shorten it or set truncate=true")
+
+
+def test_instruct_presets_change_the_query_vector(encoders):
+    encoder = encoders["mistral"]
+    style = encoder.spec.prompt_style
+    web = format_texts(["protein"], InputType.QUERY, style, DEFAULT_TASK)
+    sts = format_texts(["protein"], InputType.QUERY, style, TASK_PRESETS["semantic_similarity"])
+    assert not torch.allclose(encoder.embed(web)[0], encoder.embed(sts)[0])
+
+
+def test_weights_must_be_safetensors(tmp_path, checkpoints):
+    with pytest.raises(WeightsError, match="does not exist"):
+        check_weights_dir(tmp_path / "nowhere")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(checkpoints["bert"] / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(WeightsError, match="no .safetensors weights.*pickled pytorch_model.bin.*refused"):
+        Encoder.load(get_spec("e5-small-v2"), pickled)

@@ -1,0 +1,156 @@
+"""End to end through Cog's own HTTP server (coglet) on 127.0.0.1, with a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints, tmp_path_factory):
+    """`python -m e5 serve` (the README's serve command) over the tiny XLM-RoBERTa checkpoint."""
+    port = _free_port()
+    env = dict(os.environ, E5_MODEL="multilingual-e5-small", E5_WEIGHTS_DIR=str(checkpoints["xlm-roberta"]),
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "e5", "serve", "--port", str(port)], cwd=REPO_ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_SECONDS
+    try:
+        while True:
+            try:
+                if requests.get(f"{base}/health-check", timeout=2).json().get("status") == "READY":
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not become READY:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def predict(base: str, payload: dict) -> requests.Response:
+    """POST a prediction, retrying coglet's `409 At capacity`.
+
+    With one slot, coglet frees it just after the answer goes out, so a strictly serial
+    client is sometimes told the server is busy (the throughput issue removes this).
+    """
+    for _ in range(20):
+        r = requests.post(f"{base}/predictions", json={"input": payload}, timeout=60)
+        if r.status_code != 409:
+            return r
+        time.sleep(0.05)
+    return r
+
+
+def assert_ready(base: str) -> None:
+    assert requests.get(f"{base}/health-check", timeout=5).json()["status"] == "READY"
+
+
+def test_query_and_passage(server):
+    r = predict(server, {"query": "how much protein", "passage": "46 grams per day"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "succeeded", body
+    out = body["output"]
+    assert out["model"] == "multilingual-e5-small" and out["dimensions"] == 32
+    assert len(out["query_embedding"]) == len(out["passage_embedding"]) == 32
+    assert -1.0 <= out["score"] <= 1.0
+    assert out["embeddings"] is None and out["scores"] is None and out["truncated"] == []
+    assert body["metrics"]["token_count"] == out["token_count"] > 0
+
+
+def test_a_batch_of_texts_with_a_query(server):
+    texts = ["one text", "two texts here", "三"]
+    out = predict(server, {"texts": texts, "query": "a query", "normalize": True}).json()["output"]
+    assert isinstance(out["embeddings"], list) and len(out["embeddings"]) == 3
+    assert all(isinstance(v, list) and len(v) == 32 and all(isinstance(x, float) for x in v)
+               for v in out["embeddings"])
+    assert len(out["scores"]) == 3
+    assert abs(sum(x * x for x in out["embeddings"][0]) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("payload,field", [
+    ({"query": "only a query"}, "query_embedding"),
+    ({"passage": "only a passage"}, "passage_embedding"),
+    ({"texts": ["as queries"], "input_type": "query"}, "embeddings"),
+    ({"texts": ["similar"], "query": "similar", "task": "semantic_similarity"}, "scores"),
+    ({"query": "q", "task": "Given a recipe title, retrieve recipes"}, "query_embedding"),
+])
+def test_every_input_shape(server, payload, field):
+    body = predict(server, payload).json()
+    assert body["status"] == "succeeded", body
+    assert body["output"][field] is not None
+
+
+def test_same_text_same_vector_whichever_field_carries_it(server):
+    a = predict(server, {"texts": ["query: same"]}).json()["output"]["embeddings"][0]
+    b = predict(server, {"query": "same"}).json()["output"]["query_embedding"]
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+
+
+@pytest.mark.parametrize("payload,loc", [
+    ({"normalize": "yes", "query": "q"}, "normalize"),
+    ({"truncate": "no", "query": "q"}, "truncate"),
+    ({"texts": "not a list"}, "texts"),
+    ({"texts": [1, 2]}, "texts"),
+    ({"query": 5}, "query"),
+    ({"input_type": "document", "texts": ["a"]}, "input_type"),
+])
+def test_wrong_types_get_422_naming_the_field(server, payload, loc):
+    r = predict(server, payload)
+    assert r.status_code == 422, r.text
+    # coglet names list items as "texts/0"
+    assert any(str(part).split("/")[0] == loc for d in r.json()["detail"] for part in d["loc"]), r.text
+    assert_ready(server)
+
+
+@pytest.mark.parametrize("payload,message", [
+    ({}, "nothing to embed: give `query`, `passage`, or a non-empty `texts` list"),
+    ({"texts": []}, "nothing to embed"),
+    ({"query": "q", "task": "websearch"}, "task: unknown preset 'websearch'"),
+    ({"texts": ["protein " * 600], "truncate": False}, "texts[0] has "),
+])
+def test_bad_requests_fail_cleanly_and_the_server_stays_ready(server, payload, message):
+    body = predict(server, payload).json()
+    assert body["status"] == "failed"
+    assert message in body["error"]
+    assert "Traceback" not in body["error"] and "Traceback" not in (body.get("logs") or "")
+    assert_ready(server)
+
+
+def test_truncation_is_reported(server):
+    out = predict(server, {"texts": ["short", "protein " * 600]}).json()["output"]
+    assert out["truncated"] == ["texts[1]"]
+
+
+def test_served_openapi_is_the_schema_from_predict_py(server):
+    from e5.openapi import build_schema
+
+    served = requests.get(f"{server}/openapi.json", timeout=5).json()
+    assert served == json.loads(json.dumps(build_schema()))

@@ -1,0 +1,108 @@
+"""Request handling: which vectors and scores come back, and the errors callers see."""
+
+import math
+
+import pytest
+import torch
+
+from e5.prompts import DEFAULT_TASK, instruct_query
+from e5.service import EmbeddingRequest, EmbeddingService, RequestError, load_service
+from e5.weights import WeightsNotFoundError
+
+
+@pytest.fixture(scope="module")
+def services(encoders):
+    return {key: EmbeddingService(encoder) for key, encoder in encoders.items()}
+
+
+def _norm(v):
+    return math.sqrt(sum(x * x for x in v))
+
+
+def _cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / (_norm(a) * _norm(b))
+
+
+def test_query_and_passage_give_both_vectors_and_a_plain_cosine_score(services):
+    r = services["xlm-roberta"].handle(EmbeddingRequest(query="protein intake", passage="Eat 46 grams a day."))
+    assert r.model == "multilingual-e5-small" and r.dimensions == 32
+    assert len(r.query_embedding) == len(r.passage_embedding) == 32
+    assert r.embeddings is None and r.scores is None
+    assert -1.0 <= r.score <= 1.0
+    assert r.score == pytest.approx(_cos(r.query_embedding, r.passage_embedding), abs=1e-6)
+
+
+def test_normalize_only_scales_vectors_and_never_changes_their_number(services):
+    svc = services["mistral"]
+    texts = ["one", "two", "three"]
+    raw = svc.handle(EmbeddingRequest(query="q", passage="p", texts=texts, normalize=False))
+    unit = svc.handle(EmbeddingRequest(query="q", passage="p", texts=texts, normalize=True))
+    assert len(unit.embeddings) == len(raw.embeddings) == 3
+    assert unit.score == pytest.approx(raw.score, abs=1e-6)
+    assert unit.scores == pytest.approx(raw.scores, abs=1e-6)
+    for vec in unit.embeddings + [unit.query_embedding, unit.passage_embedding]:
+        assert _norm(vec) == pytest.approx(1.0, abs=1e-5)
+    assert any(abs(_norm(v) - 1.0) > 1e-3 for v in raw.embeddings)
+    scaled = torch.tensor(raw.embeddings[0]) / _norm(raw.embeddings[0])
+    assert torch.allclose(scaled, torch.tensor(unit.embeddings[0]), atol=1e-6)
+
+
+def test_a_query_without_a_task_is_embedded_with_the_default_task(services, encoders):
+    r = services["mistral"].handle(EmbeddingRequest(query="how much protein"))
+    expected = encoders["mistral"].embed([instruct_query(DEFAULT_TASK.instruction, "how much protein")])[0][0]
+    assert torch.allclose(torch.tensor(r.query_embedding), expected, atol=1e-6)
+    assert r.passage_embedding is None and r.score is None
+
+
+def test_texts_with_a_query_get_a_score_per_text_in_order(services):
+    svc = services["bert"]
+    texts = ["protein for women", "a pumpkin recipe", "protein for women"]
+    r = svc.handle(EmbeddingRequest(query="how much protein", texts=texts))
+    assert len(r.embeddings) == len(r.scores) == 3
+    assert r.scores[0] == pytest.approx(r.scores[2], abs=1e-6)
+    for vec, score in zip(r.embeddings, r.scores):
+        assert score == pytest.approx(_cos(r.query_embedding, vec), abs=1e-6)
+
+
+def test_input_type_prompts_the_texts(services, encoders):
+    svc = services["bert"]
+    as_query = svc.handle(EmbeddingRequest(texts=["protein"], input_type="query")).embeddings[0]
+    as_passage = svc.handle(EmbeddingRequest(texts=["protein"])).embeddings[0]
+    assert torch.allclose(torch.tensor(as_query), encoders["bert"].embed(["query: protein"])[0][0], atol=1e-6)
+    assert torch.allclose(torch.tensor(as_passage), encoders["bert"].embed(["passage: protein"])[0][0], atol=1e-6)
+
+
+def test_token_count_and_truncated_inputs_are_reported(services):
+    svc = services["bert"]
+    r = svc.handle(EmbeddingRequest(query="short", texts=["fine", "protein " * 700]))
+    assert r.truncated == ["texts[1]"]
+    assert r.token_count > 512
+    assert svc.handle(EmbeddingRequest(query="short")).truncated == []
+
+
+@pytest.mark.parametrize("request_, message", [
+    (EmbeddingRequest(), "nothing to embed: give `query`, `passage`, or a non-empty `texts` list"),
+    (EmbeddingRequest(texts=[]), "nothing to embed"),
+    (EmbeddingRequest(texts=["a"], input_type="document"), "input_type must be 'query' or 'passage'"),
+    (EmbeddingRequest(query="q", task="websearch"), "task: unknown preset 'websearch'"),
+    (EmbeddingRequest(query="protein " * 600, truncate=False), "query has 60[0-9] tokens, more than the 512"),
+])
+def test_bad_requests_fail_with_a_message_naming_the_input(services, request_, message):
+    with pytest.raises(RequestError, match=message):
+        services["bert"].handle(request_)
+
+
+def test_missing_weights_name_every_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr("e5.weights.WEIGHTS_ROOT", tmp_path)
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_service("e5-base-v2")
+    message = str(err.value)
+    assert "python -m e5 fetch e5-base-v2" in message and "E5_WEIGHTS_DIR" in message and "--demo" in message
+
+
+def test_e5_weights_dir_loads_any_local_directory(monkeypatch, checkpoints):
+    monkeypatch.setenv("E5_WEIGHTS_DIR", str(checkpoints["xlm-roberta"]))
+    monkeypatch.setenv("E5_MODEL", "multilingual-e5-large-instruct")
+    svc = load_service()
+    assert svc.encoder.spec.name == "multilingual-e5-large-instruct"
+    assert svc.handle(EmbeddingRequest(passage="x")).dimensions == 32
