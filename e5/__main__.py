@@ -91,8 +91,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # coglet starts its worker as `python` from PATH: make that this interpreter.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     })
-    if args.concurrency:
-        env["COG_MAX_CONCURRENCY"] = str(args.concurrency)
     os.chdir(REPO_ROOT)
     print(f"e5: serving {spec.name} on http://{args.host}:{args.port} (POST /predictions)", file=sys.stderr)
     os.execvpe(sys.executable, [sys.executable, "-m", "cog.server.http", "--host", args.host], env)
@@ -132,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo", action="store_true", help=f"serve {DEMO_MODEL}, the offline demo")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--concurrency", type=int, default=0, help="COG_MAX_CONCURRENCY for coglet")
     p.set_defaults(run=_cmd_serve)
 
     args = parser.parse_args(argv)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .registry import ModelSpec
 
-WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
+# `E5_WEIGHTS_ROOT` moves the whole folder (a mounted volume, or an empty one in tests).
+WEIGHTS_ROOT = Path(os.environ.get("E5_WEIGHTS_ROOT") or Path(__file__).resolve().parent.parent / "weights")
 
 # Only what inference needs: never pickled *.bin, never ONNX/OpenVINO exports.
 INFERENCE_FILES = [

@@ -1,0 +1,39 @@
+"""cog.yaml, the pins and CI agree with each other."""
+
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_cog_yaml_builds_a_gpu_image_from_the_pinned_runtime_requirements():
+    text = (REPO_ROOT / "cog.yaml").read_text()
+    assert "gpu: true" in text
+    assert "python_requirements: e5/requirements.txt" in text
+    assert 'predict: "predict.py:Predictor"' in text
+
+
+def test_every_runtime_requirement_is_pinned_and_torch_is_2_13():
+    pins = _lines(REPO_ROOT / "e5" / "requirements.txt")
+    assert all("==" in pin for pin in pins)
+    assert "torch==2.13.0" in pins
+
+
+def test_tests_install_the_runtime_pins_and_ci_runs_the_readme_command():
+    assert "-r ../e5/requirements.txt" in _lines(REPO_ROOT / "tests" / "requirements.txt")
+    assert "bash tests/run" in (REPO_ROOT / ".ci" / "run").read_text()
+    assert "bash tests/run" in (REPO_ROOT / "README.md").read_text()
+
+
+def test_the_readme_lists_every_checkpoint_and_task_preset():
+    from e5.prompts import TASK_PRESETS
+    from e5.registry import MODELS
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name in MODELS:
+        assert f"`{name}`" in readme
+    for preset in TASK_PRESETS.values():
+        assert f"| `{preset.name}` | {preset.instruction} |" in readme
