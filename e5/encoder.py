@@ -105,6 +105,7 @@ class Encoder:
             padding=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,  # the first pass is untruncated on purpose; its length warning would mislead
         )["input_ids"]
         if self._append_eos:
             encoded = [row + [self.tokenizer.eos_token_id] for row in encoded]
