@@ -64,11 +64,11 @@ class Encoder:
         self.max_tokens = spec.max_tokens
         eos = tokenizer.eos_token_id
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+        if spec.append_eos and eos is None:
+            raise WeightsError(f"{spec.name} needs an EOS token but the tokenizer defines none")
         # Transformers 5 tokenizers no longer append EOS for e5-mistral; learn once
         # whether this one does, so EOS ends up there exactly once either way.
         self._append_eos = spec.append_eos and not self._tokenizer_adds_eos()
-        if spec.append_eos and eos is None:
-            raise WeightsError(f"{spec.name} needs an EOS token but the tokenizer defines none")
         if self.dimensions != spec.dimensions:
             log.warning("%s: weights have %d dimensions, the registry says %d",
                         spec.name, self.dimensions, spec.dimensions)

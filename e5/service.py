@@ -12,6 +12,8 @@ import torch
 from .encoder import Encoder, TooLongError
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
+from .registry import get_spec, selected_model_name
+from .weights import WeightsNotFoundError, is_present, missing_weights_message, weights_dir_for
 
 
 class RequestError(ValueError):
@@ -116,9 +118,6 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def load_service(model_name: str | None = None) -> EmbeddingService:
     """Load the checkpoint chosen by `model_name` or `E5_MODEL`, from `E5_WEIGHTS_DIR` or `weights/`."""
-    from .registry import get_spec, selected_model_name
-    from .weights import WeightsNotFoundError, is_present, missing_weights_message, weights_dir_for
-
     spec = get_spec(model_name or selected_model_name())
     path = weights_dir_for(spec)
     if not is_present(path):
