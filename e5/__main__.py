@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .registry import DEMO_MODEL, MODELS, get_spec, selected_model_name
-from .weights import DownloadError, fetch, is_present, weights_dir_for
+from .encoder import WeightsError
+from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec, selected_model_name
+from .weights import DownloadError, WeightsNotFoundError, fetch, is_present, weights_dir_for
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -133,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_cmd_serve)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (WeightsNotFoundError, WeightsError, UnknownModelError) as exc:
+        print(f"e5: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

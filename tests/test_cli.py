@@ -50,3 +50,11 @@ def test_list_shows_every_checkpoint():
 
 def test_schema_check_passes_on_the_committed_schema():
     assert run_cli("schema", "--check").returncode == 0
+
+
+def test_embed_without_weights_names_the_fixes_in_one_line(tmp_path):
+    done = run_cli("embed", "--model", "e5-large-v2", "--query", "q", E5_WEIGHTS_ROOT=str(tmp_path))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("e5: weights for e5-large-v2 are not in ") and "python -m e5 fetch e5-large-v2" in line

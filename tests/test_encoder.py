@@ -41,8 +41,10 @@ def get_detailed_instruct(task_description, query):
 
 
 @torch.no_grad()
-def reference_embeddings(model_dir, input_texts, mistral):
+def reference_embeddings(model_dir, input_texts, mistral, padding_side=None):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if padding_side:
+        tokenizer.padding_side = padding_side
     model = AutoModel.from_pretrained(model_dir).eval()
     if not mistral:
         batch_dict = tokenizer(input_texts, max_length=512, padding=True, truncation=True, return_tensors="pt")
@@ -86,6 +88,16 @@ def test_parity_with_the_model_card_reference(key, batched, normalize, encoders,
     print(f"parity {key} {'batched' if batched else 'single'} {'normalized' if normalize else 'raw'}: "
           f"max abs diff {diff:.2e}")
     assert ours.shape == ref.shape
+    assert diff <= 1e-5
+
+
+def test_mistral_parity_with_a_left_padded_reference(encoders, checkpoints):
+    # The model card's last_token_pool has a left-padding branch; exercise it too.
+    ours = our_embeddings(encoders["mistral"], batched=True)
+    ref = reference_embeddings(checkpoints["mistral"], reference_texts("mistral"), mistral=True,
+                               padding_side="left")
+    diff = (ours - ref).abs().max().item()
+    print(f"parity mistral batched raw, left-padded reference: max abs diff {diff:.2e}")
     assert diff <= 1e-5
 
 
