@@ -26,13 +26,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    spec = get_spec(args.model)
-    try:
-        path = fetch(spec, Path(args.dest) if args.dest else None, args.revision)
-    except DownloadError as exc:
-        print(f"e5: {exc}", file=sys.stderr)
-        return 2
-    print(path)
+    print(fetch(get_spec(args.model), Path(args.dest) if args.dest else None, args.revision))
     return 0
 
 
@@ -78,11 +72,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"e5: E5_WEIGHTS_DIR={path} holds no config.json with safetensors weights", file=sys.stderr)
             return 2
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
-        try:
-            fetch(spec)
-        except DownloadError as exc:
-            print(f"e5: {exc}", file=sys.stderr)
-            return 2
+        fetch(spec)
     write_schema()
     env = dict(os.environ)
     env.update({
@@ -136,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (WeightsNotFoundError, WeightsError, UnknownModelError) as exc:
+    except (DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError) as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
 
