@@ -9,13 +9,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from .batching import default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
 from .pooling import pool
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BATCH_SIZE = 32
 
 
 class WeightsError(RuntimeError):
@@ -62,6 +61,7 @@ class Encoder:
         self.placement = placement
         self.dimensions = int(model.config.hidden_size)
         self.max_tokens = spec.max_tokens
+        self.token_budget = default_token_budget(placement.device.type)
         eos = tokenizer.eos_token_id
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
         if spec.append_eos and eos is None:
@@ -130,15 +130,13 @@ class Encoder:
         return Tokenized(ids, full_lengths, [n > self.max_tokens for n in full_lengths])
 
     @torch.inference_mode()
-    def embed_ids(self, ids: list[list[int]], batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+    def embed_ids(self, ids: list[list[int]], token_budget: int | None = None) -> torch.Tensor:
         """Pooled float32 vectors (not normalised) for token id lists, in the given order."""
         out = torch.empty((len(ids), self.dimensions), dtype=torch.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            input_ids, mask = self._pad([ids[i] for i in chunk])
+        for batch in token_budget_batches([len(row) for row in ids], token_budget or self.token_budget):
+            input_ids, mask = self._pad([ids[i] for i in batch])
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            out[chunk] = pool(hidden, mask, self.spec.pooling).cpu()
+            out[batch] = pool(hidden, mask, self.spec.pooling).cpu()
         return out
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

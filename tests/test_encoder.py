@@ -110,6 +110,18 @@ def test_a_text_in_a_batch_equals_the_text_alone(key, encoders):
     assert (batched - alone).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("key", ["bert", "mistral"])
+def test_any_token_budget_gives_the_same_vectors_in_the_callers_order(key, encoders):
+    encoder = encoders[key]
+    texts = [("protein " * n).strip() for n in (40, 3, 25, 1, 60, 8, 12)]
+    ids = encoder.tokenize(texts).ids
+    one_batch = encoder.embed_ids(ids, token_budget=100_000)
+    many_batches = encoder.embed_ids(ids, token_budget=64)
+    assert (one_batch - many_batches).abs().max().item() <= 1e-5
+    alone = torch.cat([encoder.embed_ids([row]) for row in ids])
+    assert (one_batch - alone).abs().max().item() <= 1e-5
+
+
 def test_mistral_appends_eos_exactly_once(encoders):
     encoder = encoders["mistral"]
     eos = encoder.tokenizer.eos_token_id
