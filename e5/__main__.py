@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from .encoder import WeightsError
+from .openapi import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
 from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec, selected_model_name
-from .weights import DownloadError, WeightsNotFoundError, fetch, is_present, weights_dir_for
+from .service import EmbeddingRequest, RequestError, load_service
+from .weights import DownloadError, WeightsError, WeightsNotFoundError, fetch, is_present, weights_dir_for
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -31,23 +32,15 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .service import EmbeddingRequest, RequestError, load_service
-
     service = load_service(args.model)
     request = EmbeddingRequest(args.query, args.passage, args.text or None, args.input_type, args.task,
                                args.normalize, not args.no_truncate)
-    try:
-        response = service.handle(request)
-    except RequestError as exc:
-        print(f"e5: {exc}", file=sys.stderr)
-        return 2
+    response = service.handle(request)
     print(json.dumps(vars(response), ensure_ascii=False))
     return 0
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from .openapi import SCHEMA_PATH, build_schema, write_schema
-
     if args.check:
         current = json.loads(SCHEMA_PATH.read_text()) if SCHEMA_PATH.exists() else None
         if current != build_schema():
@@ -59,8 +52,6 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .openapi import PREDICTOR_REF, REPO_ROOT, write_schema
-
     name = DEMO_MODEL if args.demo else (args.model or selected_model_name())
     spec = get_spec(name)
     if spec.demo:
@@ -126,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError) as exc:
+    except (RequestError, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError) as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
 

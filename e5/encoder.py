@@ -13,12 +13,9 @@ from .batching import default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
 from .pooling import pool
 from .registry import ModelSpec
+from .weights import WeightsError
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(RuntimeError):
-    """A weights directory that cannot be loaded as required (missing, pickled, ...)."""
 
 
 class TooLongError(ValueError):

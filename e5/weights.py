@@ -32,6 +32,10 @@ class WeightsNotFoundError(FileNotFoundError):
     """The chosen checkpoint is not on disk."""
 
 
+class WeightsError(RuntimeError):
+    """A weights directory that cannot be loaded as required (missing, pickled, ...)."""
+
+
 class DownloadError(RuntimeError):
     """The hub could not be reached or refused the download."""
 
