@@ -27,9 +27,11 @@ _PRESETS = ", ".join(TASK_PRESETS)
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        self.service = load_service()
+        self.service = load_service(batching=True)
 
-    def run(
+    # Async so that coglet runs up to `concurrency.max` predictions at once (cog.yaml);
+    # the service's batching engine gathers their texts into shared forward passes.
+    async def run(
         self,
         query: Optional[str] = Input(
             default=None,
@@ -66,7 +68,7 @@ class Predictor(BaseRunner):
             "error that names it and its token count.",
         ),
     ) -> Output:
-        response = self.service.handle(
+        response = await self.service.handle_async(
             EmbeddingRequest(query, passage, texts, input_type, task, normalize, truncate)
         )
         self.record_metric("token_count", response.token_count)

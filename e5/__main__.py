@@ -70,6 +70,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "E5_MODEL": spec.name,
         "COG_PREDICT_TYPE_STUB": PREDICTOR_REF,
         "PORT": str(args.port),
+        # A built image sets this from cog.yaml's concurrency.max; do the same here.
+        "COG_MAX_CONCURRENCY": env.get("COG_MAX_CONCURRENCY") or str(cog_max_concurrency()),
         # coglet starts its worker as `python` from PATH: make that this interpreter.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     })
@@ -77,6 +79,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"e5: serving {spec.name} on http://{args.host}:{args.port} (POST /predictions)", file=sys.stderr)
     os.execvpe(sys.executable, [sys.executable, "-m", "cog.server.http", "--host", args.host], env)
     return 0  # not reached
+
+
+def cog_max_concurrency(config: Path = REPO_ROOT / "cog.yaml") -> int:
+    """`concurrency.max` from cog.yaml (1 when absent), as `cog build` bakes it into the image."""
+    import yaml  # PyYAML comes with cog, which serving needs anyway
+
+    settings = yaml.safe_load(config.read_text()) or {}
+    return int((settings.get("concurrency") or {}).get("max", 1))
 
 
 def main(argv: list[str] | None = None) -> int:

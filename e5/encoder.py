@@ -18,6 +18,13 @@ from .weights import WeightsError
 log = logging.getLogger(__name__)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA's out-of-memory error and for the CPU allocator's equivalent."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
 class TooLongError(ValueError):
     """An input over the model's token limit when truncation is off."""
 
@@ -128,13 +135,36 @@ class Encoder:
 
     @torch.inference_mode()
     def embed_ids(self, ids: list[list[int]], token_budget: int | None = None) -> torch.Tensor:
-        """Pooled float32 vectors (not normalised) for token id lists, in the given order."""
-        out = torch.empty((len(ids), self.dimensions), dtype=torch.float32)
+        """Pooled float32 vectors (not normalised) for token id lists, in the given order, on the CPU."""
+        if not ids:
+            return torch.empty((0, self.dimensions), dtype=torch.float32)
+        order: list[int] = []
+        pooled: list[torch.Tensor] = []
         for batch in token_budget_batches([len(row) for row in ids], token_budget or self.token_budget):
+            for rows, vectors in self._forward_splitting(batch, ids):
+                order.extend(rows)
+                pooled.append(vectors)
+        # Results stay on the device until every batch is queued: one copy back, no sync per batch.
+        gathered = torch.cat(pooled).cpu()
+        out = torch.empty_like(gathered)
+        out[torch.tensor(order)] = gathered
+        return out
+
+    def _forward_splitting(self, batch: list[int], ids: list[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
+        """Pool one batch; when the device runs out of memory, halve the batch and retry each half."""
+        try:
             input_ids, mask = self._pad([ids[i] for i in batch])
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            out[batch] = pool(hidden, mask, self.spec.pooling).cpu()
-        return out
+            return [(batch, pool(hidden, mask, self.spec.pooling))]
+        except Exception as exc:
+            if not is_out_of_memory(exc) or len(batch) == 1:
+                raise
+        hidden = input_ids = mask = None  # drop references so the allocator can reuse that memory
+        if self.placement.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        log.warning("out of memory on a batch of %d texts; retrying as %d + %d", len(batch), half, len(batch) - half)
+        return self._forward_splitting(batch[:half], ids) + self._forward_splitting(batch[half:], ids)
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         # Right padding keeps every text at the positions it has when embedded alone.
@@ -145,7 +175,10 @@ class Encoder:
             input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[r, : len(row)] = 1
         device = self.placement.device
-        return input_ids.to(device), mask.to(device)
+        if device.type == "cuda":
+            # Pinned host memory lets the copy run asynchronously with the previous batch.
+            return input_ids.pin_memory().to(device, non_blocking=True), mask.pin_memory().to(device, non_blocking=True)
+        return input_ids, mask
 
     def embed(self, texts: list[str], truncate: bool = True) -> tuple[torch.Tensor, Tokenized]:
         """Embed already-formatted texts; returns float32 vectors and the tokenisation."""

@@ -5,11 +5,13 @@ Cog-free: `predict.py` and the CLI both call `EmbeddingService.handle`.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import torch
 
-from .encoder import Encoder, TooLongError
+from .encoder import Encoder, Tokenized, TooLongError
+from .engine import BatchingEngine
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import get_spec, selected_model_name
@@ -55,14 +57,39 @@ def _parse_input_type(value: str) -> InputType:
         raise RequestError(f"input_type must be 'query' or 'passage', not {value!r}") from None
 
 
-class EmbeddingService:
-    """Answers embedding requests with one loaded `Encoder`."""
+@dataclass
+class PreparedRequest:
+    """A validated request: one label and one tokenised, prompted text per vector to compute."""
 
-    def __init__(self, encoder: Encoder):
+    labels: list[str]
+    tokens: Tokenized
+    text_count: int
+    normalize: bool
+
+
+class EmbeddingService:
+    """Answers embedding requests with one loaded `Encoder`, directly or through a `BatchingEngine`."""
+
+    def __init__(self, encoder: Encoder, engine: BatchingEngine | None = None):
         self.encoder = encoder
+        self.engine = engine
 
     def handle(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        """Embed every text of the request in one pass and assemble the response."""
+        """Embed every text of the request in one pass on the calling thread."""
+        prepared = self.prepare(request)
+        return self.respond(prepared, self.encoder.embed_ids(prepared.tokens.ids))
+
+    async def handle_async(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        """Like `handle`, but the forward passes are shared with concurrent requests."""
+        if self.engine is None:
+            self.engine = BatchingEngine(self.encoder)
+        with self.engine.arriving():
+            prepared = await asyncio.to_thread(self.prepare, request)
+            future = self.engine.submit(prepared.tokens.ids)
+        return self.respond(prepared, await asyncio.wrap_future(future))
+
+    def prepare(self, request: EmbeddingRequest) -> PreparedRequest:
+        """Check the request, prompt its texts and tokenise them; `RequestError` names what is wrong."""
         texts = list(request.texts or [])
         if request.query is None and request.passage is None and not texts:
             raise RequestError("nothing to embed: give `query`, `passage`, or a non-empty `texts` list")
@@ -88,27 +115,29 @@ class EmbeddingService:
             tokens = self.encoder.tokenize(formatted, truncate=request.truncate, labels=labels)
         except TooLongError as exc:
             raise RequestError(str(exc)) from None
-        raw = self.encoder.embed_ids(tokens.ids)
-        returned = l2_normalize(raw) if request.normalize else raw
-        by_label = {label: i for i, label in enumerate(labels)}
-        first_text = len(labels) - len(texts)
+        return PreparedRequest(labels, tokens, len(texts), request.normalize)
 
+    def respond(self, prepared: PreparedRequest, raw: torch.Tensor) -> EmbeddingResponse:
+        """Assemble vectors (normalised if asked) and cosine scores of the raw vectors."""
+        labels, texts_at = prepared.labels, len(prepared.labels) - prepared.text_count
+        returned = l2_normalize(raw) if prepared.normalize else raw
+        by_label = {label: i for i, label in enumerate(labels)}
         response = EmbeddingResponse(
             model=self.encoder.spec.name,
             dimensions=self.encoder.dimensions,
-            token_count=tokens.token_count,
-            truncated=[label for label, cut in zip(labels, tokens.truncated) if cut],
+            token_count=prepared.tokens.token_count,
+            truncated=[label for label, cut in zip(labels, prepared.tokens.truncated) if cut],
         )
         if "query" in by_label:
             response.query_embedding = returned[by_label["query"]].tolist()
         if "passage" in by_label:
             response.passage_embedding = returned[by_label["passage"]].tolist()
-        if texts:
-            response.embeddings = returned[first_text:].tolist()
+        if prepared.text_count:
+            response.embeddings = returned[texts_at:].tolist()
         if "query" in by_label and "passage" in by_label:
             response.score = _cosine(raw[by_label["query"]], raw[by_label["passage"]])
-        if "query" in by_label and texts:
-            response.scores = cosine_scores(raw[by_label["query"]][None], raw[first_text:])[0].tolist()
+        if "query" in by_label and prepared.text_count:
+            response.scores = cosine_scores(raw[by_label["query"]][None], raw[texts_at:])[0].tolist()
         return response
 
 
@@ -116,10 +145,14 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(cosine_scores(a[None], b[None])[0, 0])
 
 
-def load_service(model_name: str | None = None) -> EmbeddingService:
-    """Load the checkpoint chosen by `model_name` or `E5_MODEL`, from `E5_WEIGHTS_DIR` or `weights/`."""
+def load_service(model_name: str | None = None, batching: bool = False) -> EmbeddingService:
+    """Load the checkpoint chosen by `model_name` or `E5_MODEL`, from `E5_WEIGHTS_DIR` or `weights/`.
+
+    With `batching`, the service starts its `BatchingEngine` now rather than on the first `handle_async`.
+    """
     spec = get_spec(model_name or selected_model_name())
     path = weights_dir_for(spec)
     if not is_present(path):
         raise WeightsNotFoundError(missing_weights_message(spec, path))
-    return EmbeddingService(Encoder.load(spec, path))
+    encoder = Encoder.load(spec, path)
+    return EmbeddingService(encoder, BatchingEngine(encoder) if batching else None)

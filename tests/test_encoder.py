@@ -187,3 +187,48 @@ def test_weights_must_be_safetensors(tmp_path, checkpoints):
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(WeightsError, match="no .safetensors weights.*pickled pytorch_model.bin.*refused"):
         Encoder.load(get_spec("e5-small-v2"), pickled)
+
+
+class _OutOfMemoryAbove:
+    """Stands in for a model on a small GPU: batches of more than `max_rows` texts raise CUDA's OOM."""
+
+    def __init__(self, model, max_rows: int):
+        self.model, self.max_rows, self.rows_seen = model, max_rows, []
+
+    def __call__(self, input_ids, attention_mask):
+        self.rows_seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > self.max_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(encoders, monkeypatch):
+    enc = encoders["bert"]
+    texts = [f"passage: the fox number {i} " + "eat " * (i % 5) for i in range(11)]
+    expected = enc.embed(texts)[0]
+    faulty = _OutOfMemoryAbove(enc.model, max_rows=3)
+    monkeypatch.setattr(enc, "model", faulty)
+    got = enc.embed(texts)[0]
+    assert faulty.rows_seen == [11, 5, 2, 3, 6, 3, 3]  # halved until each part fits
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_out_of_memory_on_a_single_text_is_raised(encoders, monkeypatch):
+    enc = encoders["bert"]
+    monkeypatch.setattr(enc, "model", _OutOfMemoryAbove(enc.model, max_rows=0))
+    with pytest.raises(torch.OutOfMemoryError):
+        enc.embed(["passage: a", "passage: b"])
+
+
+def test_other_errors_are_not_retried(encoders, monkeypatch):
+    enc = encoders["bert"]
+    calls = []
+
+    def broken(input_ids, attention_mask):
+        calls.append(input_ids.shape[0])
+        raise ValueError("not a memory problem")
+
+    monkeypatch.setattr(enc, "model", broken)
+    with pytest.raises(ValueError, match="not a memory problem"):
+        enc.embed(["passage: a", "passage: b", "passage: c"])
+    assert calls == [3]

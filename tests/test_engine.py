@@ -1,0 +1,200 @@
+"""Dynamic batching: shared passes, per-request results, isolation, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from e5.engine import BatchingEngine
+from e5.service import EmbeddingRequest, EmbeddingService, RequestError
+
+POISON = "fox"  # a whole word in the tiny BERT vocabulary
+
+
+class GatedEncoder:
+    """Wraps a real encoder: the first pass waits for `gate`, every pass is recorded, poison fails."""
+
+    def __init__(self, encoder, poison_id: int | None = None):
+        self.encoder = encoder
+        self.token_budget = encoder.token_budget
+        self.gate = threading.Event()
+        self.passes: list[int] = []  # rows per call
+        self.poison_id = poison_id
+
+    def embed_ids(self, ids):
+        self.passes.append(len(ids))
+        if len(self.passes) == 1:
+            assert self.gate.wait(10), "test never opened the gate"
+        if self.poison_id is not None and any(self.poison_id in row for row in ids):
+            raise RuntimeError("injected fault")
+        return self.encoder.embed_ids(ids)
+
+
+@pytest.fixture()
+def bert(encoders):
+    return encoders["bert"]
+
+
+def _ids(encoder, texts):
+    return encoder.tokenize(texts).ids
+
+
+def _wait_for(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_requests_that_arrive_while_a_pass_runs_share_the_next_pass(bert):
+    gated = GatedEncoder(bert)
+    engine = BatchingEngine(gated, max_wait_ms=0)
+    texts = [f"passage: text number {i} " + "word " * i for i in range(12)]
+    first = engine.submit(_ids(bert, ["passage: the first one"]))
+    _wait_for(lambda: gated.passes)  # the worker is now inside the first pass
+    futures = [engine.submit(_ids(bert, [t])) for t in texts]
+    gated.gate.set()
+    results = [f.result(10) for f in futures]
+    first.result(10)
+    engine.close()
+    assert gated.passes == [1, len(texts)]
+    for text, got in zip(texts, results):
+        alone = bert.embed([text])[0]
+        assert got.shape == alone.shape
+        assert (got - alone).abs().max().item() <= 1e-5
+
+
+def test_with_dynamic_batching_off_each_pass_serves_one_request(bert):
+    gated = GatedEncoder(bert)
+    engine = BatchingEngine(gated, dynamic=False)
+    first = engine.submit(_ids(bert, ["passage: a"]))
+    _wait_for(lambda: gated.passes)
+    futures = [engine.submit(_ids(bert, [f"passage: {i}", f"passage: {i}!"])) for i in range(4)]
+    gated.gate.set()
+    for f in futures + [first]:
+        f.result(10)
+    engine.close()
+    assert gated.passes == [1, 2, 2, 2, 2]
+
+
+def test_a_failing_request_fails_alone_and_its_neighbours_get_correct_vectors(bert):
+    poison_id = bert.tokenizer.convert_tokens_to_ids(POISON)
+    assert poison_id != bert.tokenizer.unk_token_id, "the tiny vocabulary must hold the poison word"
+    gated = GatedEncoder(bert, poison_id=poison_id)
+    engine = BatchingEngine(gated, max_wait_ms=0)
+    first = engine.submit(_ids(bert, ["passage: warm"]))
+    _wait_for(lambda: gated.passes)
+    good = [engine.submit(_ids(bert, [f"passage: good {i}"])) for i in range(3)]
+    bad = engine.submit(_ids(bert, [f"passage: {POISON}"]))
+    gated.gate.set()
+    first.result(10)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        bad.result(10)
+    for i, f in enumerate(good):
+        alone = bert.embed([f"passage: good {i}"])[0]
+        assert (f.result(10) - alone).abs().max().item() <= 1e-5
+    engine.close()
+    assert gated.passes[1] == 4  # the shared pass was tried first, then one by one
+    assert sorted(gated.passes[2:]) == [1, 1, 1, 1]
+
+
+def test_a_cancelled_request_is_not_computed(bert):
+    gated = GatedEncoder(bert)
+    engine = BatchingEngine(gated, max_wait_ms=0)
+    first = engine.submit(_ids(bert, ["passage: busy"]))
+    _wait_for(lambda: gated.passes)
+    cancelled = engine.submit(_ids(bert, ["passage: never mind", "passage: at all"]))
+    kept = engine.submit(_ids(bert, ["passage: kept"]))
+    assert cancelled.cancel()
+    gated.gate.set()
+    first.result(10)
+    assert kept.result(10).shape == (1, bert.dimensions)
+    engine.close()
+    assert gated.passes == [1, 1]
+
+
+def test_the_worker_waits_for_announced_requests_but_not_beyond_the_bound(bert):
+    gated = GatedEncoder(bert)
+    gated.gate.set()
+    engine = BatchingEngine(gated, max_wait_ms=200)
+    announced = engine.arriving()
+    announced.__enter__()
+    started = time.monotonic()
+    future = engine.submit(_ids(bert, ["passage: early"]))
+    late = None
+
+    def arrive_late():
+        nonlocal late
+        time.sleep(0.05)
+        late = engine.submit(_ids(bert, ["passage: late"]))
+        announced.__exit__(None, None, None)
+
+    threading.Thread(target=arrive_late).start()
+    future.result(10)
+    _wait_for(lambda: late is not None)
+    late.result(10)
+    assert gated.passes == [2]  # the early request waited for the announced one
+
+    # Announced but never submitted: the early request waits no longer than the bound.
+    with engine.arriving():
+        started = time.monotonic()
+        engine.submit(_ids(bert, ["passage: alone"])).result(10)
+        waited = time.monotonic() - started
+    engine.close()
+    assert 0.15 <= waited < 2.0
+
+
+def test_handle_async_equals_handle_for_concurrent_requests(encoders):
+    service = EmbeddingService(encoders["xlm-roberta"])
+    requests = [EmbeddingRequest(query=f"question {i}", passage=f"answer {i} " * (i + 1), normalize=bool(i % 2))
+                for i in range(10)]
+    requests.append(EmbeddingRequest(texts=[f"text {i}" for i in range(7)], input_type="query"))
+
+    async def run_all():
+        return await asyncio.gather(*(service.handle_async(r) for r in requests), return_exceptions=True)
+
+    results = asyncio.run(run_all())
+    for request, got in zip(requests, results):
+        expected = service.handle(request)
+        assert got.token_count == expected.token_count
+        for name in ("query_embedding", "passage_embedding", "embeddings"):
+            a, b = getattr(got, name), getattr(expected, name)
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+        if expected.score is not None:
+            assert got.score == pytest.approx(expected.score, abs=1e-5)
+    service.engine.close()
+
+
+def test_a_bad_request_among_concurrent_ones_fails_alone(encoders):
+    service = EmbeddingService(encoders["bert"])
+    requests = [EmbeddingRequest(texts=["fine"]), EmbeddingRequest(texts=[]),
+                EmbeddingRequest(query="q", task="no-such-preset"), EmbeddingRequest(passage="also fine")]
+
+    async def run_all():
+        return await asyncio.gather(*(service.handle_async(r) for r in requests), return_exceptions=True)
+
+    ok1, empty, unknown, ok2 = asyncio.run(run_all())
+    assert isinstance(empty, RequestError) and "nothing to embed" in str(empty)
+    assert isinstance(unknown, RequestError) and "no-such-preset" in str(unknown)
+    assert len(ok1.embeddings) == 1 and len(ok2.passage_embedding) == service.encoder.dimensions
+    service.engine.close()
+
+
+def test_engine_settings_from_the_environment_are_checked(bert, monkeypatch):
+    monkeypatch.setenv("E5_BATCH_WAIT_MS", "soon")
+    with pytest.raises(ValueError, match="E5_BATCH_WAIT_MS must be a number of milliseconds"):
+        BatchingEngine(bert)
+    monkeypatch.setenv("E5_BATCH_WAIT_MS", "5")
+    monkeypatch.setenv("E5_DYNAMIC_BATCHING", "maybe")
+    with pytest.raises(ValueError, match="E5_DYNAMIC_BATCHING must be on or off"):
+        BatchingEngine(bert)
+    monkeypatch.setenv("E5_DYNAMIC_BATCHING", "off")
+    engine = BatchingEngine(bert)
+    assert engine.max_wait == pytest.approx(0.005) and engine.dynamic is False
+    engine.close()
