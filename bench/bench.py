@@ -77,7 +77,8 @@ def bench_library(args) -> dict:
 
     weights = demo_weights_dir()
     spec = get_spec(DEMO_MODEL)
-    engine = Encoder.load(spec, weights)
+    engine = Encoder.load(spec, weights, quantize="none")
+    int8 = Encoder.load(spec, weights, quantize="int8")
     peer = SentenceTransformer(str(weights), device="cpu")
     texts = mixed_texts(engine.tokenizer, args.texts, 16, 512)
     tokens = engine.tokenize(texts).token_count  # both cut at the model's 256-token limit
@@ -85,10 +86,12 @@ def bench_library(args) -> dict:
     runners = {
         "sentence-transformers encode (fp32)": lambda: peer.encode(texts, batch_size=32, convert_to_tensor=True),
         "e5 engine (fp32)": lambda: engine.embed(texts)[0],
+        "e5 engine E5_QUANTIZE=int8 (ONNX Runtime)": lambda: int8.embed(texts)[0],
     }
     ours = l2_normalize(engine.embed(texts)[0])
     theirs = peer.encode(texts, batch_size=32, convert_to_tensor=True).float()
     cosine = (ours * l2_normalize(theirs)).sum(dim=1)
+    int8_cosine = (l2_normalize(int8.embed(texts)[0]) * ours).sum(dim=1)
     for run in runners.values():  # warm-up
         run()
     seconds: dict[str, list[float]] = {name: [] for name in runners}
@@ -107,9 +110,15 @@ def bench_library(args) -> dict:
     print_table(f"library: real all-MiniLM-L6-v2, {len(texts)} texts of 16-512 tokens ({tokens:,} tokens read, "
                 f"cut at 256), {torch.get_num_threads()} threads, median of {args.rounds}",
                 ["runner", "tok/s", "vs peer", "rounds"], rows)
-    print(f"parity: cosine of engine vs sentence-transformers vectors, min {cosine.min():.7f}")
+    print(f"parity: cosine of engine fp32 vs sentence-transformers vectors, min {cosine.min():.7f}")
+    print(f"int8 accuracy: cosine to engine fp32 on these texts min {int8_cosine.min():.4f}, "
+          f"mean {int8_cosine.mean():.4f}; on the {int8.int8_check.texts} natural probe texts "
+          f"min {int8.int8_check.min_cosine:.4f}, mean {int8.int8_check.mean_cosine:.4f}")
     return {"texts": len(texts), "tokens": tokens, "threads": torch.get_num_threads(), "peer": peer_name,
-            "runners": results, "parity_min_cosine": float(cosine.min())}
+            "runners": results, "parity_min_cosine": float(cosine.min()),
+            "int8_cosine_to_fp32": {"min": float(int8_cosine.min()), "mean": float(int8_cosine.mean()),
+                                    "probe_min": int8.int8_check.min_cosine,
+                                    "probe_mean": int8.int8_check.mean_cosine}}
 
 
 # --- http ----------------------------------------------------------------------------------
@@ -159,6 +168,7 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
 
     latencies: list[float] = []
     tokens = failures = 0
+    reasons: dict[str, int] = {}
     lock = threading.Lock()
     counter = iter(range(requests_total))
 
@@ -174,13 +184,15 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
                 r = session.post(f"{base}/predictions", json={"input": {"texts": [texts[i % len(texts)]]}},
                                  timeout=120)
                 elapsed = time.perf_counter() - started
-                body = r.json() if r.status_code == 200 else {}
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                 with lock:
                     latencies.append(elapsed)
-                    if body.get("status") == "succeeded":
+                    if r.status_code == 200 and body.get("status") == "succeeded":
                         tokens += body["output"]["token_count"]
                     else:
                         failures += 1
+                        reason = f"{r.status_code} {body.get('error') or body.get('detail') or r.text[:200]}"
+                        reasons[reason] = reasons.get(reason, 0) + 1
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -191,14 +203,15 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
     return {"requests_per_second": requests_total / wall, "tokens_per_second": tokens / wall,
             "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p95_ms": 1000 * latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
-            "failures": failures}
+            "failures": failures, "failure_reasons": reasons}
 
 
 def bench_http(args) -> dict:
     from e5.service import EmbeddingRequest, load_service
 
     service = load_service(DEMO_MODEL)
-    texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, 16, 128, seed=1)]
+    low, high = args.http_tokens
+    texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, low, high, seed=1)]
     bare = []
     for text in texts[: args.bare_calls]:
         bare.append(timed(lambda: service.handle(EmbeddingRequest(texts=[text]))))
@@ -221,8 +234,8 @@ def bench_http(args) -> dict:
 
     summary, rows = {}, []
     for clients in args.clients:
-        med = {mode: {key: median([r[key] for r in runs[(mode, clients)]]) for key in runs[(mode, clients)][0]}
-               for mode in modes}
+        med = {mode: {key: median([r[key] for r in runs[(mode, clients)]]) for key in runs[(mode, clients)][0]
+                      if key != "failure_reasons"} for mode in modes}
         speedup = med["on"]["requests_per_second"] / med["off"]["requests_per_second"]
         summary[str(clients)] = {"on": med["on"], "off": med["off"], "speedup": speedup,
                                  "rounds": {mode: runs[(mode, clients)] for mode in modes}}
@@ -231,7 +244,11 @@ def bench_http(args) -> dict:
             rows.append([clients, mode, f"{m['requests_per_second']:,.1f}", f"{m['tokens_per_second']:,.0f}",
                          f"{m['p50_ms']:.1f}", f"{m['p95_ms']:.1f}", int(m["failures"]),
                          f"{speedup:.2f}x" if mode == "on" else ""])
-    print_table(f"http: Cog server (coglet) on 127.0.0.1, single texts of 16-128 tokens, demo MiniLM, "
+    for (mode, clients), level in runs.items():
+        for run in level:
+            for reason, count in run["failure_reasons"].items():
+                print(f"FAILED {count}x with {clients} clients, batching {mode}: {reason}")
+    print_table(f"http: Cog server (coglet) on 127.0.0.1, single texts of {low}-{high} tokens, demo MiniLM, "
                 f"dynamic batching on vs off, median of {args.rounds}",
                 ["clients", "batching", "req/s", "tok/s", "p50 ms", "p95 ms", "failed", "on/off"], rows)
     one = str(min(args.clients))
@@ -339,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts", type=int, default=256, help="texts in the library section")
     parser.add_argument("--clients", default="1,8,32", help="concurrent HTTP clients, comma-separated")
+    parser.add_argument("--http-tokens", default="16,128", help="length range of the HTTP section's texts")
     parser.add_argument("--requests-per-client", type=int, default=40)
     parser.add_argument("--min-requests", type=int, default=100)
     parser.add_argument("--bare-calls", type=int, default=50)
@@ -348,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "last-run.json"))
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.http_tokens = [int(n) for n in args.http_tokens.split(",")]
     if args.quick:
         args.rounds, args.texts, args.requests_per_client, args.min_requests = 1, 24, 4, 8
         args.bare_calls, args.gpu_tokens = 5, 2048

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .openapi import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
+from .quantize import QuantizeError
 from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec, selected_model_name
 from .service import EmbeddingRequest, RequestError, load_service
 from .weights import DownloadError, WeightsError, WeightsNotFoundError, fetch, is_present, weights_dir_for
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (RequestError, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError) as exc:
+    except (RequestError, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError, QuantizeError) as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
 

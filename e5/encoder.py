@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 from .batching import default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
 from .pooling import pool
+from .quantize import PROBE_TEXTS, check_int8_supported, cosine_check, int8_backbone, quantize_mode
 from .registry import ModelSpec
 from .weights import WeightsError
 
@@ -63,6 +64,7 @@ class Encoder:
         self.tokenizer = tokenizer
         self.model = model
         self.placement = placement
+        self.int8_check = None  # an `Int8Check` when E5_QUANTIZE=int8 swapped in the int8 model
         self.dimensions = int(model.config.hidden_size)
         self.max_tokens = spec.max_tokens
         self.token_budget = default_token_budget(placement.device.type)
@@ -78,11 +80,18 @@ class Encoder:
                         spec.name, self.dimensions, spec.dimensions)
 
     @classmethod
-    def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None) -> "Encoder":
-        """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code)."""
+    def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None,
+             quantize: str | None = None) -> "Encoder":
+        """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
+
+        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); by default `E5_QUANTIZE` decides.
+        """
         weights_dir = Path(weights_dir)
         check_weights_dir(weights_dir)
         placement = placement or choose_placement()
+        int8 = quantize_mode(quantize) == "int8"
+        if int8:
+            check_int8_supported(spec, placement.device)
         tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
         model = AutoModel.from_pretrained(
             weights_dir,
@@ -90,10 +99,22 @@ class Encoder:
             trust_remote_code=False,
             use_safetensors=True,
             dtype=placement.dtype,
-            attn_implementation="sdpa",
+            # ONNX Runtime fuses attention only in an eager export; the float32 maths is the same.
+            attn_implementation="eager" if int8 else "sdpa",
         )
         model.to(placement.device).eval()
-        return cls(spec, tokenizer, model, placement)
+        encoder = cls(spec, tokenizer, model, placement)
+        if int8:
+            encoder._switch_to_int8(weights_dir)
+        return encoder
+
+    def _switch_to_int8(self, weights_dir: Path) -> None:
+        """Swap the float32 model for its int8 ONNX build, and measure what that costs in accuracy."""
+        reference = self.embed(PROBE_TEXTS)[0]
+        self.model = int8_backbone(self.spec, weights_dir, self.model)
+        self.int8_check = cosine_check(self.embed(PROBE_TEXTS)[0], reference)
+        log.warning("%s runs in int8 (E5_QUANTIZE=int8): cosine to float32 on %d probe texts min %.4f, mean %.4f",
+                    self.spec.name, self.int8_check.texts, self.int8_check.min_cosine, self.int8_check.mean_cosine)
 
     def _tokenizer_adds_eos(self) -> bool:
         eos = self.tokenizer.eos_token_id

@@ -58,3 +58,13 @@ def test_embed_without_weights_names_the_fixes_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("e5: weights for e5-large-v2 are not in ") and "python -m e5 fetch e5-large-v2" in line
+
+
+def test_a_bad_quantize_setting_is_one_line(monkeypatch, capsys, checkpoints):
+    from e5.__main__ import main
+
+    monkeypatch.setenv("E5_QUANTIZE", "int4")
+    monkeypatch.setenv("E5_WEIGHTS_DIR", str(checkpoints["bert"]))
+    assert main(["embed", "--model", "e5-small-v2", "--query", "q"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "e5: E5_QUANTIZE must be one of none, int8, not 'int4'"

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from e5.service import EmbeddingRequest, load_service
 
@@ -43,3 +44,20 @@ def test_a_protein_query_scores_the_protein_passage_above_a_recipe(minilm_servic
     assert r.scores[1] > r.scores[0]
     single = minilm_service.handle(EmbeddingRequest(query=QUERY, passage=PROTEIN))
     assert single.score == pytest.approx(r.scores[1], abs=1e-6)
+
+
+def test_int8_stays_within_the_accuracy_targets_on_real_weights(minilm_dir, tmp_path, monkeypatch):
+    from e5.encoder import Encoder
+    from e5.registry import get_spec
+
+    monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path))
+    spec = get_spec("demo-all-minilm-l6-v2")
+    int8 = Encoder.load(spec, minilm_dir, quantize="int8")
+    fp32 = Encoder.load(spec, minilm_dir, quantize="none")
+    texts = [f"query: {QUERY}", f"passage: {PROTEIN}", f"passage: {RECIPE}", "passage: short",
+             "query: Größe und café, 南瓜"]
+    cosine = torch.nn.functional.cosine_similarity(int8.embed(texts)[0], fp32.embed(texts)[0])
+    print(f"int8 vs fp32 on real MiniLM: min {cosine.min():.4f}, mean {cosine.mean():.4f}; "
+          f"probe texts min {int8.int8_check.min_cosine:.4f}, mean {int8.int8_check.mean_cosine:.4f}")
+    assert cosine.min() >= 0.97 and cosine.mean() >= 0.99
+    assert int8.int8_check.min_cosine >= 0.97 and int8.int8_check.mean_cosine >= 0.99

@@ -1,0 +1,202 @@
+"""Opt-in int8 on the CPU (`E5_QUANTIZE=int8`), through ONNX Runtime.
+
+The recipe, measured on all-MiniLM-L6-v2 on this project's CPU machines (2 cores, AVX-512 VNNI):
+export with eager attention (ONNX Runtime's BERT optimizer cannot fuse an SDPA export), fuse,
+then `quantize_dynamic` with per-channel, full-range, signed int8 weights. The FFN output
+projection of the first half of the layers stays float32: its inputs carry a few outlier
+channels (absolute values around 20 against a median near 1) that int8 would flatten. Against
+float32 that measured about 2.2-2.6x the speed at min cosine 0.988 and mean 0.992; quantising
+everything was faster (2.5x) but fell to min 0.977, and torch's own dynamic int8 reached only
+1.6-1.7x. The loss is checked again at every load and logged (`Int8Check`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from .registry import Family, ModelSpec
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "int8")
+INT8_FAMILIES = (Family.BERT, Family.XLM_ROBERTA)
+RECIPE_VERSION = "1"
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+# Texts of everyday length and topic for the self-check at load time.
+PROBE_TEXTS = [
+    "query: how much protein should a female eat",
+    "passage: As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 "
+    "is 46 grams per day. But, as you can see from this chart, you'll need to increase that if you're "
+    "expecting or training for a marathon.",
+    "query: summit define",
+    "passage: Definition of summit for English Language Learners: the highest point of a mountain.",
+    "query: why is the sky blue",
+    "passage: Sunlight is scattered by the molecules of the air; blue light is scattered more than red "
+    "because it travels as shorter, smaller waves.",
+    "query: rust borrow checker cannot borrow as mutable",
+    "passage: The train to Lisbon leaves at 7:40 from platform 3; tickets bought on board cost 20% more.",
+    "query: ok",
+    "passage: Preheat the oven to 180 degrees. Mix the pumpkin puree with eggs, sugar and spices, pour "
+    "into the crust and bake for 50 minutes until the centre is set.",
+    "query: wann fährt der nächste Zug nach Berlin",
+    "passage: 东京是日本的首都，也是世界上人口最多的都市圈之一。",
+]
+
+
+class QuantizeError(ValueError):
+    """`E5_QUANTIZE` asks for something this checkpoint, device or installation cannot do."""
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """Cosine of int8 against float32 vectors on `PROBE_TEXTS`, measured when the model loads."""
+
+    texts: int
+    min_cosine: float
+    mean_cosine: float
+
+
+def quantize_mode(requested: str | None = None) -> str:
+    """`requested`, else `E5_QUANTIZE`: 'none' (the default) or 'int8'."""
+    raw = requested if requested is not None else os.environ.get("E5_QUANTIZE", "")
+    mode = raw.strip().lower() or "none"
+    if mode not in QUANTIZE_MODES:
+        raise QuantizeError(f"E5_QUANTIZE must be one of {', '.join(QUANTIZE_MODES)}, not {raw!r}")
+    return mode
+
+
+def check_int8_supported(spec: ModelSpec, device: torch.device) -> None:
+    """Raise `QuantizeError` unless int8 can serve `spec` on `device`."""
+    if device.type != "cpu":
+        raise QuantizeError(f"E5_QUANTIZE=int8 runs on the CPU only (this device is {device.type}, "
+                            "where the model already runs in bf16/fp16); unset E5_QUANTIZE")
+    if spec.family not in INT8_FAMILIES:
+        families = ", ".join(f.value for f in INT8_FAMILIES)
+        raise QuantizeError(f"E5_QUANTIZE=int8 supports the {families} checkpoints, not {spec.name} "
+                            f"({spec.family.value}); unset E5_QUANTIZE")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise QuantizeError(f"E5_QUANTIZE=int8 needs onnx and onnxruntime ({exc}); "
+                            "pip install -r e5/requirements.txt") from None
+
+
+def cache_root() -> Path:
+    """Where built int8 models are kept: `E5_CACHE_DIR`, else ~/.cache/e5."""
+    configured = os.environ.get("E5_CACHE_DIR", "").strip()
+    return Path(configured) if configured else Path.home() / ".cache" / "e5"
+
+
+def _cache_key(weights_dir: Path) -> str:
+    import onnxruntime
+
+    digest = hashlib.sha256(f"{RECIPE_VERSION}|{onnxruntime.__version__}|{weights_dir.resolve()}".encode())
+    for path in sorted(weights_dir.iterdir()):
+        if path.suffix in (".safetensors", ".json"):
+            stat = path.stat()
+            digest.update(f"|{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def float32_layers_kept(num_layers: int) -> list[int]:
+    """Layers whose FFN output projection stays float32: the first half (0, 1, 2 of MiniLM's 6)."""
+    return list(range((num_layers + 1) // 2))
+
+
+class _LastHiddenState(torch.nn.Module):
+    """Keyword arguments only: transformers 5 models take positional tensors for other parameters."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+
+def build_int8(model, out_path: Path) -> Path:
+    """Export an eager-attention float32 model to ONNX, fuse it and quantise it to `out_path`."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    config = model.config
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        exported, fused = Path(tmp) / "float32.onnx", Path(tmp) / "fused.onnx"
+        sample = torch.ones(2, 8, dtype=torch.long)
+        with warnings.catch_warnings():
+            # The tracer warns about Python-level branches on shapes; the graph is checked by the
+            # cosine self-check after every load, so the warnings would only alarm setup logs.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _LastHiddenState(model), (sample, torch.ones_like(sample), torch.zeros_like(sample)), str(exported),
+                dynamo=False, opset_version=17, do_constant_folding=True, input_names=list(_INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in (*_INPUTS, "last_hidden_state")})
+        optimized = optimizer.optimize_model(str(exported), model_type="bert",
+                                             num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
+        log.info("int8: fused operators %s", optimized.get_fused_operator_statistics())
+        optimized.save_model_to_file(str(fused))
+
+        keep = [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in float32_layers_kept(config.num_hidden_layers)]
+        names = {node.name for node in onnx.load(str(fused)).graph.node}
+        missing = [name for name in keep if name not in names]
+        if missing:  # never quantise the sensitive layers by accident because a name changed
+            raise QuantizeError(f"int8 export: expected nodes not found in the graph: {', '.join(missing)}")
+        partial = Path(tmp) / "int8.onnx"
+        quantize_dynamic(str(fused), str(partial), per_channel=True, reduce_range=False,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        os.replace(partial, out_path)  # atomic: a half-written model is never picked up
+    return out_path
+
+
+class OnnxBackbone:
+    """An ONNX Runtime session behind the call the encoder makes: `model(input_ids=, attention_mask=)`."""
+
+    def __init__(self, path: Path, config, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.config = config
+        self.path = path
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        (hidden,) = self.session.run(["last_hidden_state"], feeds)
+        return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
+
+
+def int8_backbone(spec: ModelSpec, weights_dir: Path, eager_model) -> OnnxBackbone:
+    """The int8 model for `weights_dir`, built from `eager_model` once (about 10 s for MiniLM), then cached."""
+    path = cache_root() / f"{spec.name}-int8-{_cache_key(weights_dir)}.onnx"
+    if not path.is_file():
+        log.info("int8: building %s", path)
+        build_int8(eager_model, path)
+    return OnnxBackbone(path, eager_model.config, torch.get_num_threads())
+
+
+def cosine_check(int8_vectors: torch.Tensor, float32_vectors: torch.Tensor) -> Int8Check:
+    """Summarise the per-text cosine between int8 and float32 vectors."""
+    cos = torch.nn.functional.cosine_similarity(int8_vectors, float32_vectors, dim=1)
+    return Int8Check(len(cos), float(cos.min()), float(cos.mean()))

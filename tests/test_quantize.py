@@ -1,0 +1,61 @@
+"""Opt-in int8 (E5_QUANTIZE=int8): what it accepts, what it refuses, and what it costs in accuracy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from e5.devices import Placement
+from e5.encoder import Encoder
+from e5.quantize import PROBE_TEXTS, OnnxBackbone, QuantizeError, float32_layers_kept, quantize_mode
+from e5.registry import get_spec
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_mode_comes_from_the_argument_or_the_environment(monkeypatch):
+    assert quantize_mode() == "none"
+    monkeypatch.setenv("E5_QUANTIZE", " INT8 ")
+    assert quantize_mode() == "int8"
+    assert quantize_mode("none") == "none"
+    with pytest.raises(QuantizeError, match="E5_QUANTIZE must be one of none, int8, not 'fp4'"):
+        quantize_mode("fp4")
+
+
+def test_the_first_half_of_the_layers_keeps_a_float32_ffn_output():
+    assert float32_layers_kept(6) == [0, 1, 2]
+    assert float32_layers_kept(12) == list(range(6))
+    assert float32_layers_kept(2) == [0]
+
+
+@pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
+def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpoints, cache):
+    spec = get_spec(model)
+    fp32 = Encoder.load(spec, checkpoints[family], quantize="none")
+    int8 = Encoder.load(spec, checkpoints[family], quantize="int8")
+    assert isinstance(int8.model, OnnxBackbone)
+    built = list(cache.glob("*.onnx"))
+    assert len(built) == 1
+    check = int8.int8_check
+    assert check.texts == len(PROBE_TEXTS) and -1 <= check.min_cosine <= check.mean_cosine <= 1
+    texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40]
+    a, b = int8.embed(texts)[0], fp32.embed(texts)[0]
+    assert a.shape == b.shape and a.dtype == torch.float32
+    # Random tiny weights are no accuracy test (see test_real_checkpoint); they must still agree broadly.
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.8
+    mtime = built[0].stat().st_mtime_ns
+    Encoder.load(spec, checkpoints[family], quantize="int8")
+    assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not rebuilt
+
+
+def test_int8_refuses_mistral_and_gpus(checkpoints, cache):
+    with pytest.raises(QuantizeError, match="not e5-mistral-7b-instruct"):
+        Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], quantize="int8")
+    gpu = Placement(torch.device("cuda"), torch.bfloat16)
+    with pytest.raises(QuantizeError, match="CPU only"):
+        Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, quantize="int8")
+    assert not cache.exists()
