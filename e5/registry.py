@@ -5,7 +5,6 @@ Adding a checkpoint is adding one `ModelSpec` to `MODELS`; nothing else branches
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from enum import Enum
 
@@ -90,8 +89,3 @@ def get_spec(name: str) -> ModelSpec:
     except KeyError:
         choices = ", ".join(MODELS)
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {choices}") from None
-
-
-def selected_model_name() -> str:
-    """The checkpoint chosen by `E5_MODEL`, or the default."""
-    return os.environ.get("E5_MODEL", "").strip() or DEFAULT_MODEL

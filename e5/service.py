@@ -6,6 +6,7 @@ Cog-free: `predict.py` and the CLI both call `EmbeddingService.handle`.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -14,8 +15,11 @@ from .encoder import Encoder, Tokenized, TooLongError
 from .engine import BatchingEngine
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
-from .registry import get_spec, selected_model_name
-from .weights import WeightsNotFoundError, is_present, missing_weights_message, weights_dir_for
+from .registry import get_spec
+from .weights import (
+    WeightsNotFoundError, choose_model_name, download_allowed, fetch, is_present,
+    missing_weights_message, verify_weights, weights_dir_for,
+)
 
 
 class RequestError(ValueError):
@@ -146,13 +150,19 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def load_service(model_name: str | None = None, batching: bool = False) -> EmbeddingService:
-    """Load the checkpoint chosen by `model_name` or `E5_MODEL`, from `E5_WEIGHTS_DIR` or `weights/`.
+    """Load the checkpoint chosen by `model_name`, `E5_MODEL` or the one baked under `weights/`.
 
-    With `batching`, the service starts its `BatchingEngine` now rather than on the first `handle_async`.
+    Files come from `E5_WEIGHTS_DIR` or `weights/<name>/` and are checked against their manifest;
+    missing ones are fetched only with `E5_ALLOW_DOWNLOAD=1`. With `batching`, the service starts
+    its `BatchingEngine` now rather than on the first `handle_async`.
     """
-    spec = get_spec(model_name or selected_model_name())
+    spec = get_spec(model_name or choose_model_name())
     path = weights_dir_for(spec)
     if not is_present(path):
-        raise WeightsNotFoundError(missing_weights_message(spec, path))
+        # Only into weights/<name>/: never into a directory the operator pointed E5_WEIGHTS_DIR at.
+        if not download_allowed() or os.environ.get("E5_WEIGHTS_DIR") or spec.demo:
+            raise WeightsNotFoundError(missing_weights_message(spec, path))
+        fetch(spec, path)
+    verify_weights(spec, path)
     encoder = Encoder.load(spec, path)
     return EmbeddingService(encoder, BatchingEngine(encoder) if batching else None)

@@ -47,3 +47,11 @@ def test_cog_yaml_allows_concurrent_predictions_and_serve_reads_the_same_number(
     plain = tmp_path / "cog.yaml"
     plain.write_text('build:\n  gpu: true\npredict: "predict.py:Predictor"\n')
     assert cog_max_concurrency(plain) == 1
+
+
+def test_dockerignore_keeps_tests_caches_and_tooling_out_but_not_what_the_image_needs():
+    ignored = _lines(REPO_ROOT / ".dockerignore")
+    for pattern in (".venv", "tests", "bench", ".git", "weights/*/.cache"):
+        assert pattern in ignored
+    for needed in ("e5", "predict.py", "cog.yaml", ".cog", "weights", "e5/requirements.txt"):
+        assert needed not in ignored

@@ -1,6 +1,6 @@
 import pytest
 
-from e5.registry import DEFAULT_MODEL, MODELS, Family, Pooling, PromptStyle, UnknownModelError, get_spec, selected_model_name
+from e5.registry import DEFAULT_MODEL, MODELS, Family, Pooling, PromptStyle, UnknownModelError, get_spec
 
 # The table of the model cards: (family, dimensions, max tokens, prompt style, pooling).
 EXPECTED = {
@@ -33,11 +33,8 @@ def test_the_demo_is_the_only_non_e5_entry_and_is_labelled():
     assert MODELS["demo-all-minilm-l6-v2"].demo
 
 
-def test_default_model_is_multilingual_e5_small(monkeypatch):
-    monkeypatch.delenv("E5_MODEL", raising=False)
-    assert selected_model_name() == DEFAULT_MODEL == "multilingual-e5-small"
-    monkeypatch.setenv("E5_MODEL", "e5-large-v2")
-    assert selected_model_name() == "e5-large-v2"
+def test_default_model_is_multilingual_e5_small():
+    assert DEFAULT_MODEL == "multilingual-e5-small"
 
 
 def test_unknown_model_names_the_choices():

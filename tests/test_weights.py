@@ -1,0 +1,144 @@
+"""Fetching from a hub stand-in on 127.0.0.1, manifests, verification at setup, baked-checkpoint discovery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hub_standin import COMMIT, HubStandIn
+
+from e5 import weights
+from e5.registry import DEFAULT_MODEL, get_spec
+from e5.service import load_service
+from e5.weights import (
+    MANIFEST_NAME, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, sha256_of,
+    verify_weights,
+)
+
+SPEC = get_spec("e5-small-v2")
+
+
+@pytest.fixture()
+def weights_root(tmp_path, monkeypatch):
+    root = tmp_path / "weights"
+    root.mkdir()
+    monkeypatch.setattr(weights, "WEIGHTS_ROOT", root)
+    return root
+
+
+@pytest.fixture()
+def hub(checkpoints, tmp_path, monkeypatch):
+    """The tiny BERT checkpoint served as intfloat/e5-small-v2, plus a stray pickle that must not be fetched."""
+    repo = tmp_path / "repo"
+    shutil.copytree(checkpoints["bert"], repo)
+    (repo / "pytorch_model.bin").write_bytes(b"pickle, never fetched")
+    standin = HubStandIn({SPEC.hf_id: repo})
+    monkeypatch.setenv("HF_ENDPOINT", standin.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield standin, repo
+    standin.close()
+
+
+def test_fetch_downloads_inference_files_and_writes_a_manifest(hub, weights_root, monkeypatch):
+    standin, repo = hub
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    dest = fetch(SPEC)
+    assert dest == weights_root / SPEC.name
+    assert not (dest / "pytorch_model.bin").exists()
+    manifest = json.loads((dest / MANIFEST_NAME).read_text())
+    assert manifest["model"] == SPEC.name and manifest["hf_id"] == SPEC.hf_id and manifest["revision"] == COMMIT
+    assert manifest["files"]["model.safetensors"] == {
+        "size": (repo / "model.safetensors").stat().st_size, "sha256": sha256_of(repo / "model.safetensors")}
+    assert set(manifest["files"]) == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert "Bearer hf_test_token" in standin.tokens_seen
+    # The files load through the normal path, verified against the manifest.
+    monkeypatch.setenv("E5_MODEL", SPEC.name)
+    service = load_service()
+    assert service.encoder.spec.name == SPEC.name
+
+
+def test_an_interrupted_download_resumes_from_where_it_stopped(hub, weights_root):
+    standin, repo = hub
+    big = {"weight": torch.randn(3_000_000)}  # larger than the hub client's 10 MiB write chunk
+    save_file(big, repo / "model-00002-of-00002.safetensors")
+    cut = 11 << 20
+    standin.cut_after["model-00002-of-00002.safetensors"] = cut
+    dest = fetch(SPEC)
+    ranges = [r for method, path, r in standin.requests if path.endswith("00002-of-00002.safetensors") and r]
+    assert ranges and ranges[0] == f"bytes={10 << 20}-"  # resumed after the first full chunk, not restarted
+    assert sha256_of(dest / "model-00002-of-00002.safetensors") == sha256_of(repo / "model-00002-of-00002.safetensors")
+
+
+def test_a_corrupted_download_is_caught_and_removed(hub, weights_root, monkeypatch):
+    standin, repo = hub
+    real = standin._send_file
+
+    def corrupt(h, file, name, body):  # the hub advertises one sha256 and sends other bytes
+        if name == "model.safetensors" and body:
+            data = bytearray(file.read_bytes())
+            data[-1] ^= 0xFF
+            return standin._send(h, 200, bytes(data), True, {"X-Repo-Commit": COMMIT})
+        return real(h, file, name, body)
+
+    monkeypatch.setattr(standin, "_send_file", corrupt)
+    with pytest.raises(DownloadError, match="model.safetensors arrived corrupted .* run `python -m e5 fetch e5-small-v2`"):
+        fetch(SPEC)
+    assert not (weights_root / SPEC.name / "model.safetensors").exists()
+    assert not (weights_root / SPEC.name / MANIFEST_NAME).exists()
+
+
+@pytest.fixture()
+def fetched(hub, weights_root):
+    return fetch(SPEC)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "tokenizer.json").unlink(), "e5-small-v2: tokenizer.json is missing; fetch it again with "
+                                                "`python -m e5 fetch e5-small-v2`"),
+    (lambda d: (d / "config.json").write_text((d / "config.json").read_text() + " "),
+     "config.json has .* bytes, the manifest says"),
+    (lambda d: _flip_last_byte(d / "model.safetensors"), "model.safetensors does not match its sha256"),
+    (lambda d: (d / MANIFEST_NAME).write_text("{"), "e5-manifest.json in weights/e5-small-v2 is unreadable"),
+])
+def test_verification_at_setup_names_the_file_and_the_fix(fetched, damage, message, monkeypatch):
+    damage(fetched)
+    with pytest.raises(WeightsError, match=message):
+        verify_weights(SPEC, fetched)
+    monkeypatch.setenv("E5_MODEL", SPEC.name)
+    with pytest.raises(WeightsError, match=message):
+        load_service()
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_manifest_for_another_model_is_refused(fetched):
+    with pytest.raises(WeightsError, match="holds 'e5-small-v2', not e5-base-v2"):
+        verify_weights(get_spec("e5-base-v2"), fetched)
+
+
+def test_the_single_baked_checkpoint_is_found_without_e5_model(weights_root, checkpoints, monkeypatch):
+    assert choose_model_name() == DEFAULT_MODEL  # nothing baked
+    shutil.copytree(checkpoints["bert"], weights_root / "e5-base-v2")
+    assert choose_model_name() == "e5-base-v2"
+    assert load_service().encoder.spec.name == "e5-base-v2"
+    shutil.copytree(checkpoints["bert"], weights_root / "e5-small-v2")
+    assert choose_model_name() == DEFAULT_MODEL  # two baked: ambiguous, E5_MODEL must say
+    monkeypatch.setenv("E5_MODEL", "e5-small-v2")
+    assert choose_model_name() == "e5-small-v2"
+
+
+def test_setup_fetches_only_when_allowed(hub, weights_root, monkeypatch):
+    monkeypatch.setenv("E5_MODEL", SPEC.name)
+    with pytest.raises(WeightsNotFoundError, match="E5_ALLOW_DOWNLOAD=1"):
+        load_service()
+    monkeypatch.setenv("E5_ALLOW_DOWNLOAD", "1")
+    assert load_service().encoder.spec.name == SPEC.name
+    assert (weights_root / SPEC.name / MANIFEST_NAME).is_file()
