@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec
@@ -14,6 +15,9 @@ log = logging.getLogger(__name__)
 
 # Written by `fetch` beside the files; checked before every load.
 MANIFEST_NAME = "e5-manifest.json"
+# A partial download lives here until it is complete and checked; a later fetch continues it.
+PARTIAL_DIR = ".e5-partial"
+_ATTEMPTS = 5  # per file and fetch; each attempt continues where the previous one stopped
 
 # `E5_WEIGHTS_ROOT` moves the whole folder (a mounted volume, or an empty one in tests).
 WEIGHTS_ROOT = Path(os.environ.get("E5_WEIGHTS_ROOT") or Path(__file__).resolve().parent.parent / "weights")
@@ -109,7 +113,7 @@ def sha256_of(path: Path) -> str:
 
 def _weight_files(dest: Path) -> list[Path]:
     return sorted(p for p in dest.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
-                  and ".cache" not in p.relative_to(dest).parts)
+                  and not {".cache", PARTIAL_DIR} & set(p.relative_to(dest).parts))
 
 
 def write_manifest(spec: ModelSpec, dest: Path, revision: str) -> Path:
@@ -150,15 +154,26 @@ def verify_weights(spec: ModelSpec, path: Path) -> None:
             raise WeightsError(f"{spec.name}: {name} does not match its sha256 in the manifest; {fix}")
 
 
+def git_blob_sha1(path: Path) -> str:
+    """The id git (and the hub) gives a file's content: sha1 of a `blob <size>` header and the bytes."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+
 def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None) -> Path:
     """Download the inference files of `spec` into `dest` (default `weights/<name>/`) and write its manifest.
 
-    Resumes partial files, takes `HF_TOKEN`, pins the revision's commit, and checks every LFS file
-    against the sha256 the hub publishes for it.
+    Pins the revision's commit, takes `HF_TOKEN`, shows progress, continues partial files (also those
+    a killed fetch left), and checks every file against the hash the hub publishes for it.
     """
     if spec.demo:
         return demo_weights_dir()
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
 
     dest = Path(dest) if dest else WEIGHTS_ROOT / spec.name
     token = os.environ.get("HF_TOKEN") or None
@@ -166,21 +181,72 @@ def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None
     endpoint = os.environ.get("HF_ENDPOINT") or None
     try:
         info = HfApi(endpoint=endpoint, token=token).model_info(spec.hf_id, revision=revision, files_metadata=True)
-        snapshot_download(spec.hf_id, revision=info.sha, allow_patterns=INFERENCE_FILES, local_dir=dest,
-                          token=token, endpoint=endpoint)
+        wanted = list(filter_repo_objects(info.siblings or [], allow_patterns=INFERENCE_FILES,
+                                          key=lambda sibling: sibling.rfilename))
+        for sibling in wanted:
+            _fetch_file(spec, sibling, dest, info.sha, endpoint, token)
+    except DownloadError:
+        raise
     except Exception as exc:  # the hub client raises many types; the caller needs one line
         raise DownloadError(f"cannot download {spec.hf_id}: {_download_failure(exc)}. Offline options: set "
                             "E5_WEIGHTS_DIR to a local Hugging Face directory, or serve the demo with "
                             "`python -m e5 serve --demo`") from None
-    published = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if getattr(s, "lfs", None)}
-    for name, sha256 in published.items():
-        file = dest / name
-        if file.is_file() and sha256_of(file) != sha256:
-            file.unlink()  # never leave a corrupt file where a later load would find it
-            raise DownloadError(f"{spec.hf_id}: {name} arrived corrupted (sha256 differs from the hub's); "
-                                f"run `python -m e5 fetch {spec.name}` again")
     write_manifest(spec, dest, info.sha)
     return dest
+
+
+def _matches_hub(path: Path, sibling) -> bool:
+    lfs = getattr(sibling, "lfs", None)
+    if lfs is not None:
+        return path.stat().st_size == lfs.size and sha256_of(path) == lfs.sha256
+    if sibling.blob_id:
+        return git_blob_sha1(path) == sibling.blob_id
+    return sibling.size is None or path.stat().st_size == sibling.size
+
+
+def _fetch_file(spec: ModelSpec, sibling, dest: Path, commit: str, endpoint: str | None, token: str | None) -> None:
+    """One file: skip it when already right, else continue or start it, check it, move it in place."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import get_session
+    from tqdm.auto import tqdm
+
+    target = dest / sibling.rfilename
+    if target.is_file() and _matches_hub(target, sibling):
+        return
+    partial = dest / PARTIAL_DIR / sibling.rfilename
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    url = hf_hub_url(spec.hf_id, sibling.rfilename, revision=commit, endpoint=endpoint)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    total = sibling.lfs.size if getattr(sibling, "lfs", None) else sibling.size
+    for attempt in range(1, _ATTEMPTS + 1):
+        have = partial.stat().st_size if partial.exists() else 0
+        if total is not None and have >= total:
+            break
+        request_headers = {**headers, **({"Range": f"bytes={have}-"} if have else {})}
+        try:
+            with get_session().stream("GET", url, headers=request_headers, follow_redirects=True) as response:
+                response.raise_for_status()
+                if have and response.status_code != 206:  # the server ignored the range: start over
+                    have = 0
+                with open(partial, "ab" if have else "wb") as f, tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, desc=sibling.rfilename) as bar:
+                    for block in response.iter_bytes(1 << 20):
+                        f.write(block)
+                        bar.update(len(block))
+            break
+        except Exception as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if attempt == _ATTEMPTS or (status is not None and 400 <= status < 500):
+                raise
+            log.warning("%s: download interrupted (%s); continuing from byte %d", sibling.rfilename, exc,
+                        partial.stat().st_size if partial.exists() else 0)
+            time.sleep(min(2 ** attempt, 10) / 10)
+    if not _matches_hub(partial, sibling):
+        partial.unlink()  # never leave a corrupt file where a later fetch would continue it
+        raise DownloadError(f"{spec.hf_id}: {sibling.rfilename} arrived corrupted (its hash differs from the "
+                            f"hub's); run `python -m e5 fetch {spec.name}` again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, target)
 
 
 def _download_failure(exc: Exception) -> str:

@@ -1,8 +1,8 @@
 """A stand-in for the Hugging Face hub on 127.0.0.1: serves local folders in the hub's URL layout.
 
 Enough of the hub's API for `huggingface_hub.snapshot_download`: the revision info with its file
-list, and `resolve/` with the metadata headers, ETags and byte ranges. It can cut a file's first
-download short, to test that a second fetch resumes it.
+list, and `resolve/` with the metadata headers, ETags and byte ranges. It can cut a file's downloads
+short, to test that fetching resumes it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ from urllib.parse import unquote, urlparse
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+def _git_blob_sha1(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -27,8 +32,12 @@ class HubStandIn:
     def __init__(self, repos: dict[str, Path]):
         self.repos = {repo: Path(folder) for repo, folder in repos.items()}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
-        self.cut_after: dict[str, int] = {}  # file name -> bytes sent before the first GET is cut
+        # file name -> (offset in the file where the connection drops, how many GETs to cut that way)
+        self.cut_after: dict[str, tuple[int, int]] = {}
         self.tokens_seen: list[str | None] = []
+        # file name -> offset where a GET stops sending and hangs until `release` is set (a stalled link)
+        self.stall_at: dict[str, int] = {}
+        self.release = threading.Event()
         standin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,6 +58,7 @@ class HubStandIn:
         self._thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -64,7 +74,8 @@ class HubStandIn:
             if path == f"/api/models/{repo}" or path.startswith(f"/api/models/{repo}/revision/"):
                 siblings = []
                 for p in self._files(repo):
-                    entry = {"rfilename": p.relative_to(root).as_posix(), "size": p.stat().st_size}
+                    entry = {"rfilename": p.relative_to(root).as_posix(), "size": p.stat().st_size,
+                             "blobId": _git_blob_sha1(p)}
                     if p.suffix == ".safetensors":
                         entry["lfs"] = {"sha256": _sha256(p), "size": p.stat().st_size, "pointerSize": 130}
                     siblings.append(entry)
@@ -114,15 +125,27 @@ class HubStandIn:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         status = 206 if start else 200
         chunk = data[start:]
-        if body and name in self.cut_after:
-            # Promise the whole file, send part of it, and drop the connection.
-            sent = self.cut_after.pop(name)
+        if body and name in self.stall_at:
             h.send_response(status)
             for key, value in headers.items():
                 h.send_header(key, value)
             h.send_header("Content-Length", str(len(chunk)))
             h.end_headers()
-            h.wfile.write(chunk[:sent])
+            h.wfile.write(chunk[: max(0, self.stall_at.pop(name) - start)])
+            h.wfile.flush()
+            self.release.wait(60)
+            h.close_connection = True
+            return
+        if body and self.cut_after.get(name, (0, 0))[1] > 0:
+            # Promise the whole file, send part of it, and drop the connection.
+            sent, times = self.cut_after[name]
+            self.cut_after[name] = (sent, times - 1)
+            h.send_response(status)
+            for key, value in headers.items():
+                h.send_header(key, value)
+            h.send_header("Content-Length", str(len(chunk)))
+            h.end_headers()
+            h.wfile.write(chunk[: max(0, sent - start)])
             h.wfile.flush()
             h.close_connection = True
             h.connection.shutdown(2)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import REPO_ROOT
 from hub_standin import COMMIT, HubStandIn
 
 from e5 import weights
 from e5.registry import DEFAULT_MODEL, get_spec
 from e5.service import load_service
 from e5.weights import (
-    MANIFEST_NAME, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, sha256_of,
+    MANIFEST_NAME, PARTIAL_DIR, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, sha256_of,
     verify_weights,
 )
 
@@ -55,22 +60,52 @@ def test_fetch_downloads_inference_files_and_writes_a_manifest(hub, weights_root
         "size": (repo / "model.safetensors").stat().st_size, "sha256": sha256_of(repo / "model.safetensors")}
     assert set(manifest["files"]) == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
     assert "Bearer hf_test_token" in standin.tokens_seen
+    # Fetching again downloads nothing that is already there and right.
+    standin.requests.clear()
+    fetch(SPEC)
+    assert not [path for method, path, _ in standin.requests if method == "GET" and "/resolve/" in path]
     # The files load through the normal path, verified against the manifest.
     monkeypatch.setenv("E5_MODEL", SPEC.name)
     service = load_service()
     assert service.encoder.spec.name == SPEC.name
 
 
-def test_an_interrupted_download_resumes_from_where_it_stopped(hub, weights_root):
+def test_a_killed_fetch_resumes_from_where_it_stopped(hub, weights_root):
     standin, repo = hub
-    big = {"weight": torch.randn(3_000_000)}  # larger than the hub client's 10 MiB write chunk
-    save_file(big, repo / "model-00002-of-00002.safetensors")
-    cut = 11 << 20
-    standin.cut_after["model-00002-of-00002.safetensors"] = cut
+    name = "model-00002-of-00002.safetensors"
+    save_file({"weight": torch.randn(3_000_000)}, repo / name)  # 12 MB
+    standin.stall_at[name] = 11 << 20  # the link stalls after 11 MiB, and the fetch is killed
+    env = {**os.environ, "E5_WEIGHTS_ROOT": str(weights_root), "HF_ENDPOINT": standin.url}
+    child = subprocess.Popen([sys.executable, "-c", "from e5.weights import fetch; from e5.registry import get_spec; "
+                              "fetch(get_spec('e5-small-v2'))"], cwd=REPO_ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = weights_root / SPEC.name / PARTIAL_DIR / name
+    deadline = time.monotonic() + 60
+    try:
+        while not partial.exists() or partial.stat().st_size < (11 << 20):
+            assert time.monotonic() < deadline and child.poll() is None, "the first fetch never got 11 MiB in"
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait(10)
+    standin.release.set()
+    assert not (weights_root / SPEC.name / MANIFEST_NAME).exists()  # no manifest for a partial checkpoint
+    assert not (weights_root / SPEC.name / name).exists()  # nor a partial file where a load would find it
+
+    standin.requests.clear()
     dest = fetch(SPEC)
-    ranges = [r for method, path, r in standin.requests if path.endswith("00002-of-00002.safetensors") and r]
-    assert ranges and ranges[0] == f"bytes={10 << 20}-"  # resumed after the first full chunk, not restarted
-    assert sha256_of(dest / "model-00002-of-00002.safetensors") == sha256_of(repo / "model-00002-of-00002.safetensors")
+    ranges = [r for method, path, r in standin.requests if method == "GET" and path.endswith(name)]
+    assert ranges == [f"bytes={11 << 20}-"]  # continued from the 11 MiB on disk, not restarted
+    assert sha256_of(dest / name) == sha256_of(repo / name)
+    assert (dest / MANIFEST_NAME).is_file()
+
+
+def test_a_download_that_keeps_failing_is_one_line(hub, weights_root):
+    standin, repo = hub
+    standin.cut_after["model.safetensors"] = (100, 1000)
+    with pytest.raises(DownloadError, match="cannot download intfloat/e5-small-v2: [A-Za-z]+Error: "):
+        fetch(SPEC)
+    assert not (weights_root / SPEC.name / MANIFEST_NAME).exists()
 
 
 def test_a_corrupted_download_is_caught_and_removed(hub, weights_root, monkeypatch):
@@ -85,9 +120,10 @@ def test_a_corrupted_download_is_caught_and_removed(hub, weights_root, monkeypat
         return real(h, file, name, body)
 
     monkeypatch.setattr(standin, "_send_file", corrupt)
-    with pytest.raises(DownloadError, match="model.safetensors arrived corrupted .* run `python -m e5 fetch e5-small-v2`"):
+    with pytest.raises(DownloadError, match="model.safetensors arrived corrupted .* `python -m e5 fetch e5-small-v2`"):
         fetch(SPEC)
     assert not (weights_root / SPEC.name / "model.safetensors").exists()
+    assert not (weights_root / SPEC.name / PARTIAL_DIR / "model.safetensors").exists()
     assert not (weights_root / SPEC.name / MANIFEST_NAME).exists()
 
 
