@@ -163,7 +163,6 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-
 def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None) -> Path:
     """Download the inference files of `spec` into `dest` (default `weights/<name>/`) and write its manifest.
 
