@@ -123,7 +123,6 @@ def test_the_worker_waits_for_announced_requests_but_not_beyond_the_bound(bert):
     engine = BatchingEngine(gated, max_wait_ms=200)
     announced = engine.arriving()
     announced.__enter__()
-    started = time.monotonic()
     future = engine.submit(_ids(bert, ["passage: early"]))
     late = None
 
