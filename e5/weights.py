@@ -102,13 +102,24 @@ def missing_weights_message(spec: ModelSpec, path: Path) -> str:
     )
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
+def _digests(path: Path, *digests):
     with open(path, "rb") as f:
         while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+            for digest in digests:
+                digest.update(block)
+    return [digest.hexdigest() for digest in digests]
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 8 MiB blocks."""
+    return _digests(path, hashlib.sha256())[0]
+
+
+def hub_hashes(path: Path) -> tuple[str, str]:
+    """sha256 and git blob sha1 (the hub's ids for LFS and plain files), in one read of the file."""
+    blob = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    sha256, sha1 = _digests(path, hashlib.sha256(), blob)
+    return sha256, sha1
 
 
 def _weight_files(dest: Path) -> list[Path]:
@@ -116,10 +127,16 @@ def _weight_files(dest: Path) -> list[Path]:
                   and not {".cache", PARTIAL_DIR} & set(p.relative_to(dest).parts))
 
 
-def write_manifest(spec: ModelSpec, dest: Path, revision: str) -> Path:
-    """Record model id, revision, and each file's size and sha256 in `dest/e5-manifest.json`."""
-    files = {p.relative_to(dest).as_posix(): {"size": p.stat().st_size, "sha256": sha256_of(p)}
-             for p in _weight_files(dest)}
+def write_manifest(spec: ModelSpec, dest: Path, revision: str, known: dict[str, str] | None = None) -> Path:
+    """Record model id, revision, and each file's size and sha256 in `dest/e5-manifest.json`.
+
+    `known` maps file names to sha256 values already computed, so large files are not read again.
+    """
+    known = known or {}
+    files = {}
+    for p in _weight_files(dest):
+        name = p.relative_to(dest).as_posix()
+        files[name] = {"size": p.stat().st_size, "sha256": known.get(name) or sha256_of(p)}
     manifest = {"model": spec.name, "hf_id": spec.hf_id, "revision": revision, "files": files}
     path = dest / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -154,15 +171,6 @@ def verify_weights(spec: ModelSpec, path: Path) -> None:
             raise WeightsError(f"{spec.name}: {name} does not match its sha256 in the manifest; {fix}")
 
 
-def git_blob_sha1(path: Path) -> str:
-    """The id git (and the hub) gives a file's content: sha1 of a `blob <size>` header and the bytes."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None) -> Path:
     """Download the inference files of `spec` into `dest` (default `weights/<name>/`) and write its manifest.
 
@@ -182,36 +190,43 @@ def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None
         info = HfApi(endpoint=endpoint, token=token).model_info(spec.hf_id, revision=revision, files_metadata=True)
         wanted = list(filter_repo_objects(info.siblings or [], allow_patterns=INFERENCE_FILES,
                                           key=lambda sibling: sibling.rfilename))
-        for sibling in wanted:
-            _fetch_file(spec, sibling, dest, info.sha, endpoint, token)
+        known = {sibling.rfilename: _fetch_file(spec, sibling, dest, info.sha, endpoint, token)
+                 for sibling in wanted}
     except DownloadError:
         raise
     except Exception as exc:  # the hub client raises many types; the caller needs one line
         raise DownloadError(f"cannot download {spec.hf_id}: {_download_failure(exc)}. Offline options: set "
                             "E5_WEIGHTS_DIR to a local Hugging Face directory, or serve the demo with "
                             "`python -m e5 serve --demo`") from None
-    write_manifest(spec, dest, info.sha)
+    write_manifest(spec, dest, info.sha, known)
     return dest
 
 
-def _matches_hub(path: Path, sibling) -> bool:
+def _checked_sha256(path: Path, sibling) -> str | None:
+    """The file's sha256 when it matches what the hub publishes for it, else None."""
+    sha256, blob_sha1 = hub_hashes(path)
     lfs = getattr(sibling, "lfs", None)
     if lfs is not None:
-        return path.stat().st_size == lfs.size and sha256_of(path) == lfs.sha256
-    if sibling.blob_id:
-        return git_blob_sha1(path) == sibling.blob_id
-    return sibling.size is None or path.stat().st_size == sibling.size
+        ok = path.stat().st_size == lfs.size and sha256 == lfs.sha256
+    elif sibling.blob_id:
+        ok = blob_sha1 == sibling.blob_id
+    else:
+        ok = sibling.size is None or path.stat().st_size == sibling.size
+    return sha256 if ok else None
 
 
-def _fetch_file(spec: ModelSpec, sibling, dest: Path, commit: str, endpoint: str | None, token: str | None) -> None:
-    """One file: skip it when already right, else continue or start it, check it, move it in place."""
+def _fetch_file(spec: ModelSpec, sibling, dest: Path, commit: str, endpoint: str | None, token: str | None) -> str:
+    """One file: skip it when already right, else continue or start it, check it, move it in place.
+
+    Returns its sha256.
+    """
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import get_session
     from tqdm.auto import tqdm
 
     target = dest / sibling.rfilename
-    if target.is_file() and _matches_hub(target, sibling):
-        return
+    if target.is_file() and (sha256 := _checked_sha256(target, sibling)):
+        return sha256
     partial = dest / PARTIAL_DIR / sibling.rfilename
     partial.parent.mkdir(parents=True, exist_ok=True)
     url = hf_hub_url(spec.hf_id, sibling.rfilename, revision=commit, endpoint=endpoint)
@@ -240,12 +255,14 @@ def _fetch_file(spec: ModelSpec, sibling, dest: Path, commit: str, endpoint: str
             log.warning("%s: download interrupted (%s); continuing from byte %d", sibling.rfilename, exc,
                         partial.stat().st_size if partial.exists() else 0)
             time.sleep(min(2 ** attempt, 10) / 10)
-    if not _matches_hub(partial, sibling):
+    sha256 = _checked_sha256(partial, sibling)
+    if sha256 is None:
         partial.unlink()  # never leave a corrupt file where a later fetch would continue it
         raise DownloadError(f"{spec.hf_id}: {sibling.rfilename} arrived corrupted (its hash differs from the "
                             f"hub's); run `python -m e5 fetch {spec.name}` again")
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, target)
+    return sha256
 
 
 def _download_failure(exc: Exception) -> str:
