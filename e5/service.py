@@ -13,6 +13,7 @@ import torch
 
 from .encoder import Encoder, Tokenized, TooLongError
 from .engine import BatchingEngine
+from .limits import LimitError, Limits
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import get_spec
@@ -74,9 +75,10 @@ class PreparedRequest:
 class EmbeddingService:
     """Answers embedding requests with one loaded `Encoder`, directly or through a `BatchingEngine`."""
 
-    def __init__(self, encoder: Encoder, engine: BatchingEngine | None = None):
+    def __init__(self, encoder: Encoder, engine: BatchingEngine | None = None, limits: Limits | None = None):
         self.encoder = encoder
         self.engine = engine
+        self.limits = limits or Limits.from_env()
 
     def handle(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embed every text of the request in one pass on the calling thread."""
@@ -97,6 +99,10 @@ class EmbeddingService:
         texts = list(request.texts or [])
         if request.query is None and request.passage is None and not texts:
             raise RequestError("nothing to embed: give `query`, `passage`, or a non-empty `texts` list")
+        try:
+            self._check_limits(request, texts)
+        except LimitError as exc:
+            raise RequestError(str(exc)) from None
         input_type = _parse_input_type(request.input_type)
         try:
             task = resolve_task(request.task)
@@ -117,9 +123,19 @@ class EmbeddingService:
 
         try:
             tokens = self.encoder.tokenize(formatted, truncate=request.truncate, labels=labels)
-        except TooLongError as exc:
+            self.limits.check_tokens(tokens.token_count)
+        except (TooLongError, LimitError) as exc:
             raise RequestError(str(exc)) from None
         return PreparedRequest(labels, tokens, len(texts), request.normalize)
+
+    def _check_limits(self, request: EmbeddingRequest, texts: list[str]) -> None:
+        # Before any prompting or tokenising, so a megabyte paste costs nothing.
+        self.limits.check_count(len(texts))
+        for label, text in (("query", request.query), ("passage", request.passage), ("task", request.task)):
+            if text is not None:
+                self.limits.check_text(label, text)
+        for i, text in enumerate(texts):
+            self.limits.check_text(f"texts[{i}]", text)
 
     def respond(self, prepared: PreparedRequest, raw: torch.Tensor) -> EmbeddingResponse:
         """Assemble vectors (normalised if asked) and cosine scores of the raw vectors."""

@@ -127,6 +127,9 @@ def test_wrong_types_get_422_naming_the_field(server, payload, loc):
     ({"texts": []}, "nothing to embed"),
     ({"query": "q", "task": "websearch"}, "task: unknown preset 'websearch'"),
     ({"texts": ["protein " * 600], "truncate": False}, "texts[0] has "),
+    ({"texts": ["fine", "  "]}, "texts[1] is empty or only whitespace"),
+    ({"query": "a\u0000b"}, "query has a control character (U+0000) at character 1"),
+    ({"passage": "p" * 100_001}, "passage has 100001 characters, more than the 100000 allowed"),
 ])
 def test_bad_requests_fail_cleanly_and_the_server_stays_ready(server, payload, message):
     body = predict(server, payload).json()
@@ -188,3 +191,15 @@ def test_concurrent_clients_each_get_their_own_vectors(server):
             assert max(abs(x - y) for x, y in zip(vector, alone[text])) < 1e-5
     # Rows came back to the request that sent them: different texts, different vectors.
     assert len({tuple(round(x, 5) for x in v) for v in together}) == len(texts)
+
+
+def test_a_lone_surrogate_is_refused_and_the_server_stays_ready(server):
+    body = '{"input": {"query": "a\\ud800b"}}'  # valid JSON, not valid Unicode
+    r = requests.post(f"{server}/predictions", data=body, headers={"Content-Type": "application/json"}, timeout=60)
+    print(f"lone surrogate: HTTP {r.status_code} {r.text[:200]}")
+    if r.status_code == 200:
+        assert r.json()["status"] == "failed"
+        assert "lone surrogate (U+D800)" in r.json()["error"]
+    else:
+        assert 400 <= r.status_code < 500
+    assert_ready(server)

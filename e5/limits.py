@@ -1,0 +1,73 @@
+"""What one request may hold, checked before any tokenising: counts, sizes and well-formed text."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+# 2048 texts is what OpenAI's embeddings endpoint accepts in one call; 100k characters is far past every
+# E5 context (4096 tokens at most) but stops a megabyte paste before the tokenizer reads it; the token
+# cap bounds one request's compute at 2048 full 512-token texts.
+DEFAULT_MAX_TEXTS = 2048
+DEFAULT_MAX_CHARS = 100_000
+DEFAULT_MAX_TOKENS = 2048 * 512
+
+# C0 controls except tab, newline and carriage return, plus DEL: never part of real text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+class LimitError(ValueError):
+    """A request over a limit or with malformed text; the message names the input and the rule."""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive whole number, not {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits; `from_env` reads E5_MAX_TEXTS, E5_MAX_CHARS and E5_MAX_TOKENS."""
+
+    max_texts: int = DEFAULT_MAX_TEXTS
+    max_chars: int = DEFAULT_MAX_CHARS
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        """The defaults, overridden by the environment."""
+        return cls(_env_int("E5_MAX_TEXTS", DEFAULT_MAX_TEXTS), _env_int("E5_MAX_CHARS", DEFAULT_MAX_CHARS),
+                   _env_int("E5_MAX_TOKENS", DEFAULT_MAX_TOKENS))
+
+    def check_count(self, count: int) -> None:
+        """At most `max_texts` texts in `texts`."""
+        if count > self.max_texts:
+            raise LimitError(f"texts has {count} items, more than the {self.max_texts} allowed per request; "
+                             "split it into several requests")
+
+    def check_text(self, label: str, text: str) -> None:
+        """Non-blank, at most `max_chars` characters, no control characters or lone surrogates."""
+        if not isinstance(text, str):
+            raise LimitError(f"{label} must be a string, not {type(text).__name__}")
+        if len(text) > self.max_chars:
+            raise LimitError(f"{label} has {len(text)} characters, more than the {self.max_chars} allowed")
+        if not text.strip():
+            raise LimitError(f"{label} is empty or only whitespace; every text needs content")
+        if match := _SURROGATE.search(text):
+            raise LimitError(f"{label} has a lone surrogate (U+{ord(match.group()):04X}) at character "
+                             f"{match.start()}; send valid Unicode")
+        if match := _CONTROL.search(text):
+            raise LimitError(f"{label} has a control character (U+{ord(match.group()):04X}) at character "
+                             f"{match.start()}; only tab, newline and carriage return are allowed")
+
+    def check_tokens(self, tokens: int) -> None:
+        """At most `max_tokens` tokens read by the model for the whole request."""
+        if tokens > self.max_tokens:
+            raise LimitError(f"the request has {tokens} tokens, more than the {self.max_tokens} allowed per "
+                             "request; split it into several requests")
