@@ -203,3 +203,57 @@ def test_a_lone_surrogate_is_refused_and_the_server_stays_ready(server):
     else:
         assert 400 <= r.status_code < 500
     assert_ready(server)
+
+
+def _corrupt_weights_root(root: Path, checkpoints) -> None:
+    import shutil
+
+    from e5.registry import get_spec
+    from e5.weights import write_manifest
+
+    shutil.copytree(checkpoints["bert"], root / "e5-small-v2")
+    write_manifest(get_spec("e5-small-v2"), root / "e5-small-v2", "local")
+    weights = root / "e5-small-v2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("missing", "weights for e5-small-v2 are not in"),
+    ("corrupt", "e5-small-v2: model.safetensors does not match its sha256 in the manifest; fetch it again with "
+                "`python -m e5 fetch e5-small-v2`"),
+])
+def test_a_failed_setup_is_reported_with_its_reason_not_a_hang(damage, reason, checkpoints, tmp_path):
+    # coglet directly (as in a built image): `python -m e5 serve` would stop before starting it.
+    root = tmp_path / "weights"
+    root.mkdir()
+    if damage == "corrupt":
+        _corrupt_weights_root(root, checkpoints)
+    port = _free_port()
+    env = dict(os.environ, E5_WEIGHTS_ROOT=str(root), E5_MODEL="e5-small-v2", PORT=str(port),
+               COG_PREDICT_TYPE_STUB="predict.py:Predictor", COG_MAX_CONCURRENCY="4",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        health = {}
+        while health.get("status") != "SETUP_FAILED":
+            assert time.monotonic() < deadline and proc.poll() is None, f"no SETUP_FAILED: {health}"
+            try:
+                health = requests.get(f"{base}/health-check", timeout=2).json()
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        assert reason in health["setup"]["logs"]
+        assert "Traceback" not in health["setup"]["logs"]
+        body = predict(base, {"query": "q"}).json()  # answered at once, not queued for ever
+        assert body["status"] == "failed"
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
