@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from .settings import env_positive_int
 
 # Padded tokens (rows × longest row) per forward pass. On two CPU cores, MiniLM-L6 over mixed
 # lengths ran fastest at 1-2k (about 1.2x sentence-transformers, against 0.9x at 8k); the GPU
@@ -14,13 +14,8 @@ DEFAULT_MAX_BATCH = 256
 
 def default_token_budget(device_type: str) -> int:
     """`E5_TOKEN_BUDGET` if set, else the budget for a 'cpu' or 'cuda' device."""
-    configured = os.environ.get("E5_TOKEN_BUDGET", "").strip()
-    if configured:
-        budget = int(configured)
-        if budget < 1:
-            raise ValueError(f"E5_TOKEN_BUDGET must be a positive number of tokens, not {configured!r}")
-        return budget
-    return GPU_TOKEN_BUDGET if device_type == "cuda" else CPU_TOKEN_BUDGET
+    default = GPU_TOKEN_BUDGET if device_type == "cuda" else CPU_TOKEN_BUDGET
+    return env_positive_int("E5_TOKEN_BUDGET", default, what="number of tokens")
 
 
 def token_budget_batches(lengths: list[int], token_budget: int, max_batch: int = DEFAULT_MAX_BATCH) -> list[list[int]]:

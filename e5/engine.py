@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future
@@ -22,6 +21,7 @@ from typing import Iterator
 import torch
 
 from .encoder import Encoder
+from .settings import env_flag, env_ms
 
 log = logging.getLogger(__name__)
 
@@ -41,44 +41,19 @@ class _Job:
         return sum(len(row) for row in self.ids)
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    raise ValueError(f"{name} must be on or off (1/0, true/false), not {value!r}")
-
-
-def _env_ms(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        ms = float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of milliseconds, not {value!r}") from None
-    if not 0 <= ms <= 1000:
-        raise ValueError(f"{name} must be between 0 and 1000 milliseconds, not {value!r}")
-    return ms
-
-
 class BatchingEngine:
     """Runs `encoder` on one background thread; concurrent `embed` calls share its passes."""
 
     def __init__(self, encoder: Encoder, max_wait_ms: float | None = None, dynamic: bool | None = None):
         self.encoder = encoder
-        self.max_wait = (max_wait_ms if max_wait_ms is not None else _env_ms("E5_BATCH_WAIT_MS", DEFAULT_MAX_WAIT_MS)) / 1000
+        self.max_wait = (max_wait_ms if max_wait_ms is not None else env_ms("E5_BATCH_WAIT_MS", DEFAULT_MAX_WAIT_MS)) / 1000
         # With dynamic batching off each pass serves one request: the baseline the benchmark compares to.
-        self.dynamic = dynamic if dynamic is not None else _env_flag("E5_DYNAMIC_BATCHING", True)
+        self.dynamic = dynamic if dynamic is not None else env_flag("E5_DYNAMIC_BATCHING", True)
         self.gather_tokens = GATHER_BUDGETS * encoder.token_budget
         self._pending: list[_Job] = []
         self._arriving = 0
         self._closed = False
         self._cond = threading.Condition()
-        self.passes = 0  # gathered jobs run so far, for tests and the benchmark
         self._thread = threading.Thread(target=self._work, name="e5-batching", daemon=True)
         self._thread.start()
 
@@ -148,7 +123,6 @@ class BatchingEngine:
     def _run(self, jobs: list[_Job]) -> None:
         if not jobs:
             return
-        self.passes += 1
         try:
             vectors = self.encoder.embed_ids([row for job in jobs for row in job.ids])
         except Exception as exc:

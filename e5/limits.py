@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
+
+from .settings import env_positive_int
 
 # 2048 texts is what OpenAI's embeddings endpoint accepts in one call; 100k characters is far past every
 # E5 context (4096 tokens at most) but stops a megabyte paste before the tokenizer reads it; the token
@@ -22,15 +23,6 @@ class LimitError(ValueError):
     """A request over a limit or with malformed text; the message names the input and the rule."""
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{name} must be a positive whole number, not {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Limits:
     """Per-request limits; `from_env` reads E5_MAX_TEXTS, E5_MAX_CHARS and E5_MAX_TOKENS."""
@@ -42,8 +34,9 @@ class Limits:
     @classmethod
     def from_env(cls) -> "Limits":
         """The defaults, overridden by the environment."""
-        return cls(_env_int("E5_MAX_TEXTS", DEFAULT_MAX_TEXTS), _env_int("E5_MAX_CHARS", DEFAULT_MAX_CHARS),
-                   _env_int("E5_MAX_TOKENS", DEFAULT_MAX_TOKENS))
+        return cls(env_positive_int("E5_MAX_TEXTS", DEFAULT_MAX_TEXTS),
+                   env_positive_int("E5_MAX_CHARS", DEFAULT_MAX_CHARS),
+                   env_positive_int("E5_MAX_TOKENS", DEFAULT_MAX_TOKENS))
 
     def check_count(self, count: int) -> None:
         """At most `max_texts` texts in `texts`."""
