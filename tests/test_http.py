@@ -24,6 +24,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_health(base: str, proc: subprocess.Popen, status: str, log_path: Path | None = None) -> dict:
+    """Poll /health-check until it reports `status`; fail if the server exits or STARTUP_SECONDS pass."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    health: dict = {}
+    while health.get("status") != status:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log = log_path.read_text()[-3000:] if log_path else ""
+            pytest.fail(f"server never reported {status} (last: {health}):\n{log}")
+        try:
+            health = requests.get(f"{base}/health-check", timeout=2).json()
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    return health
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
 @pytest.fixture(scope="module")
 def server(checkpoints, tmp_path_factory):
     """`python -m e5 serve` (the README's serve command) over the tiny XLM-RoBERTa checkpoint."""
@@ -35,24 +59,11 @@ def server(checkpoints, tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "e5", "serve", "--port", str(port)], cwd=REPO_ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_SECONDS
     try:
-        while True:
-            try:
-                if requests.get(f"{base}/health-check", timeout=2).json().get("status") == "READY":
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not become READY:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        _wait_for_health(base, proc, "READY", log_path)
         yield base
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        _stop(proc)
 
 
 def predict(base: str, payload: dict, session: requests.Session | None = None) -> requests.Response:
@@ -238,22 +249,10 @@ def test_a_failed_setup_is_reported_with_its_reason_not_a_hang(damage, reason, c
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        health = {}
-        while health.get("status") != "SETUP_FAILED":
-            assert time.monotonic() < deadline and proc.poll() is None, f"no SETUP_FAILED: {health}"
-            try:
-                health = requests.get(f"{base}/health-check", timeout=2).json()
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
+        health = _wait_for_health(base, proc, "SETUP_FAILED")
         assert reason in health["setup"]["logs"]
         assert "Traceback" not in health["setup"]["logs"]
         body = predict(base, {"query": "q"}).json()  # answered at once, not queued for ever
         assert body["status"] == "failed"
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        _stop(proc)
