@@ -14,7 +14,7 @@ from .devices import Placement, choose_placement
 from .pooling import pool
 from .quantize import PROBE_TEXTS, check_int8_supported, cosine_check, int8_backbone, quantize_mode
 from .registry import ModelSpec
-from .weights import WeightsError
+from .weights import WeightsError, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,13 @@ class Tokenized:
 def check_weights_dir(path: Path) -> None:
     """Raise `WeightsError` unless `path` holds a config and safetensors weights."""
     if not path.is_dir():
-        raise WeightsError(f"weights directory {path} does not exist")
+        raise WeightsError(f"weights directory {shown_path(path)} does not exist")
     if not (path / "config.json").is_file():
-        raise WeightsError(f"{path} has no config.json; it is not a Hugging Face model directory")
+        raise WeightsError(f"{shown_path(path)} has no config.json; it is not a Hugging Face model directory")
     if not any(path.glob("*.safetensors")):
         pickled = [p.name for p in path.glob("*.bin")]
         hint = f" (found pickled {', '.join(pickled)}, which is refused)" if pickled else ""
-        raise WeightsError(f"{path} has no .safetensors weights{hint}")
+        raise WeightsError(f"{shown_path(path)} has no .safetensors weights{hint}")
 
 
 class Encoder:

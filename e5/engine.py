@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from .encoder import Encoder
+from .encoder import Encoder, is_out_of_memory
 from .settings import env_flag, env_ms
 
 log = logging.getLogger(__name__)
@@ -127,16 +127,25 @@ class BatchingEngine:
             vectors = self.encoder.embed_ids([row for job in jobs for row in job.ids])
         except Exception as exc:
             if len(jobs) == 1:
-                jobs[0].future.set_exception(exc)
+                self._fail(jobs[0], exc)
                 return
             log.warning("a shared pass of %d requests failed (%s); retrying them one by one", len(jobs), exc)
             for job in jobs:
                 try:
                     job.future.set_result(self.encoder.embed_ids(job.ids))
                 except Exception as single_exc:
-                    job.future.set_exception(single_exc)
+                    self._fail(job, single_exc)
             return
         start = 0
         for job in jobs:
             job.future.set_result(vectors[start : start + len(job.ids)])
             start += len(job.ids)
+
+    @staticmethod
+    def _fail(job: _Job, exc: Exception) -> None:
+        # Logged here, on the worker thread, so the traceback reaches the server log and not the caller.
+        if is_out_of_memory(exc):
+            log.warning("a request of %d texts ran out of memory even one text at a time", len(job.ids))
+        else:
+            log.error("a request of %d texts failed", len(job.ids), exc_info=exc)
+        job.future.set_exception(exc)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from .limits import excerpt
 from .registry import PromptStyle
 
 QUERY_PREFIX = "query: "
@@ -91,7 +92,7 @@ def resolve_task(task: str | None) -> TaskPreset:
         preset = TASK_PRESETS.get(text.lower().replace("-", "_"))
         if preset is None:
             raise UnknownTaskError(
-                f"task: unknown preset {text!r}; use one of {', '.join(TASK_PRESETS)}, "
+                f"task: unknown preset {excerpt(text)}; use one of {', '.join(TASK_PRESETS)}, "
                 "or write the instruction as a sentence"
             )
         return preset

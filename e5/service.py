@@ -6,14 +6,15 @@ Cog-free: `predict.py` and the CLI both call `EmbeddingService.handle`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from dataclasses import dataclass, field
 
 import torch
 
-from .encoder import Encoder, Tokenized, TooLongError
+from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
 from .engine import BatchingEngine
-from .limits import LimitError, Limits
+from .limits import LimitError, Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import get_spec
@@ -22,9 +23,24 @@ from .weights import (
     missing_weights_message, verify_weights, weights_dir_for,
 )
 
+log = logging.getLogger(__name__)
+
 
 class RequestError(ValueError):
     """A request the service cannot answer; the message names the input and the rule."""
+
+
+class EmbeddingFailed(RuntimeError):
+    """The model could not embed a valid request; the message says why, never the internals (paths, env)."""
+
+
+def embedding_failure(exc: Exception) -> EmbeddingFailed:
+    """What the caller is told when a forward pass fails; the details stay in the server log."""
+    if is_out_of_memory(exc):
+        return EmbeddingFailed("the device ran out of memory on this request even one text at a time; "
+                               "send fewer or shorter texts")
+    return EmbeddingFailed(f"embedding failed with an internal error ({type(exc).__name__}); "
+                           "the server log has the details")
 
 
 @dataclass
@@ -59,7 +75,7 @@ def _parse_input_type(value: str) -> InputType:
     try:
         return InputType(value)
     except ValueError:
-        raise RequestError(f"input_type must be 'query' or 'passage', not {value!r}") from None
+        raise RequestError(f"input_type must be 'query' or 'passage', not {excerpt(value)}") from None
 
 
 @dataclass
@@ -83,7 +99,12 @@ class EmbeddingService:
     def handle(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embed every text of the request in one pass on the calling thread."""
         prepared = self.prepare(request)
-        return self.respond(prepared, self.encoder.embed_ids(prepared.tokens.ids))
+        try:
+            vectors = self.encoder.embed_ids(prepared.tokens.ids)
+        except Exception as exc:
+            log.error("embedding %d texts failed", len(prepared.labels), exc_info=exc)
+            raise embedding_failure(exc) from None
+        return self.respond(prepared, vectors)
 
     async def handle_async(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Like `handle`, but the forward passes are shared with concurrent requests."""
@@ -92,7 +113,11 @@ class EmbeddingService:
         with self.engine.arriving():
             prepared = await asyncio.to_thread(self.prepare, request)
             future = self.engine.submit(prepared.tokens.ids)
-        return self.respond(prepared, await asyncio.wrap_future(future))
+        try:
+            vectors = await asyncio.wrap_future(future)
+        except Exception as exc:  # the engine has logged it on its own thread, out of the request's logs
+            raise embedding_failure(exc) from None
+        return self.respond(prepared, vectors)
 
     def prepare(self, request: EmbeddingRequest) -> PreparedRequest:
         """Check the request, prompt its texts and tokenise them; `RequestError` names what is wrong."""

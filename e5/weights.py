@@ -20,7 +20,8 @@ PARTIAL_DIR = ".e5-partial"
 _ATTEMPTS = 5  # per file and fetch; each attempt continues where the previous one stopped
 
 # `E5_WEIGHTS_ROOT` moves the whole folder (a mounted volume, or an empty one in tests).
-WEIGHTS_ROOT = Path(os.environ.get("E5_WEIGHTS_ROOT") or Path(__file__).resolve().parent.parent / "weights")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_ROOT = Path(os.environ.get("E5_WEIGHTS_ROOT") or PROJECT_ROOT / "weights")
 
 # Only what inference needs: never pickled *.bin, never ONNX/OpenVINO exports.
 INFERENCE_FILES = [
@@ -92,10 +93,25 @@ def download_allowed() -> bool:
     return os.environ.get("E5_ALLOW_DOWNLOAD", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def shown_path(path: Path) -> str:
+    """`path` as errors show it: relative to the project when inside it, else the setting that chose it.
+
+    Setup errors reach /health-check, so they must not describe the host's file system.
+    """
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        pass
+    override = os.environ.get("E5_WEIGHTS_DIR", "").strip()
+    if override and Path(override).resolve() == path.resolve():
+        return "E5_WEIGHTS_DIR"
+    return f"the directory {path.name!r}"
+
+
 def missing_weights_message(spec: ModelSpec, path: Path) -> str:
     """One line that says what is missing and every way to fix it."""
     return (
-        f"weights for {spec.name} are not in {path}: fetch them with `python -m e5 fetch {spec.name}`, "
+        f"weights for {spec.name} are not in {shown_path(path)}: fetch them with `python -m e5 fetch {spec.name}`, "
         "or set E5_ALLOW_DOWNLOAD=1 to fetch them at setup, "
         "or set E5_WEIGHTS_DIR to a local Hugging Face directory, "
         "or serve the offline demo with `python -m e5 serve --demo`"

@@ -57,3 +57,15 @@ def test_the_service_refuses_before_any_work_and_names_the_input(small_limits_se
 def test_a_request_at_the_limits_is_served(small_limits_service):
     r = small_limits_service.handle(EmbeddingRequest(texts=["the fox", "how much", "protein"]))
     assert len(r.embeddings) == 3 and r.token_count <= 30
+
+
+def test_errors_quote_at_most_an_excerpt_of_the_input():
+    from e5.limits import excerpt
+    from e5.prompts import UnknownTaskError, resolve_task
+
+    assert excerpt("websearch") == "'websearch'"
+    long = excerpt("w" * 5000)
+    assert long.startswith("'www") and long.endswith("… (5000 characters)") and len(long) < 70
+    with pytest.raises(UnknownTaskError) as err:
+        resolve_task("z" * 90_000)
+    assert "(90000 characters)" in str(err.value) and str(err.value).count("z") < 60

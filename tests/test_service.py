@@ -1,12 +1,13 @@
 """Request handling: which vectors and scores come back, and the errors callers see."""
 
+import asyncio
 import math
 
 import pytest
 import torch
 
 from e5.prompts import DEFAULT_TASK, instruct_query
-from e5.service import EmbeddingRequest, EmbeddingService, RequestError, load_service
+from e5.service import EmbeddingFailed, EmbeddingRequest, EmbeddingService, RequestError, load_service
 from e5.weights import WeightsNotFoundError
 
 
@@ -106,3 +107,38 @@ def test_e5_weights_dir_loads_any_local_directory(monkeypatch, checkpoints):
     svc = load_service()
     assert svc.encoder.spec.name == "multilingual-e5-large-instruct"
     assert svc.handle(EmbeddingRequest(passage="x")).dimensions == 32
+
+
+class _FailingModel(torch.nn.Module):
+    def __init__(self, exc):
+        super().__init__()
+        self.exc = exc
+
+    def forward(self, **inputs):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc,message", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     "the device ran out of memory on this request even one text at a time; send fewer or shorter texts"),
+    (RuntimeError("cannot open /srv/secret/model.onnx (HOME=/root)"),
+     "embedding failed with an internal error (RuntimeError); the server log has the details"),
+])
+def test_a_failed_pass_is_told_plainly_without_internals(encoders, monkeypatch, exc, message):
+    encoder = encoders["bert"]
+    monkeypatch.setattr(encoder, "model", _FailingModel(exc))
+    service = EmbeddingService(encoder)
+    with pytest.raises(EmbeddingFailed) as sync_err:
+        service.handle(EmbeddingRequest(texts=["a", "b"]))
+    with pytest.raises(EmbeddingFailed) as async_err:
+        asyncio.run(service.handle_async(EmbeddingRequest(texts=["a", "b"])))
+    service.engine.close()
+    assert str(sync_err.value) == str(async_err.value) == message
+
+
+def test_missing_weights_message_shows_no_host_path(monkeypatch, tmp_path):
+    outside = tmp_path / "secret-mount" / "e5"
+    monkeypatch.setenv("E5_WEIGHTS_DIR", str(outside))
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_service("e5-base-v2")
+    assert "not in E5_WEIGHTS_DIR:" in str(err.value) and str(tmp_path) not in str(err.value)
