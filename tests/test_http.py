@@ -3,77 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-STARTUP_SECONDS = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_health(base: str, proc: subprocess.Popen, status: str, log_path: Path | None = None) -> dict:
-    """Poll /health-check until it reports `status`; fail if the server exits or STARTUP_SECONDS pass."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    health: dict = {}
-    while health.get("status") != status:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log = log_path.read_text()[-3000:] if log_path else ""
-            pytest.fail(f"server never reported {status} (last: {health}):\n{log}")
-        try:
-            health = requests.get(f"{base}/health-check", timeout=2).json()
-        except requests.RequestException:
-            pass
-        time.sleep(0.25)
-    return health
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-
-
-@pytest.fixture(scope="module")
-def server(checkpoints, tmp_path_factory):
-    """`python -m e5 serve` (the README's serve command) over the tiny XLM-RoBERTa checkpoint."""
-    port = _free_port()
-    env = dict(os.environ, E5_MODEL="multilingual-e5-small", E5_WEIGHTS_DIR=str(checkpoints["xlm-roberta"]),
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "e5", "serve", "--port", str(port)], cwd=REPO_ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_health(base, proc, "READY", log_path)
-        yield base
-    finally:
-        _stop(proc)
-
-
-def predict(base: str, payload: dict, session: requests.Session | None = None) -> requests.Response:
-    """POST one prediction and wait for its answer (no retries: a 409 is a failure)."""
-    return (session or requests).post(f"{base}/predictions", json={"input": payload}, timeout=60)
-
-
-def assert_ready(base: str) -> None:
-    assert requests.get(f"{base}/health-check", timeout=5).json()["status"] == "READY"
-
+from cog_server import CogServer, assert_ready, predict
 
 def test_query_and_passage(server):
     r = predict(server, {"query": "how much protein", "passage": "46 grams per day"})
@@ -241,18 +177,13 @@ def test_a_failed_setup_is_reported_with_its_reason_not_a_hang(damage, reason, c
     root.mkdir()
     if damage == "corrupt":
         _corrupt_weights_root(root, checkpoints)
-    port = _free_port()
-    env = dict(os.environ, E5_WEIGHTS_ROOT=str(root), E5_MODEL="e5-small-v2", PORT=str(port),
-               COG_PREDICT_TYPE_STUB="predict.py:Predictor", COG_MAX_CONCURRENCY="4",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=REPO_ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    server = CogServer.coglet(tmp_path / "server.log", "predict.py:Predictor", E5_WEIGHTS_ROOT=str(root),
+                              E5_MODEL="e5-small-v2")
     try:
-        health = _wait_for_health(base, proc, "SETUP_FAILED")
+        health = server.wait_for("SETUP_FAILED")
         assert reason in health["setup"]["logs"]
-        assert "Traceback" not in health["setup"]["logs"]
-        body = predict(base, {"query": "q"}).json()  # answered at once, not queued for ever
+        assert "Traceback" not in health["setup"]["logs"] and str(tmp_path) not in health["setup"]["logs"]
+        body = predict(server.base, {"query": "q"}).json()  # answered at once, not queued for ever
         assert body["status"] == "failed"
     finally:
-        _stop(proc)
+        server.stop()

@@ -1,0 +1,98 @@
+"""Cog's own HTTP server (coglet) on 127.0.0.1 for the end-to-end tests: start it, wait for it, talk to it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 90
+REQUEST_SECONDS = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CogServer:
+    """One server process group; `serve` starts it as the README does, `coglet` as a built image does."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, port: int):
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    @classmethod
+    def serve(cls, log_path: Path, **env: str) -> "CogServer":
+        """`python -m e5 serve` (the README's command) with extra environment."""
+        port = free_port()
+        full_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **env)
+        return cls([sys.executable, "-m", "e5", "serve", "--port", str(port)], full_env, log_path, port)
+
+    @classmethod
+    def coglet(cls, log_path: Path, predictor: str, concurrency: int = 4, **env: str) -> "CogServer":
+        """coglet itself over `predictor` (module path:class), as `cog build` would run it."""
+        port = free_port()
+        full_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PORT=str(port),
+                        COG_PREDICT_TYPE_STUB=predictor, COG_MAX_CONCURRENCY=str(concurrency),
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env)
+        return cls([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], full_env, log_path, port)
+
+    def wait_for(self, status: str) -> dict:
+        """Poll /health-check until it reports `status`; fail if the server exits or STARTUP_SECONDS pass."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        health: dict = {}
+        while health.get("status") != status:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server never reported {status} (last: {health}):\n{self.log()[-3000:]}")
+            try:
+                health = requests.get(f"{self.base}/health-check", timeout=2).json()
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        return health
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process group: coglet and its Python worker."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # field 5 of stat, the process group
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24, rss in pages
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=10)
+
+
+def predict(base: str, payload: dict, session: requests.Session | None = None) -> requests.Response:
+    """POST one prediction and wait for its answer (no retries: a 409 is a failure)."""
+    return (session or requests).post(f"{base}/predictions", json={"input": payload}, timeout=REQUEST_SECONDS)
+
+
+def assert_ready(base: str) -> None:
+    assert requests.get(f"{base}/health-check", timeout=5).json()["status"] == "READY"
