@@ -1,0 +1,53 @@
+"""The real predictor with faults injected into its model's forward pass, for the end-to-end fault tests.
+
+A text holding a marker word triggers a fault in every forward pass that carries it, wherever it sits
+in a shared batch:
+
+- `oomalways`: the device runs out of memory at every batch size, even one text alone;
+- `slowpass`: the pass sleeps `E5_FAULT_SLOW_S` seconds (default 3), a long prediction to cancel or drain.
+
+Everything else (Cog, prompts, limits, dynamic batching, splitting on out-of-memory) is production code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from predict import Predictor  # noqa: E402
+
+OUT_OF_MEMORY_MARKER = "oomalways"
+SLOW_MARKER = "slowpass"
+SLOW_PASS_LOG = "[fault] slow pass"
+
+
+class _FaultyForward(torch.nn.Module):
+    """Wraps a backbone; decodes each row to find the markers, then behaves as the marker says."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, slow_seconds: float):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.slow_seconds = slow_seconds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        rows = [self.tokenizer.decode(row, skip_special_tokens=True).replace(" ", "") for row in input_ids.tolist()]
+        if any(SLOW_MARKER in row for row in rows):
+            print(f"{SLOW_PASS_LOG} of {len(rows)} rows", flush=True)  # the tests count these in the server log
+            time.sleep(self.slow_seconds)
+        if any(OUT_OF_MEMORY_MARKER in row for row in rows):
+            raise torch.OutOfMemoryError(f"CUDA out of memory on {len(rows)} rows (injected)")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+class FaultyPredictor(Predictor):
+    def setup(self) -> None:
+        super().setup()
+        encoder = self.service.encoder
+        encoder.model = _FaultyForward(encoder.model, encoder.tokenizer, float(os.environ.get("E5_FAULT_SLOW_S", "3")))
