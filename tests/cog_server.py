@@ -15,6 +15,10 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 90
 REQUEST_SECONDS = 60
+# What no answer may show: tracebacks, the host's paths, the environment.
+INTERNALS = ("Traceback", str(REPO_ROOT), "/tmp/", "site-packages", "/home/", "HF_ENDPOINT", "E5_WEIGHTS_DIR")
+# The longest error message a caller should read; inputs are quoted in excerpts only.
+MAX_MESSAGE = 600
 
 
 def free_port() -> int:
@@ -96,3 +100,9 @@ def predict(base: str, payload: dict, session: requests.Session | None = None) -
 
 def assert_ready(base: str) -> None:
     assert requests.get(f"{base}/health-check", timeout=5).json()["status"] == "READY"
+
+
+def assert_no_internals(*texts: str) -> None:
+    """None of `texts` (an error, the prediction's logs, a 4xx body) shows a traceback, a path or the env."""
+    leaks = [leak for leak in INTERNALS for text in texts if leak in text]
+    assert not leaks, f"{leaks} in {[text[:300] for text in texts]}"

@@ -73,7 +73,7 @@ def cog_server(checkpoints, tmp_path_factory) -> CogServer:
         served.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def server(cog_server) -> str:
     """The shared server's base URL."""
     return cog_server.base

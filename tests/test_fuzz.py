@@ -1,0 +1,62 @@
+"""Property-based fuzz of POST /predictions from the OpenAPI schema the server itself publishes (schemathesis).
+
+Positive cases follow the schema, negative ones break it. Every answer must be 2xx/4xx; a failed prediction
+must say why without internals; a success must hold one vector per text; the server must stay READY.
+`E5_FUZZ_EXAMPLES` sets the examples per mode (default 150).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import schemathesis
+from cog_server import MAX_MESSAGE, REQUEST_SECONDS, assert_no_internals, assert_ready
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+EXAMPLES = int(os.environ.get("E5_FUZZ_EXAMPLES", "150"))
+
+
+@pytest.fixture(scope="module")
+def predictions(server):
+    """The POST /predictions operation of the served schema."""
+    return schemathesis.openapi.from_url(f"{server}/openapi.json")["/predictions"]["POST"]
+
+
+def _check_answer(case, response) -> None:
+    assert 200 <= response.status_code < 500, (response.status_code, response.text[:500], case.body)
+    if response.status_code >= 400:
+        assert response.text.strip(), f"an empty {response.status_code} for {case.body!r}"
+        assert_no_internals(response.text)
+        return
+    body = response.json()
+    if body["status"] == "failed":
+        assert body["error"] and len(body["error"]) < MAX_MESSAGE, body
+        assert_no_internals(body["error"], body.get("logs") or "")
+        return
+    assert body["status"] == "succeeded", body
+    output, sent = body["output"], ((case.body if isinstance(case.body, dict) else {}).get("input") or {})
+    if sent.get("texts"):
+        assert len(output["embeddings"]) == len(sent["texts"])
+        assert all(len(vector) == output["dimensions"] for vector in output["embeddings"])
+    for field in ("query", "passage"):
+        assert (output[f"{field}_embedding"] is not None) == (sent.get(field) is not None), (sent, output)
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
+def test_every_generated_request_is_answered_and_the_server_stays_ready(server, predictions, mode):
+    answered = {"2xx": 0, "4xx": 0}
+
+    @given(case=predictions.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    def fuzz(case):
+        response = case.call(base_url=server, timeout=REQUEST_SECONDS)
+        _check_answer(case, response)
+        answered["2xx" if response.status_code < 300 else "4xx"] += 1
+        assert_ready(server)
+
+    fuzz()
+    print(f"fuzz {mode.value}: {answered}")
+    assert sum(answered.values()) >= EXAMPLES // 2  # hypothesis really ran the cases
