@@ -139,3 +139,15 @@ def test_bad_input_is_answered_clearly_and_the_server_stays_ready(server, case):
             assert r.json()["detail"], r.text
         assert_no_internals(r.text)
     assert_ready(server)
+
+
+def test_inputs_are_not_echoed_into_logs_or_errors(cog_server):
+    # Errors say where a problem is, not what the text was (an unknown preset is quoted in a short excerpt).
+    marker = "confidential-marker-5813"
+    requests_ = [{"query": marker}, {"texts": [marker, " "]}, {"query": f"{marker}\u0000"},
+                 {"query": "q", "task": marker.replace("-", "_") * 3}, {"passage": marker * 10_000}]
+    for payload in requests_:
+        body = requests.post(f"{cog_server.base}/predictions", json={"input": payload}, timeout=REQUEST_SECONDS).json()
+        assert marker not in (body.get("logs") or ""), body
+        assert marker not in (body.get("error") or ""), body
+    assert marker not in cog_server.log()
