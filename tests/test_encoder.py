@@ -232,3 +232,26 @@ def test_other_errors_are_not_retried(encoders, monkeypatch):
     with pytest.raises(ValueError, match="not a memory problem"):
         enc.embed(["passage: a", "passage: b", "passage: c"])
     assert calls == [3]
+
+
+def test_remote_code_in_a_checkpoint_is_never_run(tmp_path, checkpoints):
+    import json
+    import shutil
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(checkpoints["bert"], hostile)
+    ran = tmp_path / "remote-code-ran"
+    (hostile / "hostile_code.py").write_text(f"open({str(ran)!r}, 'w').close()\nfrom transformers import BertModel as "
+                                             "HostileModel\nfrom transformers import BertTokenizerFast as HostileTokenizer\n")
+    for name, key, cls in [("config.json", "AutoModel", "hostile_code.HostileModel"),
+                           ("tokenizer_config.json", "AutoTokenizer", ["hostile_code.HostileTokenizer", None])]:
+        config = json.loads((hostile / name).read_text())
+        config["auto_map"] = {key: cls}
+        (hostile / name).write_text(json.dumps(config))
+    try:
+        encoder = Encoder.load(get_spec("e5-small-v2"), hostile)
+    except Exception as exc:  # refusing the checkpoint is fine too; running its code is not
+        print(f"refused: {exc}")
+    else:
+        assert type(encoder.model).__module__.startswith("transformers.")
+    assert not ran.exists()
