@@ -3,9 +3,12 @@
 from .encoder import Encoder
 from .prompts import DEFAULT_TASK, TASK_PRESETS, InputType
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
-from .service import EmbeddingRequest, EmbeddingResponse, EmbeddingService, RequestError, load_service
+from .service import (
+    EmbeddingFailed, EmbeddingRequest, EmbeddingResponse, EmbeddingService, RequestError, load_service,
+)
 
 __all__ = [
-    "DEFAULT_MODEL", "DEFAULT_TASK", "MODELS", "TASK_PRESETS", "EmbeddingRequest", "EmbeddingResponse",
-    "EmbeddingService", "Encoder", "InputType", "ModelSpec", "RequestError", "get_spec", "load_service",
+    "DEFAULT_MODEL", "DEFAULT_TASK", "MODELS", "TASK_PRESETS", "EmbeddingFailed", "EmbeddingRequest",
+    "EmbeddingResponse", "EmbeddingService", "Encoder", "InputType", "ModelSpec", "RequestError", "get_spec",
+    "load_service",
 ]

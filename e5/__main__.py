@@ -11,7 +11,7 @@ from pathlib import Path
 from .openapi import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
 from .quantize import QuantizeError
 from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec
-from .service import EmbeddingRequest, RequestError, load_service
+from .service import EmbeddingFailed, EmbeddingRequest, RequestError, load_service
 from .weights import (
     DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present, verify_weights,
     weights_dir_for,
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (RequestError, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError, QuantizeError) as exc:
+    except (RequestError, EmbeddingFailed, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError,
+            QuantizeError) as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
 
