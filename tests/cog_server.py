@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import requests
@@ -96,6 +97,20 @@ class CogServer:
 def predict(base: str, payload: dict, session: requests.Session | None = None) -> requests.Response:
     """POST one prediction and wait for its answer (no retries: a 409 is a failure)."""
     return (session or requests).post(f"{base}/predictions", json={"input": payload}, timeout=REQUEST_SECONDS)
+
+
+def until_accepted(send: Callable[[], requests.Response], attempts: int = 50) -> tuple[requests.Response, int]:
+    """Call `send` until coglet stops answering "409 At capacity"; return the answer and the refusals.
+
+    coglet 0.23.1 sometimes refuses with free slots under concurrent load. A refusal is not an answer (the
+    prediction never started), so the tests retry it and count it apart.
+    """
+    for refusals in range(attempts):
+        response = send()
+        if response.status_code != 409 or "At capacity" not in response.text:
+            return response, refusals
+        time.sleep(0.01 * (refusals + 1))
+    pytest.fail(f"refused {attempts} times in a row: {response.text[:200]}")
 
 
 def assert_ready(base: str) -> None:

@@ -6,13 +6,12 @@ Bad input is in test_battery.py, faults in test_faults.py, sustained mixed load 
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
-from cog_server import CogServer, predict
+from cog_server import CogServer, predict, until_accepted
 
 def test_query_and_passage(server):
     r = predict(server, {"query": "how much protein", "passage": "46 grams per day"})
@@ -82,26 +81,20 @@ def test_concurrent_clients_each_get_their_own_vectors(server):
     texts = [f"text {i} " + "protein " * (i % 7) for i in range(64)]
     alone = {t: predict(server, {"texts": [t]}).json()["output"]["embeddings"][0] for t in texts[:8]}
 
-    spurious_409 = []
+    refusals = []
 
     def call(text):
-        # coglet 0.23.1 sometimes answers 409 "At capacity" under concurrent load with free slots
-        # (seen with 35 of 64 in use); that is the server refusing, not a lost prediction: retry.
         with requests.Session() as session:
-            for _ in range(20):
-                r = predict(server, {"texts": [text]}, session)
-                if r.status_code != 409:
-                    break
-                spurious_409.append(text)
-                time.sleep(0.05)
+            r, refused = until_accepted(lambda: predict(server, {"texts": [text]}, session))
+        refusals.append(refused)
         body = r.json()
         assert body["status"] == "succeeded", body
         return body["output"]["embeddings"][0]
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         together = list(pool.map(call, texts))
-    print(f"concurrent clients: {len(spurious_409)} spurious 409s retried in {len(texts)} requests")
-    assert len(spurious_409) <= len(texts) // 4
+    print(f"concurrent clients: {sum(refusals)} spurious 409s retried in {len(texts)} requests")
+    assert sum(refusals) <= len(texts) // 4
     assert len(together) == len(texts)
     for text, vector in zip(texts, together):
         if text in alone:

@@ -18,13 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
-from cog_server import REQUEST_SECONDS, assert_no_internals, assert_ready
+from cog_server import REQUEST_SECONDS, assert_no_internals, assert_ready, until_accepted
 
 REQUESTS = int(os.environ.get("E5_LOAD_REQUESTS", "2000"))
 WARM_UP = 500
 CLIENTS = 32
 DEADLINE_SECONDS = 600
-MAX_REFUSALS_PER_REQUEST = 50
 MEMORY_DRIFT = 0.10
 
 POOL = [
@@ -78,16 +77,9 @@ def _plan(count: int, seed: int, prefix: str) -> list[Planned]:
 
 
 def _send(base: str, planned: Planned, session: requests.Session) -> tuple[requests.Response, int]:
-    """PUT the prediction under its own id; retry coglet's 409 refusals; return the answer and the refusals."""
-    refusals = 0
-    while True:
-        r = session.put(f"{base}/predictions/{planned.prediction_id}", json={"input": planned.payload},
-                        timeout=REQUEST_SECONDS)
-        if r.status_code != 409 or "At capacity" not in r.text:
-            return r, refusals
-        refusals += 1
-        assert refusals <= MAX_REFUSALS_PER_REQUEST, f"{planned.prediction_id} refused {refusals} times"
-        time.sleep(0.01 * refusals)
+    """PUT the prediction under its own id; return the answer and how often coglet refused it first."""
+    return until_accepted(lambda: session.put(f"{base}/predictions/{planned.prediction_id}",
+                                              json={"input": planned.payload}, timeout=REQUEST_SECONDS))
 
 
 def _run(base: str, plan: list[Planned]) -> tuple[dict[str, requests.Response], int]:
