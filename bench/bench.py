@@ -152,13 +152,11 @@ class Server:
         command = [sys.executable, "-m", "e5", "serve", "--demo", "--port", str(self.port)]
         cwd, env = str(REPO_ROOT), {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         if noop:
-            from e5.__main__ import cog_max_concurrency
+            from e5.__main__ import coglet_argv, coglet_env
 
             self._scratch = tempfile.TemporaryDirectory()  # no .cog/ schema there: any input is accepted
-            cwd, command = self._scratch.name, [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
-            env.update({"PORT": str(self.port), "COG_PREDICT_TYPE_STUB": f"{NOOP_PREDICTOR}:Predictor",
-                        "COG_MAX_CONCURRENCY": str(cog_max_concurrency()),
-                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+            cwd, command = self._scratch.name, coglet_argv("127.0.0.1")
+            env = coglet_env(f"{NOOP_PREDICTOR}:Predictor", self.port, env)
         self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + startup_seconds

@@ -73,20 +73,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         fetch(spec)
     verify_weights(spec, path)
     write_schema()
-    env = dict(os.environ)
-    env.update({
-        "E5_MODEL": spec.name,
-        "COG_PREDICT_TYPE_STUB": PREDICTOR_REF,
-        "PORT": str(args.port),
-        # A built image sets this from cog.yaml's concurrency.max; do the same here.
-        "COG_MAX_CONCURRENCY": env.get("COG_MAX_CONCURRENCY") or str(cog_max_concurrency()),
-        # coglet starts its worker as `python` from PATH: make that this interpreter.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    })
+    env = coglet_env(PREDICTOR_REF, args.port, {**os.environ, "E5_MODEL": spec.name})
     os.chdir(REPO_ROOT)
     print(f"e5: serving {spec.name} on http://{args.host}:{args.port} (POST /predictions)", file=sys.stderr)
-    os.execvpe(sys.executable, [sys.executable, "-m", "cog.server.http", "--host", args.host], env)
+    os.execvpe(sys.executable, coglet_argv(args.host), env)
     return 0  # not reached
+
+
+def coglet_argv(host: str) -> list[str]:
+    """The command that starts Cog's HTTP server (coglet) with this interpreter."""
+    return [sys.executable, "-m", "cog.server.http", "--host", host]
+
+
+def coglet_env(predictor: str, port: int, base: dict[str, str]) -> dict[str, str]:
+    """`base` plus what coglet needs to serve `predictor` ("file.py:Class") on `port` as a built image would."""
+    return {
+        **base,
+        "COG_PREDICT_TYPE_STUB": predictor,
+        "PORT": str(port),
+        # A built image sets this from cog.yaml's concurrency.max; do the same here.
+        "COG_MAX_CONCURRENCY": base.get("COG_MAX_CONCURRENCY") or str(cog_max_concurrency()),
+        # coglet starts its worker as `python` from PATH: make that this interpreter.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}",
+    }
 
 
 def cog_max_concurrency(config: Path = REPO_ROOT / "cog.yaml") -> int:

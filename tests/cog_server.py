@@ -49,11 +49,11 @@ class CogServer:
     @classmethod
     def coglet(cls, log_path: Path, predictor: str, concurrency: int = 4, **env: str) -> "CogServer":
         """coglet itself over `predictor` (module path:class), as `cog build` would run it."""
+        from e5.__main__ import coglet_argv, coglet_env
+
         port = free_port()
-        full_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PORT=str(port),
-                        COG_PREDICT_TYPE_STUB=predictor, COG_MAX_CONCURRENCY=str(concurrency),
-                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env)
-        return cls([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"], full_env, log_path, port)
+        base = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", COG_MAX_CONCURRENCY=str(concurrency), **env)
+        return cls(coglet_argv("127.0.0.1"), coglet_env(predictor, port, base), log_path, port)
 
     def wait_for(self, status: str) -> dict:
         """Poll /health-check until it reports `status`; fail if the server exits or STARTUP_SECONDS pass."""
