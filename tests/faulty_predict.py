@@ -4,6 +4,7 @@ A text holding a marker word triggers a fault in every forward pass that carries
 in a shared batch:
 
 - `oomalways`: the device runs out of memory at every batch size, even one text alone;
+- `oomwide`: the device runs out of memory on any pass of more than one text (splitting recovers it);
 - `slowpass`: the pass sleeps `E5_FAULT_SLOW_S` seconds (default 3), a long prediction to cancel or drain.
 
 Everything else (Cog, prompts, limits, dynamic batching, splitting on out-of-memory) is production code.
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from predict import Predictor  # noqa: E402
 
 OUT_OF_MEMORY_MARKER = "oomalways"
+WIDE_OUT_OF_MEMORY_MARKER = "oomwide"
 SLOW_MARKER = "slowpass"
 SLOW_PASS_LOG = "[fault] slow pass"
 
@@ -41,7 +43,8 @@ class _FaultyForward(torch.nn.Module):
         if any(SLOW_MARKER in row for row in rows):
             print(f"{SLOW_PASS_LOG} of {len(rows)} rows", flush=True)  # the tests count these in the server log
             time.sleep(self.slow_seconds)
-        if any(OUT_OF_MEMORY_MARKER in row for row in rows):
+        if any(OUT_OF_MEMORY_MARKER in row for row in rows) or (
+                len(rows) > 1 and any(WIDE_OUT_OF_MEMORY_MARKER in row for row in rows)):
             raise torch.OutOfMemoryError(f"CUDA out of memory on {len(rows)} rows (injected)")
         return self.model(input_ids=input_ids, attention_mask=attention_mask)
 

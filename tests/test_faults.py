@@ -1,7 +1,8 @@
 """Faults end to end through coglet: out-of-memory isolation, cancellation and SIGTERM.
 
 The server runs `tests/faulty_predict.py`: the production predictor whose model forward pass runs out of
-memory on texts holding `oomalways` and sleeps on texts holding `slowpass` (see that module).
+memory on texts holding `oomalways` (always) or `oomwide` (on passes of more than one text) and sleeps on
+texts holding `slowpass` (see that module).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def _start_faulty(tmp_path, checkpoints, concurrency: int) -> CogServer:
     return server
 
 
-@pytest.fixture
-def faulty_server(tmp_path, checkpoints):
-    server = _start_faulty(tmp_path, checkpoints, concurrency=8)
+@pytest.fixture(scope="module")
+def faulty_server(tmp_path_factory, checkpoints):
+    server = _start_faulty(tmp_path_factory.mktemp("faulty"), checkpoints, concurrency=8)
     yield server
     server.stop()
 
@@ -87,6 +88,16 @@ def _predict(base: str, payload: dict) -> dict:
 def _vector(body: dict) -> list[float]:
     assert body["status"] == "succeeded", body
     return body["output"]["embeddings"][0]
+
+
+def test_out_of_memory_is_recovered_by_splitting_the_pass(faulty_server):
+    texts = ["needs a narrow pass oomwide", "second text", "third text here", "and a fourth"]
+    alone = [_vector(_predict(faulty_server.base, {"texts": [text]})) for text in texts]
+    body = _predict(faulty_server.base, {"texts": texts})
+    assert body["status"] == "succeeded", body
+    for vector, solo in zip(body["output"]["embeddings"], alone):
+        assert max(abs(x - y) for x, y in zip(vector, solo)) < 1e-5
+    assert "out of memory on a batch of 4 texts; retrying as 2 + 2" in faulty_server.log()
 
 
 def test_an_out_of_memory_request_fails_alone_and_its_batch_neighbours_succeed(faulty_server):
