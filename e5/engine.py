@@ -9,7 +9,6 @@ fails alone.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -17,8 +16,6 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
-
-import torch
 
 from .encoder import Encoder, is_out_of_memory
 from .settings import env_flag, env_ms
@@ -42,7 +39,7 @@ class _Job:
 
 
 class BatchingEngine:
-    """Runs `encoder` on one background thread; concurrent `embed` calls share its passes."""
+    """Runs `encoder` on one background thread; concurrent `submit` calls share its passes."""
 
     def __init__(self, encoder: Encoder, max_wait_ms: float | None = None, dynamic: bool | None = None):
         self.encoder = encoder
@@ -78,10 +75,6 @@ class BatchingEngine:
             self._pending.append(job)
             self._cond.notify_all()
         return job.future
-
-    async def embed(self, ids: list[list[int]]) -> torch.Tensor:
-        """Await the vectors for `ids` without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(ids))
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop the worker."""
