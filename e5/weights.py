@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec
+from .settings import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def is_present(path: Path) -> bool:
 
 def download_allowed() -> bool:
     """`E5_ALLOW_DOWNLOAD=1`: setup may fetch a checkpoint that is not baked in."""
-    return os.environ.get("E5_ALLOW_DOWNLOAD", "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag("E5_ALLOW_DOWNLOAD", False)
 
 
 def shown_path(path: Path) -> str:

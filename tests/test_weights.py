@@ -178,3 +178,9 @@ def test_setup_fetches_only_when_allowed(hub, weights_root, monkeypatch):
     monkeypatch.setenv("E5_ALLOW_DOWNLOAD", "1")
     assert load_service().encoder.spec.name == SPEC.name
     assert (weights_root / SPEC.name / MANIFEST_NAME).is_file()
+
+
+def test_a_malformed_e5_allow_download_is_named_not_read_as_no(weights_root, monkeypatch):
+    monkeypatch.setenv("E5_ALLOW_DOWNLOAD", "maybe")
+    with pytest.raises(ValueError, match="E5_ALLOW_DOWNLOAD must be on or off .*not 'maybe'"):
+        load_service("e5-small-v2")
