@@ -109,15 +109,6 @@ def test_e5_weights_dir_loads_any_local_directory(monkeypatch, checkpoints):
     assert svc.handle(EmbeddingRequest(passage="x")).dimensions == 32
 
 
-class _FailingModel(torch.nn.Module):
-    def __init__(self, exc):
-        super().__init__()
-        self.exc = exc
-
-    def forward(self, **inputs):
-        raise self.exc
-
-
 @pytest.mark.parametrize("exc,message", [
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
      "the device ran out of memory on this request even one text at a time; send fewer or shorter texts"),
@@ -125,8 +116,11 @@ class _FailingModel(torch.nn.Module):
      "embedding failed with an internal error (RuntimeError); the server log has the details"),
 ])
 def test_a_failed_pass_is_told_plainly_without_internals(encoders, monkeypatch, exc, message):
+    def failing_model(input_ids, attention_mask):
+        raise exc
+
     encoder = encoders["bert"]
-    monkeypatch.setattr(encoder, "model", _FailingModel(exc))
+    monkeypatch.setattr(encoder, "model", failing_model)
     service = EmbeddingService(encoder)
     with pytest.raises(EmbeddingFailed) as sync_err:
         service.handle(EmbeddingRequest(texts=["a", "b"]))
