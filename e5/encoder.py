@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from .batching import default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
 from .pooling import pool
 from .quantize import PROBE_TEXTS, check_int8_supported, cosine_check, int8_backbone, quantize_mode
-from .registry import ModelSpec
+from .registry import Family, ModelSpec
 from .weights import WeightsError, shown_path
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,26 @@ def check_weights_dir(path: Path) -> None:
         raise WeightsError(f"{shown_path(path)} has no .safetensors weights{hint}")
 
 
+def private_tokenizer(tokenizer) -> Tokenizer:
+    """A copy of `tokenizer`'s Rust tokenizer that never truncates or pads, owned by one encoder.
+
+    Hugging Face's per-call `truncation=`/`max_length=` reconfigure the shared Rust tokenizer, which races
+    between threads; this copy is configured once here and only read afterwards.
+    """
+    rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    rust.no_truncation()
+    rust.no_padding()
+    return rust
+
+
+def position_capacity(spec: ModelSpec, config) -> int:
+    """How many tokens the model's position table takes; XLM-RoBERTa's positions start after its padding id."""
+    capacity = int(getattr(config, "max_position_embeddings", spec.max_tokens) or spec.max_tokens)
+    if spec.family is Family.XLM_ROBERTA:
+        capacity -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return capacity
+
+
 class Encoder:
     """A loaded checkpoint: tokenizer, model and the registry entry that says how to use them."""
 
@@ -66,7 +87,6 @@ class Encoder:
         self.placement = placement
         self.int8_check = None  # an `Int8Check` when E5_QUANTIZE=int8 swapped in the int8 model
         self.dimensions = int(model.config.hidden_size)
-        self.max_tokens = spec.max_tokens
         self.token_budget = default_token_budget(placement.device.type)
         eos = tokenizer.eos_token_id
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
@@ -75,6 +95,9 @@ class Encoder:
         # Transformers 5 tokenizers no longer append EOS for e5-mistral; learn once
         # whether this one does, so EOS ends up there exactly once either way.
         self._append_eos = spec.append_eos and not self._tokenizer_adds_eos()
+        self._rust = private_tokenizer(tokenizer)
+        self._specials = self._rust.num_special_tokens_to_add(False)
+        self.max_tokens = min(spec.max_tokens, position_capacity(spec, model.config))
         if self.dimensions != spec.dimensions:
             log.warning("%s: weights have %d dimensions, the registry says %d",
                         spec.name, self.dimensions, spec.dimensions)
@@ -123,24 +146,26 @@ class Encoder:
         ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
         return eos is not None and bool(ids) and ids[-1] == eos
 
-    def _encode(self, texts: list[str], max_length: int | None) -> list[list[int]]:
-        encoded = self.tokenizer(
-            texts,
-            add_special_tokens=True,
-            truncation=max_length is not None,
-            max_length=max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,  # the first pass is untruncated on purpose; its length warning would mislead
-        )["input_ids"]
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        rows = [encoding.ids for encoding in self._rust.encode_batch(texts, add_special_tokens=True)]
         if self._append_eos:
-            encoded = [row + [self.tokenizer.eos_token_id] for row in encoded]
-        return encoded
+            rows = [row + [self.tokenizer.eos_token_id] for row in rows]
+        return rows
+
+    def _encode_cut(self, text: str) -> list[int]:
+        """`text` cut to the model's limit the way the tokenizer's own truncation cuts: content first, specials kept."""
+        room = self.max_tokens - self._specials - (1 if self._append_eos else 0)
+        encoding = self._rust.encode(text, add_special_tokens=False)
+        encoding.truncate(room)  # a per-call object: nothing shared changes
+        row = self._rust.post_process(encoding, None, add_special_tokens=True).ids
+        return row + [self.tokenizer.eos_token_id] if self._append_eos else row
 
     def tokenize(self, texts: list[str], truncate: bool = True, labels: list[str] | None = None) -> Tokenized:
-        """Token ids for each text, cut to the model's limit, or `TooLongError` naming the first over-long one."""
-        ids = self._encode(texts, None)
+        """Token ids for each text, cut to the model's limit, or `TooLongError` naming the first over-long one.
+
+        Safe to call from many threads at once: the tokenizer is never reconfigured per call.
+        """
+        ids = self._encode(texts)
         full_lengths = [len(row) for row in ids]
         over = [i for i, n in enumerate(full_lengths) if n > self.max_tokens]
         if over and not truncate:
@@ -150,10 +175,8 @@ class Encoder:
                 f"{label} has {full_lengths[i]} tokens, more than the {self.max_tokens} that "
                 f"{self.spec.name} accepts; shorten it or set truncate=true"
             )
-        if over:
-            room = self.max_tokens - (1 if self._append_eos else 0)
-            for i, row in zip(over, self._encode([texts[i] for i in over], room)):
-                ids[i] = row
+        for i in over:
+            ids[i] = self._encode_cut(texts[i])
         return Tokenized(ids, full_lengths, [n > self.max_tokens for n in full_lengths])
 
     @torch.inference_mode()
@@ -161,6 +184,7 @@ class Encoder:
         """Pooled float32 vectors (not normalised) for token id lists, in the given order, on the CPU."""
         if not ids:
             return torch.empty((0, self.dimensions), dtype=torch.float32)
+        self.check_fits(ids)
         order: list[int] = []
         pooled: list[torch.Tensor] = []
         for batch in token_budget_batches([len(row) for row in ids], token_budget or self.token_budget):
@@ -172,6 +196,13 @@ class Encoder:
         out = torch.empty_like(gathered)
         out[torch.tensor(order)] = gathered
         return out
+
+    def check_fits(self, ids: list[list[int]]) -> None:
+        """`TooLongError` unless every row fits the model's position table: no out-of-range index reaches a device."""
+        longest = max(map(len, ids), default=0)
+        if longest > self.max_tokens:
+            raise TooLongError(f"a row of {longest} tokens, more than the {self.max_tokens} that {self.spec.name} "
+                               "accepts, reached the model; it was refused before the forward pass")
 
     def _forward_splitting(self, batch: list[int], ids: list[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
         """Pool one batch; when the device runs out of memory, halve the batch and retry each half."""

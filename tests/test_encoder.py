@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import threading
 
 import pytest
 import torch
@@ -168,6 +169,63 @@ def test_truncate_false_names_the_input_and_its_token_count(encoders):
     full = encoder.tokenize(["protein " * 600]).full_lengths[0]
     assert str(err.value) == (f"texts[0] has {full} tokens, more than the 512 that e5-small-v2 accepts; "
                               "shorten it or set truncate=true")
+
+
+@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "mistral"])
+def test_tokenize_is_safe_to_share_between_threads(key, encoders):
+    # The predictor tokenises each request on its own thread; truncation on and off at once must not leak
+    # from one call into another (a shared tokenizer mutated per call once let 600-token rows reach the model).
+    encoder = encoders[key]
+    limit = encoder.max_tokens
+    texts = [("protein " * (limit + 40 * i)).strip() for i in (1, 2)] + [("protein " * (limit // 8)).strip(),
+                                                                          "short", "fine too"]
+    cut = encoder.tokenize(texts)
+    whole = encoder.tokenize(texts[2:], truncate=False)
+    assert all(len(row) <= limit for row in cut.ids) and cut.truncated == [True, True, False, False, False]
+    errors: list[str] = []
+
+    def hammer(seed: int) -> None:
+        for i in range(60):
+            try:
+                if (seed + i) % 2:
+                    got = encoder.tokenize(texts)
+                    if got.ids != cut.ids or got.truncated != cut.truncated:
+                        errors.append(f"truncated tokenisation differs (thread {seed}, call {i})")
+                else:
+                    got = encoder.tokenize(texts[2:], truncate=False)
+                    if got.ids != whole.ids:
+                        errors.append(f"untruncated tokenisation differs (thread {seed}, call {i})")
+                    try:
+                        encoder.tokenize(texts[:1], truncate=False)
+                        errors.append(f"an over-long text passed with truncate=False (thread {seed}, call {i})")
+                    except TooLongError:
+                        pass
+            except Exception as exc:  # noqa: BLE001 - any error is a failure of this test
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, f"{len(errors)} wrong results, e.g. {errors[:3]}"
+
+
+@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "mistral", "minilm"])
+def test_tokenize_equals_the_tokenizers_own_truncation(key, encoders, minilm_dir):
+    encoder = Encoder.load(get_spec("demo-all-minilm-l6-v2"), minilm_dir) if key == "minilm" else encoders[key]
+    eos = [encoder.tokenizer.eos_token_id] if encoder.spec.append_eos else []
+    texts = ["short", PASSAGES[0], PASSAGES[1] * 80, "protein " * (encoder.max_tokens + 7), "naïve café " * 900]
+    reference = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_tokens - len(eos))["input_ids"]
+    assert encoder.tokenize(texts).ids == [row + eos for row in reference]
+
+
+def test_no_row_longer_than_the_model_accepts_reaches_it(encoders):
+    encoder = encoders["bert"]
+    row = encoder.tokenize(["protein " * 600]).ids[0]
+    with pytest.raises(TooLongError, match="513 tokens, more than the 512"):
+        encoder.embed_ids([row[:10], row[:-1] + [row[-1], row[-1]]])
 
 
 def test_instruct_presets_change_the_query_vector(encoders):
