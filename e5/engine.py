@@ -1,41 +1,99 @@
-"""Dynamic batching: concurrent requests share forward passes run by one worker thread.
+"""Dynamic batching: concurrent requests share forward passes run by one worker thread, fairly.
 
-Requests tokenise on their own, then hand their token ids to the engine. The worker takes
-everything that is waiting (waiting a few milliseconds more only while other requests are
-known to be on their way), embeds it as one token-budget job, and gives each request back
-its own rows. A failure in a shared pass is retried request by request, so a bad neighbour
-fails alone.
+Requests tokenise on their own, then hand their token ids to the engine, which cuts each request
+into token-budget chunks at once. The worker schedules passes, not requests: the request at the
+head of a rotation gives its next chunk, the next chunks of the other waiting requests join it
+while the pass stays within the budget (shortest first, so little is padded), and the head then
+goes to the back. A short query that arrives while a large request runs waits about one pass,
+not the whole request. Each request gets its rows back in order once its last chunk is done. A
+failed shared pass is retried request by request, so a bad neighbour fails alone; a request
+cancelled before its turn, or (for asyncio callers) at any time, is not computed any further.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
+import torch
+
+from .batching import DEFAULT_MAX_BATCH, token_budget_batches
 from .encoder import Encoder, is_out_of_memory
 from .settings import env_flag, env_ms
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_WAIT_MS = 2.0
-# Requests gathered into one job, counted in real (unpadded) tokens, as a multiple of the
-# encoder's per-pass budget: enough to fill several passes, small enough to keep latency fair.
-GATHER_BUDGETS = 8
 
 
-@dataclass
+class _ThreadSink:
+    """Delivers a job's result to a `concurrent.futures.Future`."""
+
+    def __init__(self, future: Future):
+        self.future = future
+
+    def start(self) -> bool:
+        return self.future.set_running_or_notify_cancel()
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def set_result(self, value) -> None:
+        self.future.set_result(value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _LoopSink:
+    """Delivers a job's result straight to an asyncio future on its event loop: no extra thread hand-off."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+        self.loop, self.future = loop, future
+
+    def start(self) -> bool:
+        return not self.future.cancelled()
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def set_result(self, value) -> None:
+        self._settle(asyncio.Future.set_result, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._settle(asyncio.Future.set_exception, exc)
+
+    def _settle(self, method, value) -> None:
+        def settle() -> None:
+            if not self.future.done():
+                method(self.future, value)
+
+        try:
+            self.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the caller's loop has closed: nobody is waiting any more
+            pass
+
+
+@dataclass(eq=False)
 class _Job:
     ids: list[list[int]]
-    future: Future = field(default_factory=Future)
+    sink: _ThreadSink | _LoopSink
+    chunks: deque[list[int]]  # row indices of each pass still to run, from `token_budget_batches`
+    vectors: torch.Tensor | None = None
+    in_flight: int = 0  # chunks taken into a pass whose result has not been stored yet
+    started: bool = False
+    failed: bool = False
 
-    @property
-    def tokens(self) -> int:
-        return sum(len(row) for row in self.ids)
+    def chunk_tokens(self) -> int:
+        return sum(len(self.ids[i]) for i in self.chunks[0]) if self.chunks else 0
 
 
 class BatchingEngine:
@@ -46,8 +104,8 @@ class BatchingEngine:
         self.max_wait = (max_wait_ms if max_wait_ms is not None else env_ms("E5_BATCH_WAIT_MS", DEFAULT_MAX_WAIT_MS)) / 1000
         # With dynamic batching off each pass serves one request: the baseline the benchmark compares to.
         self.dynamic = dynamic if dynamic is not None else env_flag("E5_DYNAMIC_BATCHING", True)
-        self.gather_tokens = GATHER_BUDGETS * encoder.token_budget
-        self._pending: list[_Job] = []
+        self.token_budget = encoder.token_budget
+        self._rotation: deque[_Job] = deque()  # waiting and running jobs; the head gives the next pass's first chunk
         self._arriving = 0
         self._closed = False
         self._cond = threading.Condition()
@@ -68,13 +126,29 @@ class BatchingEngine:
 
     def submit(self, ids: list[list[int]]) -> Future:
         """Queue token ids; the future resolves to their float32 vectors in the same order."""
-        job = _Job(ids)
+        future: Future = Future()
+        self._enqueue(ids, _ThreadSink(future))
+        return future
+
+    def submit_async(self, ids: list[list[int]]) -> asyncio.Future:
+        """Like `submit`, for a caller on an event loop; cancelling the future stops the remaining passes."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._enqueue(ids, _LoopSink(loop, future))
+        return future
+
+    def _enqueue(self, ids: list[list[int]], sink) -> None:
+        chunks = deque(token_budget_batches([len(row) for row in ids], self.token_budget))
+        job = _Job(ids, sink, chunks)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batching engine is closed")
-            self._pending.append(job)
+            if not chunks:  # nothing to compute
+                sink.start()
+                sink.set_result(torch.empty((0, 0), dtype=torch.float32))
+                return
+            self._rotation.append(job)
             self._cond.notify_all()
-        return job.future
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop the worker."""
@@ -83,62 +157,125 @@ class BatchingEngine:
             self._cond.notify_all()
         self._thread.join(timeout)
 
-    def _take(self) -> list[_Job] | None:
+    # --- the worker ------------------------------------------------------------------------
+
+    def _next_pass(self) -> list[tuple[_Job, list[int]]] | None:
+        """The chunks of the next forward pass, or None once closed and drained."""
         with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if not self._pending:
-                return None
-            if self.dynamic:
-                deadline = time.monotonic() + self.max_wait
-                while self._arriving and sum(j.tokens for j in self._pending) < self.gather_tokens:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            jobs, tokens = [], 0
-            while self._pending and (not jobs or (self.dynamic and tokens + self._pending[0].tokens <= self.gather_tokens)):
-                job = self._pending.pop(0)
-                tokens += job.tokens
-                jobs.append(job)
-            return jobs
+            while True:
+                while not self._rotation and not self._closed:
+                    self._cond.wait()
+                if not self._rotation:
+                    return None
+                if self.dynamic:
+                    self._wait_for_arrivals()
+                for job in [job for job in self._rotation if job.sink.cancelled()]:
+                    self._drop(job)
+                if not self._rotation:
+                    continue
+                head = self._rotation[0]
+                parts = [(head, head.chunks[0])] + (self._fill(head) if self.dynamic else [])
+                parts = [(job, chunk) for job, chunk in parts if self._start(job)]
+                if parts:
+                    break
+            for job, _ in parts:
+                job.chunks.popleft()
+                job.in_flight += 1
+            self._rotation.rotate(-1)  # the head goes to the back
+            for job, _ in parts:
+                if not job.chunks:
+                    self._rotation.remove(job)
+            return parts
+
+    def _wait_for_arrivals(self) -> None:
+        # Only while requests are known to be on their way and the next pass is not yet full.
+        deadline = time.monotonic() + self.max_wait
+        while self._arriving and sum(job.chunk_tokens() for job in self._rotation) < self.token_budget:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _start(self, job: _Job) -> bool:
+        """Mark a job's first pass; False (and the job dropped) if it was cancelled while it waited."""
+        if not job.started:
+            job.started = job.sink.start()
+            if not job.started:
+                self._drop(job)
+        return job.started
+
+    def _drop(self, job: _Job) -> None:
+        job.failed = True  # anything still in flight for it is discarded
+        self._rotation.remove(job)
+
+    def _fill(self, head: _Job) -> list[tuple[_Job, list[int]]]:
+        """Other jobs' next chunks that fit beside the head's in one pass, shortest first.
+
+        A chunk's rows are sorted by length, so its last row is its longest.
+        """
+        first = head.chunks[0]
+        rows, width = len(first), len(head.ids[first[-1]])
+        candidates = sorted((job for job in self._rotation if job is not head),
+                            key=lambda job: len(job.ids[job.chunks[0][-1]]))
+        joined = []
+        for job in candidates:
+            chunk = job.chunks[0]
+            grown_rows, grown_width = rows + len(chunk), max(width, len(job.ids[chunk[-1]]))
+            if grown_rows * grown_width > self.token_budget or grown_rows > DEFAULT_MAX_BATCH:
+                continue
+            rows, width = grown_rows, grown_width
+            joined.append((job, chunk))
+        return joined
 
     def _work(self) -> None:
-        while (jobs := self._take()) is not None:
-            live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        while (parts := self._next_pass()) is not None:
             try:
-                self._run(live)
+                self._run(parts)
             except BaseException as exc:  # never leave a caller waiting for ever
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                for job, _ in parts:
+                    self._fail(job, exc)
 
-    def _run(self, jobs: list[_Job]) -> None:
-        if not jobs:
-            return
+    def _run(self, parts: list[tuple[_Job, list[int]]]) -> None:
         try:
-            vectors = self.encoder.embed_ids([row for job in jobs for row in job.ids])
+            vectors = self.encoder.embed_ids([job.ids[i] for job, chunk in parts for i in chunk])
         except Exception as exc:
-            if len(jobs) == 1:
-                self._fail(jobs[0], exc)
+            if len(parts) == 1:
+                self._fail(parts[0][0], exc)
                 return
-            log.warning("a shared pass of %d requests failed (%s); retrying them one by one", len(jobs), exc)
-            for job in jobs:
+            log.warning("a shared pass of %d requests failed (%s); retrying them one by one", len(parts), exc)
+            for job, chunk in parts:
                 try:
-                    job.future.set_result(self.encoder.embed_ids(job.ids))
+                    self._store(job, chunk, self.encoder.embed_ids([job.ids[i] for i in chunk]))
                 except Exception as single_exc:
                     self._fail(job, single_exc)
             return
         start = 0
-        for job in jobs:
-            job.future.set_result(vectors[start : start + len(job.ids)])
-            start += len(job.ids)
+        for job, chunk in parts:
+            self._store(job, chunk, vectors[start : start + len(chunk)])
+            start += len(chunk)
 
-    @staticmethod
-    def _fail(job: _Job, exc: Exception) -> None:
+    def _store(self, job: _Job, chunk: list[int], vectors: torch.Tensor) -> None:
+        if job.failed:
+            return
+        if job.vectors is None:
+            job.vectors = torch.empty((len(job.ids), vectors.shape[1]), dtype=vectors.dtype)
+        job.vectors[torch.tensor(chunk)] = vectors
+        with self._cond:
+            job.in_flight -= 1
+            finished = not job.chunks and not job.in_flight
+        if finished:
+            job.sink.set_result(job.vectors)
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        with self._cond:
+            if job.failed:
+                return
+            job.failed = True
+            if job in self._rotation:
+                self._rotation.remove(job)  # its remaining chunks are never run
         # Logged here, on the worker thread, so the traceback reaches the server log and not the caller.
         if is_out_of_memory(exc):
             log.warning("a request of %d texts ran out of memory even one text at a time", len(job.ids))
-        else:
+        elif isinstance(exc, Exception):
             log.error("a request of %d texts failed", len(job.ids), exc_info=exc)
-        job.future.set_exception(exc)
+        job.sink.set_exception(exc)

@@ -71,6 +71,19 @@ class EmbeddingResponse:
     scores: list[float] | None = None
 
 
+# A request this small is prepared on the event loop: checking and tokenising it costs less than a thread hop.
+SHORT_REQUEST_TEXTS = 8
+SHORT_REQUEST_CHARS = 4096
+
+
+def _is_short(request: EmbeddingRequest) -> bool:
+    texts = request.texts if isinstance(request.texts, list) else []
+    if len(texts) > SHORT_REQUEST_TEXTS:
+        return False
+    fields = [request.query, request.passage, request.task, *texts]
+    return sum(len(text) for text in fields if isinstance(text, str)) <= SHORT_REQUEST_CHARS
+
+
 def _parse_input_type(value: str) -> InputType:
     try:
         return InputType(value)
@@ -107,16 +120,24 @@ class EmbeddingService:
         return self.respond(prepared, vectors)
 
     async def handle_async(self, request: EmbeddingRequest) -> EmbeddingResponse:
-        """Like `handle`, but the forward passes are shared with concurrent requests."""
+        """Like `handle`, but the forward passes are shared with concurrent requests.
+
+        A short request is checked and tokenised right on the event loop (tens of microseconds) and its
+        vectors come back straight from the engine's worker, so it costs one thread hand-off each way.
+        """
         if self.engine is None:
             self.engine = BatchingEngine(self.encoder)
-        with self.engine.arriving():
-            prepared = await asyncio.to_thread(self.prepare, request)
-            future = self.engine.submit(prepared.tokens.ids)
+        if _is_short(request):
+            prepared = self.prepare(request)
+        else:
+            with self.engine.arriving():
+                prepared = await asyncio.to_thread(self.prepare, request)
         try:
-            vectors = await asyncio.wrap_future(future)
+            vectors = await self.engine.submit_async(prepared.tokens.ids)
         except Exception as exc:  # the engine has logged it on its own thread, out of the request's logs
             raise embedding_failure(exc) from None
+        if len(prepared.labels) > SHORT_REQUEST_TEXTS:  # turning many vectors into lists takes milliseconds
+            return await asyncio.to_thread(self.respond, prepared, vectors)
         return self.respond(prepared, vectors)
 
     def prepare(self, request: EmbeddingRequest) -> PreparedRequest:

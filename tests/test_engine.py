@@ -197,3 +197,52 @@ def test_engine_settings_from_the_environment_are_checked(bert, monkeypatch):
     engine = BatchingEngine(bert)
     assert engine.max_wait == pytest.approx(0.005) and engine.dynamic is False
     engine.close()
+
+
+class RecordingEncoder(GatedEncoder):
+    """A gated encoder that also keeps the token rows of every pass."""
+
+    def __init__(self, encoder):
+        super().__init__(encoder)
+        self.rows: list[list[list[int]]] = []
+
+    def embed_ids(self, ids):
+        self.rows.append(ids)
+        return super().embed_ids(ids)
+
+
+def test_a_short_request_is_served_between_the_passes_of_a_large_one(bert):
+    recording = RecordingEncoder(bert)
+    engine = BatchingEngine(recording, max_wait_ms=0)
+    large_texts = [f"passage: {i} " + "protein the fox " * 120 for i in range(40)]  # 8 texts per 2048-token pass
+    large = engine.submit(_ids(bert, large_texts))
+    _wait_for(lambda: recording.passes)  # the large request's first pass is running
+    short_ids = _ids(bert, ["query: how much protein"])
+    short = engine.submit(short_ids)
+    recording.gate.set()
+    short_vector = short.result(10)
+    got = large.result(30)
+    engine.close()
+    served_in = next(i for i, rows in enumerate(recording.rows) if short_ids[0] in rows)
+    assert len(recording.passes) >= 5 and served_in <= 2, recording.passes
+    assert (short_vector - bert.embed_ids(short_ids)).abs().max().item() <= 1e-5
+    assert (got - bert.embed(large_texts)[0]).abs().max().item() <= 1e-5
+
+
+def test_cancelling_a_running_async_request_stops_its_remaining_passes(bert):
+    recording = RecordingEncoder(bert)
+    engine = BatchingEngine(recording, max_wait_ms=0)
+    large_ids = _ids(bert, [f"passage: {i} " + "protein the fox " * 120 for i in range(40)])
+
+    async def cancel_after_first_pass():
+        task = asyncio.ensure_future(engine.submit_async(large_ids))
+        await asyncio.to_thread(_wait_for, lambda: recording.passes)
+        task.cancel()
+        recording.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_after_first_pass())
+    engine.submit(_ids(bert, ["passage: after"])).result(10)  # the worker is free again
+    engine.close()
+    assert len(recording.passes) <= 3  # the first pass, at most one taken before the cancel was seen, then "after"
