@@ -15,9 +15,11 @@ import torch
 from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
 from .engine import BatchingEngine
 from .limits import LimitError, Limits, excerpt
+from .memory import DEFAULT_MMAP_THRESHOLD, pin_mmap_threshold
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import get_spec
+from .settings import env_positive_int_or_off
 from .weights import (
     WeightsNotFoundError, choose_model_name, download_allowed, fetch, is_present,
     missing_weights_message, verify_weights, weights_dir_for,
@@ -218,6 +220,7 @@ def load_service(model_name: str | None = None, batching: bool = False) -> Embed
     missing ones are fetched only with `E5_ALLOW_DOWNLOAD=1`. With `batching`, the service starts
     its `BatchingEngine` now rather than on the first `handle_async`.
     """
+    pin_mmap_threshold(env_positive_int_or_off("E5_MMAP_THRESHOLD", DEFAULT_MMAP_THRESHOLD, what="number of bytes"))
     spec = get_spec(model_name or choose_model_name())
     path = weights_dir_for(spec)
     if not is_present(path):

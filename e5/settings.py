@@ -39,3 +39,11 @@ def env_ms(name: str, default: float) -> float:
     if not 0 <= ms <= 1000:
         raise ValueError(f"{name} must be between 0 and 1000 milliseconds, not {value!r}")
     return ms
+
+
+def env_positive_int_or_off(name: str, default: int | None, what: str = "whole number") -> int | None:
+    """`name` as a positive integer, or None for 'off'; `default` when unset."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("off", "none", "0", "false", "no"):
+        return None
+    return env_positive_int(name, default, what) if value else default
