@@ -37,7 +37,7 @@ def _in(**fields) -> dict:
     return {"input": fields}
 
 
-NOTHING = "nothing to embed: give `query`, `passage`, or a non-empty `texts` list"
+NOTHING = "nothing to embed: give `query`, `passage` (or `document`), or a non-empty `texts` list"
 CASES = [
     # Not a prediction request at all: coglet refuses it before the predictor sees it.
     Case("not JSON", "not json", 400, "Failed to parse the request body as JSON"),
