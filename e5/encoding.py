@@ -17,6 +17,8 @@ FLOAT32_LE = np.dtype("<f4")
 
 
 class EncodingFormat(str, Enum):
+    """The `encoding_format` a request asks for."""
+
     FLOAT = "float"
     BASE64 = "base64"
     NPY = "npy"
