@@ -1,8 +1,10 @@
 """Cog predictor: translates Cog inputs to `e5.EmbeddingService` and its response back."""
 
-from typing import Annotated, Optional
+import tempfile
+import weakref
+from typing import Annotated, Any, Optional
 
-from cog import BaseModel, BaseRunner, Input, Opaque
+from cog import BaseModel, BaseRunner, Input, Opaque, Path
 
 from e5 import EmbeddingRequest, load_service
 from e5.prompts import DEFAULT_TASK, TASK_PRESETS
@@ -13,13 +15,16 @@ class Output(BaseModel):
     dimensions: int
     token_count: int
     truncated: list[str]
-    query_embedding: Optional[list[float]] = None
-    passage_embedding: Optional[list[float]] = None
-    # Cog's type system has no nested lists, so the batch is declared Opaque; the JSON
-    # is still a plain array (one per text) of arrays of numbers.
-    embeddings: Optional[Annotated[list[list[float]], Opaque]] = None
+    # An array of numbers, or a base64 string with encoding_format=base64. `cog build` allows no union
+    # in an output, so these are Opaque (any JSON); the encoding_format input describes both shapes.
+    query_embedding: Optional[Annotated[Any, Opaque]] = None
+    passage_embedding: Optional[Annotated[Any, Opaque]] = None
+    # One item per text, an array of numbers or a base64 string; Opaque too, as Cog has no nested lists.
+    embeddings: Optional[Annotated[list, Opaque]] = None
     score: Optional[float] = None
     scores: Optional[list[float]] = None
+    # encoding_format=npy: the vectors of `texts` as one float32 .npy file of shape [texts, dimensions].
+    embeddings_file: Optional[Path] = None
 
 
 _PRESETS = ", ".join(TASK_PRESETS)
@@ -28,6 +33,7 @@ _PRESETS = ", ".join(TASK_PRESETS)
 class Predictor(BaseRunner):
     def setup(self) -> None:
         self.service = load_service(batching=True)
+        self.npy_dir = tempfile.mkdtemp(prefix="e5-npy-")
 
     # Async so that coglet runs up to `concurrency.max` predictions at once (cog.yaml);
     # the service's batching engine gathers their texts into shared forward passes.
@@ -40,6 +46,10 @@ class Predictor(BaseRunner):
         ),
         passage: Optional[str] = Input(
             default=None, description="A passage (document) to embed and score against `query`."
+        ),
+        document: Optional[str] = Input(
+            default=None,
+            description="An alias of `passage`, the name the public e5-mistral-7b-instruct predictor uses: same vector in `passage_embedding`, same `score`. Give `passage` or `document`, not both.",
         ),
         texts: Optional[list[str]] = Input(
             default=None,
@@ -67,9 +77,28 @@ class Predictor(BaseRunner):
             description="Cut texts longer than the model's token limit. When false, an over-long text is an "
             "error that names it and its token count.",
         ),
+        encoding_format: str = Input(
+            default="float",
+            choices=["float", "base64", "npy"],
+            description="How vectors come back. 'float': arrays of numbers. 'base64': `query_embedding`, `passage_embedding` and each item of `embeddings` are strings, the base64 of the vector's little-endian float32 bytes (as OpenAI and text-embeddings-inference send them; decode with numpy.frombuffer(..., '<f4')). 'npy': `embeddings` is null and `embeddings_file` is one float32 .npy file of shape [texts, dimensions] in input order; `query_embedding` and `passage_embedding` stay arrays of numbers. Scores are the same in every format.",
+        ),
     ) -> Output:
         response = await self.service.handle_async(
-            EmbeddingRequest(query, passage, texts, input_type, task, normalize, truncate)
+            EmbeddingRequest(query, passage, texts, input_type, task, normalize, truncate, document=document,
+                             encoding_format=encoding_format)
         )
         self.record_metric("token_count", response.token_count)
-        return Output(**vars(response))
+        fields = dict(vars(response))
+        npy = fields.pop("embeddings_npy")
+        return Output(**fields, embeddings_file=None if npy is None else self._npy_file(npy))
+
+    def _npy_file(self, data: bytes) -> Path:
+        """`data` in a new .npy file that is deleted once the returned Path is dropped.
+
+        coglet reads a file inside an object output while it serialises the output, before dropping it.
+        """
+        with tempfile.NamedTemporaryFile(dir=self.npy_dir, prefix="embeddings-", suffix=".npy", delete=False) as f:
+            f.write(data)
+        path = Path(f.name)
+        weakref.finalize(path, Path(f.name).unlink, missing_ok=True)
+        return path

@@ -41,9 +41,14 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 def _cmd_embed(args: argparse.Namespace) -> int:
     service = load_service(args.model)
     request = EmbeddingRequest(args.query, args.passage, args.text or None, args.input_type, args.task,
-                               args.normalize, not args.no_truncate)
-    response = service.handle(request)
-    print(json.dumps(vars(response), ensure_ascii=False))
+                               args.normalize, not args.no_truncate, args.document, args.encoding_format)
+    response = dict(vars(service.handle(request)))
+    # As the predictor does: the .npy bytes go to a file and the output names it.
+    npy = response.pop("embeddings_npy")
+    if npy is not None:
+        Path(args.npy_file).write_bytes(npy)
+    response["embeddings_file"] = None if npy is None else args.npy_file
+    print(json.dumps(response, ensure_ascii=False))
     return 0
 
 
@@ -123,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="registry name (default: E5_MODEL or multilingual-e5-small)")
     p.add_argument("--query")
     p.add_argument("--passage")
+    p.add_argument("--document", help="another name for --passage")
     p.add_argument("--text", action="append", help="a text of the batch (repeatable)")
     p.add_argument("--input-type", default="passage", choices=["passage", "query"])
     p.add_argument("--task")
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--no-truncate", action="store_true")
+    p.add_argument("--encoding-format", default="float", choices=["float", "base64", "npy"],
+                   help="vectors as numbers, as base64 of little-endian float32, or the texts' rows as one .npy")
+    p.add_argument("--npy-file", default="embeddings.npy", help="where --encoding-format npy writes the rows")
     p.set_defaults(run=_cmd_embed)
 
     p = sub.add_parser("schema", help="write .cog/openapi_schema.json from predict.py")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
+from .encoding import EncodingFormat, as_float32, encode_rows, encode_vector, matrix_to_npy
 from .engine import BatchingEngine
 from .limits import LimitError, Limits, excerpt
 from .memory import DEFAULT_MMAP_THRESHOLD, pin_mmap_threshold
@@ -56,21 +57,29 @@ class EmbeddingRequest:
     task: str | None = None
     normalize: bool = False
     truncate: bool = True
+    # Another name for `passage`, as the public e5-mistral-7b-instruct predictor's clients send it.
+    document: str | None = None
+    encoding_format: str = EncodingFormat.FLOAT.value
 
 
 @dataclass
 class EmbeddingResponse:
-    """Vectors and scores; fields not asked for stay None."""
+    """Vectors and scores; fields not asked for stay None.
+
+    With `encoding_format` base64 each vector is a base64 string; with npy the rows of `texts` are the
+    bytes of one .npy file in `embeddings_npy` and `embeddings` is None.
+    """
 
     model: str
     dimensions: int
     token_count: int
     truncated: list[str] = field(default_factory=list)
-    query_embedding: list[float] | None = None
-    passage_embedding: list[float] | None = None
-    embeddings: list[list[float]] | None = None
+    query_embedding: list[float] | str | None = None
+    passage_embedding: list[float] | str | None = None
+    embeddings: list[list[float]] | list[str] | None = None
     score: float | None = None
     scores: list[float] | None = None
+    embeddings_npy: bytes | None = None
 
 
 # A request this small is prepared on the event loop: checking and tokenising it costs less than a thread hop.
@@ -93,6 +102,22 @@ def _parse_input_type(value: str) -> InputType:
         raise RequestError(f"input_type must be 'query' or 'passage', not {excerpt(value)}") from None
 
 
+def _parse_encoding_format(value: str) -> EncodingFormat:
+    try:
+        return EncodingFormat(value)
+    except ValueError:
+        raise RequestError(f"encoding_format must be 'float', 'base64' or 'npy', not {excerpt(value)}") from None
+
+
+def _passage_input(request: EmbeddingRequest) -> tuple[str, str | None]:
+    """The passage and the input name it came under (`document` is another name for `passage`)."""
+    if request.document is None:
+        return "passage", request.passage
+    if request.passage is not None:
+        raise RequestError("give `passage` or `document`, not both: `document` is another name for `passage`")
+    return "document", request.document
+
+
 @dataclass
 class PreparedRequest:
     """A validated request: one label and one tokenised, prompted text per vector to compute."""
@@ -101,6 +126,7 @@ class PreparedRequest:
     tokens: Tokenized
     text_count: int
     normalize: bool
+    encoding: EncodingFormat = EncodingFormat.FLOAT
 
 
 class EmbeddingService:
@@ -145,13 +171,16 @@ class EmbeddingService:
     def prepare(self, request: EmbeddingRequest) -> PreparedRequest:
         """Check the request, prompt its texts and tokenise them; `RequestError` names what is wrong."""
         texts = list(request.texts or [])
-        if request.query is None and request.passage is None and not texts:
-            raise RequestError("nothing to embed: give `query`, `passage`, or a non-empty `texts` list")
+        passage_label, passage = _passage_input(request)
+        if request.query is None and passage is None and not texts:
+            raise RequestError("nothing to embed: give `query`, `passage` (or `document`), or a non-empty `texts` list")
+        singles = (("query", request.query), (passage_label, passage), ("task", request.task))
         try:
-            self._check_limits(request, texts)
+            self._check_limits(singles, texts)
         except LimitError as exc:
             raise RequestError(str(exc)) from None
         input_type = _parse_input_type(request.input_type)
+        encoding = _parse_encoding_format(request.encoding_format)
         try:
             task = resolve_task(request.task)
         except UnknownTaskError as exc:
@@ -160,8 +189,7 @@ class EmbeddingService:
         style = self.encoder.spec.prompt_style
         labels: list[str] = []
         formatted: list[str] = []
-        for label, text, kind in (("query", request.query, InputType.QUERY),
-                                  ("passage", request.passage, InputType.PASSAGE)):
+        for (label, text), kind in zip(singles, (InputType.QUERY, InputType.PASSAGE)):
             if text is not None:
                 labels.append(label)
                 formatted.append(format_text(text, kind, style, task))
@@ -174,22 +202,24 @@ class EmbeddingService:
             self.limits.check_tokens(tokens.token_count)
         except (TooLongError, LimitError) as exc:
             raise RequestError(str(exc)) from None
-        return PreparedRequest(labels, tokens, len(texts), request.normalize)
+        return PreparedRequest(labels, tokens, len(texts), request.normalize, encoding)
 
-    def _check_limits(self, request: EmbeddingRequest, texts: list[str]) -> None:
+    def _check_limits(self, singles: tuple[tuple[str, str | None], ...], texts: list[str]) -> None:
         # Before any prompting or tokenising, so a megabyte paste costs nothing.
         self.limits.check_count(len(texts))
-        for label, text in (("query", request.query), ("passage", request.passage), ("task", request.task)):
+        for label, text in singles:
             if text is not None:
                 self.limits.check_text(label, text)
         for i, text in enumerate(texts):
             self.limits.check_text(f"texts[{i}]", text)
 
     def respond(self, prepared: PreparedRequest, raw: torch.Tensor) -> EmbeddingResponse:
-        """Assemble vectors (normalised if asked) and cosine scores of the raw vectors."""
-        labels, texts_at = prepared.labels, len(prepared.labels) - prepared.text_count
-        returned = l2_normalize(raw) if prepared.normalize else raw
+        """Assemble vectors (normalised if asked, in the request's encoding) and cosine scores of the raw vectors."""
+        labels, texts_at, encoding = prepared.labels, len(prepared.labels) - prepared.text_count, prepared.encoding
+        returned = as_float32(l2_normalize(raw) if prepared.normalize else raw)
         by_label = {label: i for i, label in enumerate(labels)}
+        # The passage keeps the name it was sent under (`document` is its other name), so errors name it.
+        passage_at = by_label.get("passage", by_label.get("document"))
         response = EmbeddingResponse(
             model=self.encoder.spec.name,
             dimensions=self.encoder.dimensions,
@@ -197,13 +227,15 @@ class EmbeddingService:
             truncated=[label for label, cut in zip(labels, prepared.tokens.truncated) if cut],
         )
         if "query" in by_label:
-            response.query_embedding = returned[by_label["query"]].tolist()
-        if "passage" in by_label:
-            response.passage_embedding = returned[by_label["passage"]].tolist()
+            response.query_embedding = encode_vector(returned[by_label["query"]], encoding)
+        if passage_at is not None:
+            response.passage_embedding = encode_vector(returned[passage_at], encoding)
         if prepared.text_count:
-            response.embeddings = returned[texts_at:].tolist()
-        if "query" in by_label and "passage" in by_label:
-            response.score = _cosine(raw[by_label["query"]], raw[by_label["passage"]])
+            response.embeddings = encode_rows(returned[texts_at:], encoding)
+            if encoding is EncodingFormat.NPY:
+                response.embeddings_npy = matrix_to_npy(returned[texts_at:])
+        if "query" in by_label and passage_at is not None:
+            response.score = _cosine(raw[by_label["query"]], raw[passage_at])
         if "query" in by_label and prepared.text_count:
             response.scores = cosine_scores(raw[by_label["query"]][None], raw[texts_at:])[0].tolist()
         return response

@@ -37,7 +37,7 @@ def _in(**fields) -> dict:
     return {"input": fields}
 
 
-NOTHING = "nothing to embed: give `query`, `passage`, or a non-empty `texts` list"
+NOTHING = "nothing to embed: give `query`, `passage` (or `document`), or a non-empty `texts` list"
 CASES = [
     # Not a prediction request at all: coglet refuses it before the predictor sees it.
     Case("not JSON", "not json", 400, "Failed to parse the request body as JSON"),
@@ -79,6 +79,8 @@ CASES = [
     Case("input_type is unknown", _in(texts=["a"], input_type="document"), 422, '"input_type"'),
     Case("input_type is a number", _in(texts=["a"], input_type=5), 422, '"input_type"'),
     Case("task is a number", _in(query="q", task=7), 422, '"task"'),
+    Case("document is a number", _in(document=5), 422, '"document"'),
+    Case("encoding_format is unknown", _in(texts=["a"], encoding_format="json"), 422, '"encoding_format"'),
     # Well-typed but unusable: the predictor refuses it and says why (a failed prediction).
     Case("no input", {}, 200, NOTHING),
     Case("input is null", {"input": None}, 200, NOTHING),
@@ -89,6 +91,9 @@ CASES = [
     Case("no Content-Type", json.dumps(_in(query="q")), 200, NOTHING, headers={}),
     Case("empty query", _in(query=""), 200, "query is empty or only whitespace"),
     Case("blank passage", _in(passage=" \n\t "), 200, "passage is empty or only whitespace"),
+    Case("blank document", _in(document=" "), 200, "document is empty or only whitespace"),
+    Case("passage and document", _in(query="q", passage="p", document="d"), 200,
+         "give `passage` or `document`, not both: `document` is another name for `passage`"),
     Case("one blank text among good ones", _in(texts=["fine", "  ", "fine"]), 200,
          "texts[1] is empty or only whitespace"),
     Case("NUL in the query", _in(query="a\u0000b"), 200, "query has a control character (U+0000) at character 1"),
@@ -111,6 +116,8 @@ CASES = [
     Case("emoji, bidi and zero-width characters", _in(texts=["🙂\u200f\u202e zero\u200bwidth"]), 200, ""),
     Case("tabs and newlines", _in(passage="line one\n\tline two\r\n"), 200, ""),
     Case("2,048 texts", _in(texts=["a"] * 2048), 200, ""),
+    Case("document without passage, as e5-mistral's clients send it", _in(task="web_search", document="d"), 200, ""),
+    Case("npy without texts", _in(query="q", encoding_format="npy"), 200, ""),
 ]
 
 

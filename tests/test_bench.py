@@ -28,3 +28,16 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     assert report["http"]["bare_call_p50_ms"] > 0
 
     assert set(report["gpu"]["models"]) == {"e5-small-v2@128", "e5-small-v2@512"}
+
+
+def test_the_size_measurement_runs_and_every_format_carries_the_same_vectors(server, tmp_path):
+    out = tmp_path / "sizes.json"
+    proc = subprocess.run([sys.executable, "bench/sizes.py", "--quick", "--url", server, "--out", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # it checks the vectors match
+    report = json.loads(out.read_text())
+    measured = report["measured"]
+    assert report["texts"] == 16 and measured["float"]["dimensions"] == 32
+    assert measured["npy"]["npy_file_bytes"] == 128 + 4 * 16 * 32
+    assert measured["base64"]["output_bytes"] < measured["float"]["output_bytes"] / 2
+    assert report["projected"]["1024"]["npy_file"] == 128 + 4 * 16 * 1024

@@ -34,6 +34,18 @@ def test_embed_prints_the_response(checkpoints):
     assert -1.0 <= response["score"] <= 1.0 and len(response["query_embedding"]) == 32
 
 
+def test_embed_takes_document_and_writes_the_npy_file_it_names(checkpoints, tmp_path):
+    import numpy as np
+
+    npy_file = tmp_path / "rows.npy"
+    done = run_cli("embed", "--model", "e5-small-v2", "--document", "46 grams a day", "--text", "one", "--text", "two",
+                   "--encoding-format", "npy", "--npy-file", str(npy_file), E5_WEIGHTS_DIR=str(checkpoints["bert"]))
+    assert done.returncode == 0, done.stderr
+    response = json.loads(done.stdout)
+    assert response["embeddings"] is None and response["embeddings_file"] == str(npy_file)
+    assert np.load(npy_file).shape == (2, 32) and len(response["passage_embedding"]) == 32
+
+
 def test_embed_reports_request_errors_without_a_traceback(checkpoints):
     done = run_cli("embed", "--model", "e5-small-v2", E5_WEIGHTS_DIR=str(checkpoints["bert"]))
     assert done.returncode == 2

@@ -49,3 +49,20 @@ def test_titles_follow_cogs_rule():
     assert title_case("token_count") == "Token Count"
     assert title_case("input_type") == "Input Type"
     assert title_case("e5HTTP_url") == "E5HTTP Url"
+
+
+def test_vector_fields_admit_both_shapes_that_encoding_format_describes():
+    schemas = build_schema()["components"]["schemas"]
+    output, inputs = schemas["Output"]["properties"], schemas["Input"]["properties"]
+    # Arrays of numbers or base64 strings: `cog build` takes no union in an output, so any JSON (Opaque).
+    for name in ("query_embedding", "passage_embedding"):
+        assert output[name] == {"type": "object", "nullable": True, "title": title_case(name)}
+    assert output["embeddings"]["type"] == "array" and output["embeddings"]["nullable"]
+    assert output["embeddings_file"] == {"type": "string", "format": "uri", "nullable": True,
+                                         "title": "Embeddings File"}
+    assert schemas["encoding_format"]["enum"] == ["float", "base64", "npy"]
+    assert inputs["encoding_format"]["default"] == "float"
+    described = inputs["encoding_format"]["description"]
+    assert all(shape in described for shape in ("arrays of numbers", "base64", "little-endian float32",
+                                                "`embeddings_file`", "[texts, dimensions]"))
+    assert "alias of `passage`" in inputs["document"]["description"]

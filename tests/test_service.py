@@ -1,7 +1,12 @@
 """Request handling: which vectors and scores come back, and the errors callers see."""
 
 import asyncio
+import base64
+import io
 import math
+import re
+
+import numpy as np
 
 import pytest
 import torch
@@ -82,15 +87,66 @@ def test_token_count_and_truncated_inputs_are_reported(services):
 
 
 @pytest.mark.parametrize("request_, message", [
-    (EmbeddingRequest(), "nothing to embed: give `query`, `passage`, or a non-empty `texts` list"),
+    (EmbeddingRequest(), re.escape("nothing to embed: give `query`, `passage` (or `document`), or a non-empty `texts` "
+                                   "list")),
     (EmbeddingRequest(texts=[]), "nothing to embed"),
     (EmbeddingRequest(texts=["a"], input_type="document"), "input_type must be 'query' or 'passage'"),
     (EmbeddingRequest(query="q", task="websearch"), "task: unknown preset 'websearch'"),
     (EmbeddingRequest(query="protein " * 600, truncate=False), "query has 60[0-9] tokens, more than the 512"),
+    (EmbeddingRequest(passage="p", document="d"),
+     "give `passage` or `document`, not both: `document` is another name for `passage`"),
+    (EmbeddingRequest(document=" "), "document is empty or only whitespace"),
+    (EmbeddingRequest(document="protein " * 600, truncate=False), "document has 60[0-9] tokens"),
+    (EmbeddingRequest(texts=["a"], encoding_format="json"), "encoding_format must be 'float', 'base64' or 'npy'"),
 ])
 def test_bad_requests_fail_with_a_message_naming_the_input(services, request_, message):
     with pytest.raises(RequestError, match=message):
         services["bert"].handle(request_)
+
+
+def test_document_is_another_name_for_passage(services):
+    svc = services["mistral"]
+    sent = dict(task="Given a claim, retrieve documents that support it", query="q", normalize=True)
+    as_passage = svc.handle(EmbeddingRequest(passage="a passage", **sent))
+    as_document = svc.handle(EmbeddingRequest(document="a passage", **sent))
+    assert as_document.passage_embedding == as_passage.passage_embedding
+    assert as_document.score == as_passage.score and as_document.query_embedding == as_passage.query_embedding
+    assert svc.handle(EmbeddingRequest(document="protein " * 5000)).truncated == ["document"]
+
+
+def _from_base64(text: str) -> list[float]:
+    return np.frombuffer(base64.b64decode(text), "<f4").tolist()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_base64_decodes_to_the_float_output_bit_for_bit(services, normalize):
+    request = dict(query="how much protein", passage="46 grams a day", texts=["one", "two texts"], normalize=normalize)
+    floats = services["xlm-roberta"].handle(EmbeddingRequest(**request))
+    packed = services["xlm-roberta"].handle(EmbeddingRequest(**request, encoding_format="base64"))
+    assert isinstance(packed.query_embedding, str) and isinstance(packed.embeddings[0], str)
+    assert _from_base64(packed.query_embedding) == floats.query_embedding
+    assert _from_base64(packed.passage_embedding) == floats.passage_embedding
+    assert [_from_base64(v) for v in packed.embeddings] == floats.embeddings
+    assert (packed.score, packed.scores) == (floats.score, floats.scores)
+    assert packed.embeddings_npy is None
+
+
+def test_npy_holds_the_texts_rows_and_leaves_the_single_vectors_as_numbers(services):
+    request = dict(query="how much protein", passage="46 grams a day", texts=["one", "two", "three"])
+    floats = services["bert"].handle(EmbeddingRequest(**request))
+    npy = services["bert"].handle(EmbeddingRequest(**request, encoding_format="npy"))
+    matrix = np.load(io.BytesIO(npy.embeddings_npy), allow_pickle=False)
+    assert matrix.dtype == np.dtype("<f4") and matrix.shape == (3, floats.dimensions)
+    assert matrix.tolist() == floats.embeddings
+    assert npy.embeddings is None
+    assert (npy.query_embedding, npy.passage_embedding) == (floats.query_embedding, floats.passage_embedding)
+    assert (npy.score, npy.scores) == (floats.score, floats.scores)
+    assert services["bert"].handle(EmbeddingRequest(query="q", encoding_format="npy")).embeddings_npy is None
+
+
+def test_float_output_is_the_float32_values_as_python_floats(services, encoders):
+    r = services["bert"].handle(EmbeddingRequest(texts=["protein"]))
+    assert r.embeddings == encoders["bert"].embed(["passage: protein"])[0].tolist()
 
 
 def test_missing_weights_name_every_fix(monkeypatch, tmp_path):

@@ -1,0 +1,45 @@
+"""predict.py in-process, without Cog's server: inputs reach the service, and the .npy file's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+
+import numpy as np
+import pytest
+
+from e5.service import EmbeddingService
+from predict import Output, Predictor
+
+# Every input as Cog would pass it when the caller sends none of them.
+DEFAULTS = dict(query=None, passage=None, document=None, texts=None, input_type="passage", task=None,
+                normalize=False, truncate=True, encoding_format="float")
+
+
+@pytest.fixture
+def predictor(encoders, tmp_path):
+    predictor = Predictor()
+    predictor.service = EmbeddingService(encoders["bert"])
+    predictor.npy_dir = str(tmp_path)
+    yield predictor
+    predictor.service.engine.close()
+
+
+def _run(predictor: Predictor, **inputs) -> Output:
+    return asyncio.run(predictor.run(**{**DEFAULTS, **inputs}))
+
+
+def test_the_npy_file_holds_the_rows_and_is_deleted_with_the_output(predictor, tmp_path):
+    floats = _run(predictor, texts=["one", "two"])
+    out = _run(predictor, texts=["one", "two"], encoding_format="npy")
+    assert out.embeddings is None and out.embeddings_file.parent == tmp_path
+    assert np.load(io.BytesIO(out.embeddings_file.read_bytes())).tolist() == floats.embeddings
+    del out
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_document_reaches_the_service_as_the_passage(predictor):
+    assert _run(predictor, document="d").passage_embedding == _run(predictor, passage="d").passage_embedding
+    assert _run(predictor, query="q").embeddings_file is None
