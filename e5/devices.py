@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -23,14 +22,12 @@ def cuda_dtype(capability: tuple[int, int]) -> torch.dtype:
     return torch.bfloat16 if capability >= (8, 0) else torch.float16
 
 
-def choose_placement() -> Placement:
-    """CUDA when present, else CPU in float32; `E5_DEVICE` / `E5_DTYPE` override."""
-    requested = os.environ.get("E5_DEVICE", "").strip()
-    if requested:
-        device = torch.device(requested)
+def choose_placement(device_name: str | None = None, dtype_name: str | None = None) -> Placement:
+    """CUDA when present, else CPU in float32; `device_name` (E5_DEVICE) and `dtype_name` (E5_DTYPE) override."""
+    if device_name:
+        device = torch.device(device_name)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = os.environ.get("E5_DTYPE", "").strip()
     if dtype_name:
         if dtype_name not in _DTYPES:
             raise ValueError(f"E5_DTYPE must be one of {', '.join(_DTYPES)}, not {dtype_name!r}")

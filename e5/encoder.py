@@ -15,6 +15,7 @@ from .devices import Placement, choose_placement
 from .pooling import pool
 from .quantize import PROBE_TEXTS, check_int8_supported, cosine_check, int8_backbone, quantize_mode
 from .registry import Family, ModelSpec
+from .settings import Settings
 from .weights import WeightsError, shown_path
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,16 @@ class Tokenized:
         return sum(len(row) for row in self.ids)
 
 
-def check_weights_dir(path: Path) -> None:
+def check_weights_dir(path: Path, settings: Settings | None = None) -> None:
     """Raise `WeightsError` unless `path` holds a config and safetensors weights."""
     if not path.is_dir():
-        raise WeightsError(f"weights directory {shown_path(path)} does not exist")
+        raise WeightsError(f"weights directory {shown_path(path, settings)} does not exist")
     if not (path / "config.json").is_file():
-        raise WeightsError(f"{shown_path(path)} has no config.json; it is not a Hugging Face model directory")
+        raise WeightsError(f"{shown_path(path, settings)} has no config.json; it is not a Hugging Face model directory")
     if not any(path.glob("*.safetensors")):
         pickled = [p.name for p in path.glob("*.bin")]
         hint = f" (found pickled {', '.join(pickled)}, which is refused)" if pickled else ""
-        raise WeightsError(f"{shown_path(path)} has no .safetensors weights{hint}")
+        raise WeightsError(f"{shown_path(path, settings)} has no .safetensors weights{hint}")
 
 
 def private_tokenizer(tokenizer) -> Tokenizer:
@@ -80,14 +81,14 @@ def position_capacity(spec: ModelSpec, config) -> int:
 class Encoder:
     """A loaded checkpoint: tokenizer, model and the registry entry that says how to use them."""
 
-    def __init__(self, spec: ModelSpec, tokenizer, model, placement: Placement):
+    def __init__(self, spec: ModelSpec, tokenizer, model, placement: Placement, token_budget: int | None = None):
         self.spec = spec
         self.tokenizer = tokenizer
         self.model = model
         self.placement = placement
         self.int8_check = None  # an `Int8Check` when E5_QUANTIZE=int8 swapped in the int8 model
         self.dimensions = int(model.config.hidden_size)
-        self.token_budget = default_token_budget(placement.device.type)
+        self.token_budget = default_token_budget(placement.device.type, token_budget)
         eos = tokenizer.eos_token_id
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
         if spec.append_eos and eos is None:
@@ -104,15 +105,17 @@ class Encoder:
 
     @classmethod
     def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None,
-             quantize: str | None = None) -> "Encoder":
+             quantize: str | None = None, settings: Settings | None = None) -> "Encoder":
         """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
 
-        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); by default `E5_QUANTIZE` decides.
+        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); by default `settings` (else the environment)
+        decide it, with the device, dtype and token budget.
         """
+        settings = settings or Settings.from_env()
         weights_dir = Path(weights_dir)
-        check_weights_dir(weights_dir)
-        placement = placement or choose_placement()
-        int8 = quantize_mode(quantize) == "int8"
+        check_weights_dir(weights_dir, settings)
+        placement = placement or choose_placement(settings.device, settings.dtype)
+        int8 = quantize_mode(settings.quantize if quantize is None else quantize) == "int8"
         if int8:
             check_int8_supported(spec, placement.device)
         tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
@@ -128,15 +131,15 @@ class Encoder:
             device_map=str(placement.device) if placement.device.type == "cuda" else None,
         )
         model.to(placement.device).eval()
-        encoder = cls(spec, tokenizer, model, placement)
+        encoder = cls(spec, tokenizer, model, placement, settings.token_budget)
         if int8:
-            encoder._switch_to_int8(weights_dir)
+            encoder._switch_to_int8(weights_dir, settings.cache_dir)
         return encoder
 
-    def _switch_to_int8(self, weights_dir: Path) -> None:
+    def _switch_to_int8(self, weights_dir: Path, cache_dir: Path) -> None:
         """Swap the float32 model for its int8 ONNX build, and measure what that costs in accuracy."""
         reference = self.embed(PROBE_TEXTS)[0]
-        self.model = int8_backbone(self.spec, weights_dir, self.model)
+        self.model = int8_backbone(self.spec, weights_dir, self.model, cache_dir)
         self.int8_check = cosine_check(self.embed(PROBE_TEXTS)[0], reference)
         log.warning("%s runs in int8 (E5_QUANTIZE=int8): cosine to float32 on %d probe texts min %.4f, mean %.4f",
                     self.spec.name, self.int8_check.texts, self.int8_check.min_cosine, self.int8_check.mean_cosine)

@@ -26,12 +26,9 @@ import torch
 
 from .batching import DEFAULT_MAX_BATCH, token_budget_batches
 from .encoder import Encoder, is_out_of_memory
-from .settings import env_flag, env_ms
+from .settings import DEFAULT_BATCH_WAIT_MS
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_WAIT_MS = 2.0
-
 
 class _ThreadSink:
     """Delivers a job's result to a `concurrent.futures.Future`."""
@@ -99,11 +96,11 @@ class _Job:
 class BatchingEngine:
     """Runs `encoder` on one background thread; concurrent `submit` calls share its passes."""
 
-    def __init__(self, encoder: Encoder, max_wait_ms: float | None = None, dynamic: bool | None = None):
+    def __init__(self, encoder: Encoder, max_wait_ms: float = DEFAULT_BATCH_WAIT_MS, dynamic: bool = True):
         self.encoder = encoder
-        self.max_wait = (max_wait_ms if max_wait_ms is not None else env_ms("E5_BATCH_WAIT_MS", DEFAULT_MAX_WAIT_MS)) / 1000
+        self.max_wait = max_wait_ms / 1000
         # With dynamic batching off each pass serves one request: the baseline the benchmark compares to.
-        self.dynamic = dynamic if dynamic is not None else env_flag("E5_DYNAMIC_BATCHING", True)
+        self.dynamic = dynamic
         self.token_budget = encoder.token_budget
         self._rotation: deque[_Job] = deque()  # waiting and running jobs; the head gives the next pass's first chunk
         self._arriving = 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .settings import env_positive_int
-
 # 2048 texts is what OpenAI's embeddings endpoint accepts in one call; 100k characters is far past every
 # E5 context (4096 tokens at most) but stops a megabyte paste before the tokenizer reads it; the token
 # cap bounds one request's compute at 2048 full 512-token texts.
@@ -34,18 +32,11 @@ class LimitError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits; `from_env` reads E5_MAX_TEXTS, E5_MAX_CHARS and E5_MAX_TOKENS."""
+    """Per-request limits (E5_MAX_TEXTS, E5_MAX_CHARS and E5_MAX_TOKENS through `Settings.limits`)."""
 
     max_texts: int = DEFAULT_MAX_TEXTS
     max_chars: int = DEFAULT_MAX_CHARS
     max_tokens: int = DEFAULT_MAX_TOKENS
-
-    @classmethod
-    def from_env(cls) -> "Limits":
-        """The defaults, overridden by the environment."""
-        return cls(env_positive_int("E5_MAX_TEXTS", DEFAULT_MAX_TEXTS),
-                   env_positive_int("E5_MAX_CHARS", DEFAULT_MAX_CHARS),
-                   env_positive_int("E5_MAX_TOKENS", DEFAULT_MAX_TOKENS))
 
     def check_count(self, count: int) -> None:
         """At most `max_texts` texts in `texts`."""

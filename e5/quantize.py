@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from .registry import Family, ModelSpec
+from .settings import QUANTIZE_MODES
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("none", "int8")
 INT8_FAMILIES = (Family.BERT, Family.XLM_ROBERTA)
 RECIPE_VERSION = "1"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -67,12 +67,11 @@ class Int8Check:
     mean_cosine: float
 
 
-def quantize_mode(requested: str | None = None) -> str:
-    """`requested`, else `E5_QUANTIZE`: 'none' (the default) or 'int8'."""
-    raw = requested if requested is not None else os.environ.get("E5_QUANTIZE", "")
-    mode = raw.strip().lower() or "none"
+def quantize_mode(requested: str | None) -> str:
+    """`requested` (E5_QUANTIZE) checked: 'none' (the default, also for None or blank) or 'int8'."""
+    mode = (requested or "").strip().lower() or "none"
     if mode not in QUANTIZE_MODES:
-        raise QuantizeError(f"E5_QUANTIZE must be one of {', '.join(QUANTIZE_MODES)}, not {raw!r}")
+        raise QuantizeError(f"E5_QUANTIZE must be one of {', '.join(QUANTIZE_MODES)}, not {requested!r}")
     return mode
 
 
@@ -91,12 +90,6 @@ def check_int8_supported(spec: ModelSpec, device: torch.device) -> None:
     except ImportError as exc:
         raise QuantizeError(f"E5_QUANTIZE=int8 needs onnx and onnxruntime ({exc}); "
                             "pip install -r e5/requirements.txt") from None
-
-
-def cache_root() -> Path:
-    """Where built int8 models are kept: `E5_CACHE_DIR`, else ~/.cache/e5."""
-    configured = os.environ.get("E5_CACHE_DIR", "").strip()
-    return Path(configured) if configured else Path.home() / ".cache" / "e5"
 
 
 def _cache_key(weights_dir: Path) -> str:
@@ -187,9 +180,9 @@ class OnnxBackbone:
         return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
 
 
-def int8_backbone(spec: ModelSpec, weights_dir: Path, eager_model) -> OnnxBackbone:
-    """The int8 model for `weights_dir`, built from `eager_model` once (about 10 s for MiniLM), then cached."""
-    path = cache_root() / f"{spec.name}-int8-{_cache_key(weights_dir)}.onnx"
+def int8_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path) -> OnnxBackbone:
+    """The int8 model for `weights_dir`, built from `eager_model` once (about 10 s for MiniLM), then kept in `cache_dir`."""
+    path = cache_dir / f"{spec.name}-int8-{_cache_key(weights_dir)}.onnx"
     if not path.is_file():
         log.info("int8: building %s", path)
         build_int8(eager_model, path)

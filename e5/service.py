@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -16,13 +15,13 @@ from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, encode_rows, encode_vector, matrix_to_npy
 from .engine import BatchingEngine
 from .limits import LimitError, Limits, excerpt
-from .memory import DEFAULT_MMAP_THRESHOLD, pin_mmap_threshold
+from .memory import pin_mmap_threshold
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import get_spec
-from .settings import env_positive_int_or_off
+from .settings import Settings
 from .weights import (
-    WeightsNotFoundError, choose_model_name, download_allowed, fetch, is_present,
+    WeightsNotFoundError, choose_model_name, fetch, is_present,
     missing_weights_message, verify_weights, weights_dir_for,
 )
 
@@ -135,7 +134,7 @@ class EmbeddingService:
     def __init__(self, encoder: Encoder, engine: BatchingEngine | None = None, limits: Limits | None = None):
         self.encoder = encoder
         self.engine = engine
-        self.limits = limits or Limits.from_env()
+        self.limits = limits or Limits()
 
     def handle(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embed every text of the request in one pass on the calling thread."""
@@ -245,21 +244,25 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(cosine_scores(a[None], b[None])[0, 0])
 
 
-def load_service(model_name: str | None = None, batching: bool = False) -> EmbeddingService:
+def load_service(model_name: str | None = None, batching: bool = False,
+                 settings: Settings | None = None) -> EmbeddingService:
     """Load the checkpoint chosen by `model_name`, `E5_MODEL` or the one baked under `weights/`.
 
-    Files come from `E5_WEIGHTS_DIR` or `weights/<name>/` and are checked against their manifest;
-    missing ones are fetched only with `E5_ALLOW_DOWNLOAD=1`. With `batching`, the service starts
-    its `BatchingEngine` now rather than on the first `handle_async`.
+    `settings` default to the environment, read once here and passed down. Files come from `E5_WEIGHTS_DIR`
+    or `weights/<name>/` and are checked against their manifest; missing ones are fetched only with
+    `E5_ALLOW_DOWNLOAD=1`. With `batching`, the service starts its `BatchingEngine` now rather than on the
+    first `handle_async`.
     """
-    pin_mmap_threshold(env_positive_int_or_off("E5_MMAP_THRESHOLD", DEFAULT_MMAP_THRESHOLD, what="number of bytes"))
-    spec = get_spec(model_name or choose_model_name())
-    path = weights_dir_for(spec)
+    settings = settings or Settings.from_env()
+    pin_mmap_threshold(settings.mmap_threshold)
+    spec = get_spec(model_name or choose_model_name(settings))
+    path = weights_dir_for(spec, settings)
     if not is_present(path):
         # Only into weights/<name>/: never into a directory the operator pointed E5_WEIGHTS_DIR at.
-        if not download_allowed() or os.environ.get("E5_WEIGHTS_DIR") or spec.demo:
-            raise WeightsNotFoundError(missing_weights_message(spec, path))
-        fetch(spec, path)
+        if not settings.allow_download or settings.weights_dir or spec.demo:
+            raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
+        fetch(spec, path, settings=settings)
     verify_weights(spec, path)
-    encoder = Encoder.load(spec, path)
-    return EmbeddingService(encoder, BatchingEngine(encoder) if batching else None)
+    encoder = Encoder.load(spec, path, settings=settings)
+    engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching) if batching else None
+    return EmbeddingService(encoder, engine, settings.limits)

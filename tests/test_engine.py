@@ -11,6 +11,7 @@ import torch
 
 from e5.engine import BatchingEngine
 from e5.service import EmbeddingRequest, EmbeddingService, RequestError
+from e5.settings import Settings
 
 POISON = "fox"  # a whole word in the tiny BERT vocabulary
 
@@ -185,16 +186,13 @@ def test_a_bad_request_among_concurrent_ones_fails_alone(encoders):
     service.engine.close()
 
 
-def test_engine_settings_from_the_environment_are_checked(bert, monkeypatch):
-    monkeypatch.setenv("E5_BATCH_WAIT_MS", "soon")
+def test_engine_settings_from_the_environment_are_checked(bert):
     with pytest.raises(ValueError, match="E5_BATCH_WAIT_MS must be a number of milliseconds"):
-        BatchingEngine(bert)
-    monkeypatch.setenv("E5_BATCH_WAIT_MS", "5")
-    monkeypatch.setenv("E5_DYNAMIC_BATCHING", "maybe")
+        Settings.from_env({"E5_BATCH_WAIT_MS": "soon"})
     with pytest.raises(ValueError, match="E5_DYNAMIC_BATCHING must be on or off"):
-        BatchingEngine(bert)
-    monkeypatch.setenv("E5_DYNAMIC_BATCHING", "off")
-    engine = BatchingEngine(bert)
+        Settings.from_env({"E5_BATCH_WAIT_MS": "5", "E5_DYNAMIC_BATCHING": "maybe"})
+    settings = Settings.from_env({"E5_BATCH_WAIT_MS": "5", "E5_DYNAMIC_BATCHING": "off"})
+    engine = BatchingEngine(bert, settings.batch_wait_ms, settings.dynamic_batching)
     assert engine.max_wait == pytest.approx(0.005) and engine.dynamic is False
     engine.close()
 

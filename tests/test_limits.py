@@ -6,17 +6,15 @@ import pytest
 
 from e5.limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, LimitError, Limits
 from e5.service import EmbeddingRequest, EmbeddingService, RequestError
+from e5.settings import Settings
 
 
-def test_defaults_and_the_environment(monkeypatch):
-    assert Limits.from_env() == Limits(DEFAULT_MAX_TEXTS, DEFAULT_MAX_CHARS, DEFAULT_MAX_TOKENS)
-    monkeypatch.setenv("E5_MAX_TEXTS", "3")
-    monkeypatch.setenv("E5_MAX_CHARS", "10")
-    monkeypatch.setenv("E5_MAX_TOKENS", "99")
-    assert Limits.from_env() == Limits(3, 10, 99)
-    monkeypatch.setenv("E5_MAX_TOKENS", "-5")
+def test_defaults_and_the_environment():
+    assert Settings.from_env({}).limits == Limits(DEFAULT_MAX_TEXTS, DEFAULT_MAX_CHARS, DEFAULT_MAX_TOKENS)
+    env = {"E5_MAX_TEXTS": "3", "E5_MAX_CHARS": "10", "E5_MAX_TOKENS": "99"}
+    assert Settings.from_env(env).limits == Limits(3, 10, 99)
     with pytest.raises(ValueError, match="E5_MAX_TOKENS must be a positive whole number, not '-5'"):
-        Limits.from_env()
+        Settings.from_env({**env, "E5_MAX_TOKENS": "-5"})
 
 
 @pytest.mark.parametrize("text,message", [

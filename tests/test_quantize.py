@@ -7,6 +7,7 @@ import torch
 
 from e5.devices import Placement
 from e5.encoder import Encoder
+from e5.settings import Settings
 from e5.quantize import PROBE_TEXTS, OnnxBackbone, QuantizeError, float32_layers_kept, quantize_mode
 from e5.registry import get_spec
 
@@ -17,13 +18,14 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_the_mode_comes_from_the_argument_or_the_environment(monkeypatch):
-    assert quantize_mode() == "none"
-    monkeypatch.setenv("E5_QUANTIZE", " INT8 ")
-    assert quantize_mode() == "int8"
+def test_the_mode_comes_from_the_argument_or_the_environment():
+    assert quantize_mode(None) == quantize_mode(Settings.from_env({}).quantize) == "none"
+    assert quantize_mode(Settings.from_env({"E5_QUANTIZE": " INT8 "}).quantize) == "int8"
     assert quantize_mode("none") == "none"
     with pytest.raises(QuantizeError, match="E5_QUANTIZE must be one of none, int8, not 'fp4'"):
         quantize_mode("fp4")
+    with pytest.raises(ValueError, match="E5_QUANTIZE must be one of none, int8, not 'fp4'"):
+        Settings.from_env({"E5_QUANTIZE": "fp4"})
 
 
 def test_the_first_half_of_the_layers_keeps_a_float32_ffn_output():

@@ -150,7 +150,7 @@ def test_float_output_is_the_float32_values_as_python_floats(services, encoders)
 
 
 def test_missing_weights_name_every_fix(monkeypatch, tmp_path):
-    monkeypatch.setattr("e5.weights.WEIGHTS_ROOT", tmp_path)
+    monkeypatch.setenv("E5_WEIGHTS_ROOT", str(tmp_path))
     with pytest.raises(WeightsNotFoundError) as err:
         load_service("e5-base-v2")
     message = str(err.value)

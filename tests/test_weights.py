@@ -19,6 +19,7 @@ from hub_standin import COMMIT, HubStandIn
 from e5 import weights
 from e5.registry import DEFAULT_MODEL, get_spec
 from e5.service import load_service
+from e5.settings import Settings
 from e5.weights import (
     MANIFEST_NAME, PARTIAL_DIR, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, sha256_of,
     verify_weights,
@@ -31,7 +32,7 @@ SPEC = get_spec("e5-small-v2")
 def weights_root(tmp_path, monkeypatch):
     root = tmp_path / "weights"
     root.mkdir()
-    monkeypatch.setattr(weights, "WEIGHTS_ROOT", root)
+    monkeypatch.setenv("E5_WEIGHTS_ROOT", str(root))
     return root
 
 
@@ -161,14 +162,14 @@ def test_a_manifest_for_another_model_is_refused(fetched):
 
 
 def test_the_single_baked_checkpoint_is_found_without_e5_model(weights_root, checkpoints, monkeypatch):
-    assert choose_model_name() == DEFAULT_MODEL  # nothing baked
+    assert choose_model_name(Settings.from_env()) == DEFAULT_MODEL  # nothing baked
     shutil.copytree(checkpoints["bert"], weights_root / "e5-base-v2")
-    assert choose_model_name() == "e5-base-v2"
+    assert choose_model_name(Settings.from_env()) == "e5-base-v2"
     assert load_service().encoder.spec.name == "e5-base-v2"
     shutil.copytree(checkpoints["bert"], weights_root / "e5-small-v2")
-    assert choose_model_name() == DEFAULT_MODEL  # two baked: ambiguous, E5_MODEL must say
+    assert choose_model_name(Settings.from_env()) == DEFAULT_MODEL  # two baked: ambiguous, E5_MODEL must say
     monkeypatch.setenv("E5_MODEL", "e5-small-v2")
-    assert choose_model_name() == "e5-small-v2"
+    assert choose_model_name(Settings.from_env()) == "e5-small-v2"
 
 
 def test_setup_fetches_only_when_allowed(hub, weights_root, monkeypatch):
