@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .devices import describe
 from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
 from .engine import BatchingEngine
 from .limits import LimitError, Limits, excerpt
@@ -206,4 +207,6 @@ def load_service(model_name: str | None = None, batching: bool = False) -> Embed
         fetch(spec, path)
     verify_weights(spec, path)
     encoder = Encoder.load(spec, path)
+    # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
+    log.warning("%s runs on %s", spec.name, describe(encoder.placement))
     return EmbeddingService(encoder, BatchingEngine(encoder) if batching else None)
