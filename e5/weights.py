@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec
-from .settings import env_flag
+from .settings import env_choice, env_flag
 
 log = logging.getLogger(__name__)
 
 # Written by `fetch` beside the files; checked before every load.
 MANIFEST_NAME = "e5-manifest.json"
+# What setup checks against the manifest (E5_VERIFY): file sizes (cheap), or sizes and sha256 of every byte.
+VERIFY_LEVELS = ("size", "full")
 # A partial download lives here until it is complete and checked; a later fetch continues it.
 PARTIAL_DIR = ".e5-partial"
 _ATTEMPTS = 5  # per file and fetch; each attempt continues where the previous one stopped
@@ -160,15 +162,23 @@ def write_manifest(spec: ModelSpec, dest: Path, revision: str, known: dict[str, 
     return path
 
 
-def verify_weights(spec: ModelSpec, path: Path) -> None:
-    """Check `path` against its manifest (files, sizes, sha256); `WeightsError` names the file and the fix.
+def full_verify_requested() -> bool:
+    """`E5_VERIFY=full`: setup hashes every file, not only checks sizes (default `size`)."""
+    return env_choice("E5_VERIFY", "size", VERIFY_LEVELS) == "full"
 
-    A directory without a manifest (E5_WEIGHTS_DIR, the demo) is loaded as it is.
+
+def verify_weights(spec: ModelSpec, path: Path, full: bool | None = None) -> int:
+    """Check `path` against its manifest: every file present with its size, and with `full` its sha256 too
+    (None: as `E5_VERIFY` says, sizes only by default). `WeightsError` names the file and the fix.
+
+    Returns the number of files checked. A directory without a manifest (E5_WEIGHTS_DIR, the demo) is
+    loaded as it is (0).
     """
+    full = full_verify_requested() if full is None else full
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
         log.info("%s has no %s; its files are not verified", path, MANIFEST_NAME)
-        return
+        return 0
     fix = f"fetch it again with `python -m e5 fetch {spec.name}`"
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -184,8 +194,11 @@ def verify_weights(spec: ModelSpec, path: Path) -> None:
         if file.stat().st_size != expected["size"]:
             raise WeightsError(f"{spec.name}: {name} has {file.stat().st_size} bytes, the manifest says "
                                f"{expected['size']}; {fix}")
-        if sha256_of(file) != expected["sha256"]:
+        # Hashing reads every byte (seconds for a 14 GB checkpoint): fetch has checked them against the hub,
+        # so a cold start checks only sizes unless asked (`python -m e5 verify`, E5_VERIFY=full).
+        if full and sha256_of(file) != expected["sha256"]:
             raise WeightsError(f"{spec.name}: {name} does not match its sha256 in the manifest; {fix}")
+    return len(files)
 
 
 def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None) -> Path:
