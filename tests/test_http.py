@@ -69,7 +69,7 @@ def test_served_openapi_is_the_schema_from_predict_py(server):
 
 def test_a_serial_client_is_never_told_the_server_is_at_capacity(server):
     # With one slot coglet answered about 2% of back-to-back requests 409 (the slot is freed
-    # just after the answer goes out); cog.yaml's concurrency.max leaves room for that.
+    # just after the answer goes out); @concurrent(max=64) on run() leaves room for that.
     statuses = []
     with requests.Session() as session:
         for i in range(300):
