@@ -28,3 +28,16 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     assert report["http"]["bare_call_p50_ms"] > 0
 
     assert set(report["gpu"]["models"]) == {"e5-small-v2@128", "e5-small-v2@512"}
+
+
+def test_the_cold_start_benchmark_times_a_checkpoint_with_a_manifest_to_ready(tmp_path):
+    out = tmp_path / "cold.json"
+    proc = subprocess.run([sys.executable, "bench/cold_start.py", "--quick", "--cases", "manifest", "--out", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (label,) = report["repos"]
+    case = report["cases"]["manifest"][label]
+    # Launch to READY includes the imports and setup(), which coglet times on its own.
+    assert case["to_ready_s"] > case["setup_s"] > 0
+    assert "s to READY" in proc.stdout

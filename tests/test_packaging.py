@@ -40,6 +40,13 @@ def test_cog_yaml_names_the_cuda_of_the_pinned_torch_and_the_sdk_the_tests_serve
     assert config["build"]["sdk_version"] == _pin(REPO_ROOT / "tests" / "requirements.txt", "cog")
 
 
+def test_the_readme_names_the_driver_the_image_needs():
+    from e5.devices import minimum_driver
+
+    cuda = _cog_yaml()["build"]["cuda"]
+    assert f"NVIDIA driver >= {minimum_driver(cuda)}" in (REPO_ROOT / "README.md").read_text()
+
+
 def test_every_runtime_requirement_is_pinned_and_torch_is_2_13():
     pins = _lines(REPO_ROOT / "e5" / "requirements.txt")
     assert all("==" in pin for pin in pins)
