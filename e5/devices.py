@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +24,74 @@ def cuda_dtype(capability: tuple[int, int]) -> torch.dtype:
     return torch.bfloat16 if capability >= (8, 0) else torch.float16
 
 
+# The oldest Linux driver each CUDA major release runs on (NVIDIA's CUDA compatibility guide, minor
+# version compatibility): a torch wheel bundles its CUDA runtime, so the host needs only this driver.
+_MINIMUM_DRIVER = {11: "450", 12: "525", 13: "580"}
+
+
+class DeviceError(RuntimeError):
+    """CUDA was asked for (by the image or by E5_DEVICE) but is not usable here."""
+
+
+def minimum_driver(cuda: str) -> str:
+    """The oldest NVIDIA Linux driver that runs CUDA `cuda` ("13.0" -> "580")."""
+    return _MINIMUM_DRIVER[int(cuda.split(".")[0])]
+
+
+def cuda_expected(requested: str | None = None) -> str | None:
+    """Why CUDA must be used, or None: `requested` (E5_DEVICE) is cuda..., or an image built on NVIDIA's CUDA base image.
+
+    `cog build` with `gpu: true` starts from nvidia/cuda, which sets CUDA_VERSION (an image fact, not an E5
+    setting, so it is read here); a CPU image does not. An explicit `E5_DEVICE=cpu` always wins.
+    """
+    if requested:
+        return f"E5_DEVICE={requested}" if requested.startswith("cuda") else None
+    image_cuda = os.environ.get("CUDA_VERSION", "").strip()
+    return f"this image was built for CUDA {image_cuda} (gpu: true)" if image_cuda else None
+
+
+def _cuda_unavailable_reason() -> str | None:
+    """None when CUDA works, else why not, with torch's own explanation when it gives one."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            return None
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build; install its CUDA build"
+    told = next((str(w.message).splitlines()[0] for w in caught if "CUDA" in str(w.message)), None)
+    needs = (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} and needs an NVIDIA GPU with "
+             f"driver >= {minimum_driver(torch.version.cuda)} on the host")
+    return f"torch finds no usable GPU ({told}); {needs}" if told else f"torch finds no GPU; {needs}"
+
+
+def check_cuda_expected(requested: str | None = None) -> None:
+    """`DeviceError` (one line: why CUDA was expected, why it is not usable, the fix) rather than
+    silently serving on the CPU when CUDA was asked for."""
+    why = cuda_expected(requested)
+    if why is None:
+        return
+    reason = _cuda_unavailable_reason()
+    if reason is not None:
+        raise DeviceError(f"CUDA was expected ({why}) but is not usable: {reason}. "
+                          "Set E5_DEVICE=cpu to serve on the CPU instead")
+
+
+def describe(placement: Placement) -> str:
+    """One line for the setup log: the device (with the GPU's name and compute capability) and the dtype."""
+    dtype = str(placement.dtype).removeprefix("torch.")
+    if placement.device.type != "cuda":
+        return f"{placement.device}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    major, minor = torch.cuda.get_device_capability(placement.device)
+    return (f"{placement.device} ({torch.cuda.get_device_name(placement.device)}, sm_{major}{minor}), {dtype}, "
+            f"torch {torch.__version__} built for CUDA {torch.version.cuda}")
+
+
 def choose_placement(device_name: str | None = None, dtype_name: str | None = None) -> Placement:
-    """CUDA when present, else CPU in float32; `device_name` (E5_DEVICE) and `dtype_name` (E5_DTYPE) override."""
+    """CUDA when present, else CPU in float32; `device_name` (E5_DEVICE) and `dtype_name` (E5_DTYPE) override.
+
+    `DeviceError` when CUDA was expected (see `cuda_expected`) but is not usable.
+    """
+    check_cuda_expected(device_name)
     if device_name:
         device = torch.device(device_name)
     else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .devices import describe
 from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, encode_rows, encode_vector, matrix_to_npy
 from .engine import BatchingEngine
@@ -262,7 +263,9 @@ def load_service(model_name: str | None = None, batching: bool = False,
         if not settings.allow_download or settings.weights_dir or spec.demo:
             raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
         fetch(spec, path, settings=settings)
-    verify_weights(spec, path)
+    verify_weights(spec, path, full=settings.verify == "full")
     encoder = Encoder.load(spec, path, settings=settings)
+    # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
+    log.warning("%s runs on %s", spec.name, describe(encoder.placement))
     engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching) if batching else None
     return EmbeddingService(encoder, engine, settings.limits)

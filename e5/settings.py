@@ -17,6 +17,7 @@ from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, Li
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 QUANTIZE_MODES = ("none", "int8")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+VERIFY_LEVELS = ("size", "full")  # what setup checks against a manifest: sizes, or sizes and every byte's sha256
 DEFAULT_BATCH_WAIT_MS = 2.0
 DEFAULT_MMAP_THRESHOLD = 64 * 1024
 _ON = ("1", "true", "on", "yes")
@@ -42,6 +43,7 @@ class Settings:
     max_chars: int = DEFAULT_MAX_CHARS  # E5_MAX_CHARS
     max_tokens: int = DEFAULT_MAX_TOKENS  # E5_MAX_TOKENS
     mmap_threshold: int | None = DEFAULT_MMAP_THRESHOLD  # E5_MMAP_THRESHOLD: bytes, or off
+    verify: str = "size"  # E5_VERIFY: one of VERIFY_LEVELS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -64,6 +66,7 @@ class Settings:
             max_chars=env.positive_int("E5_MAX_CHARS", defaults.max_chars),
             max_tokens=env.positive_int("E5_MAX_TOKENS", defaults.max_tokens),
             mmap_threshold=env.positive_int_or_off("E5_MMAP_THRESHOLD", defaults.mmap_threshold, "number of bytes"),
+            verify=env.choice("E5_VERIFY", VERIFY_LEVELS, defaults.verify, lower=True),
         )
 
     @property

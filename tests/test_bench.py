@@ -41,3 +41,16 @@ def test_the_size_measurement_runs_and_every_format_carries_the_same_vectors(ser
     assert measured["npy"]["npy_file_bytes"] == 128 + 4 * 16 * 32
     assert measured["base64"]["output_bytes"] < measured["float"]["output_bytes"] / 2
     assert report["projected"]["1024"]["npy_file"] == 128 + 4 * 16 * 1024
+
+
+def test_the_cold_start_benchmark_times_a_checkpoint_with_a_manifest_to_ready(tmp_path):
+    out = tmp_path / "cold.json"
+    proc = subprocess.run([sys.executable, "bench/cold_start.py", "--quick", "--cases", "manifest", "--out", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (label,) = report["repos"]
+    case = report["cases"]["manifest"][label]
+    # Launch to READY includes the imports and setup(), which coglet times on its own.
+    assert case["to_ready_s"] > case["setup_s"] > 0
+    assert "s to READY" in proc.stdout

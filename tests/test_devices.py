@@ -1,7 +1,9 @@
+import warnings
+
 import pytest
 import torch
 
-from e5.devices import choose_placement, cuda_dtype
+from e5.devices import DeviceError, Placement, choose_placement, cuda_dtype, cuda_expected, describe, minimum_driver
 from e5.settings import Settings
 
 
@@ -12,6 +14,7 @@ def test_bf16_on_ampere_and_later_fp16_before():
 
 
 def test_cpu_runs_float32_without_a_gpu(monkeypatch):
+    monkeypatch.delenv("CUDA_VERSION", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     placement = choose_placement()
     assert placement.device.type == "cpu" and placement.dtype is torch.float32
@@ -24,3 +27,76 @@ def test_overrides_and_a_clear_error_for_a_bad_dtype():
         Settings.from_env({"E5_DTYPE": "float8"})
     with pytest.raises(ValueError, match="E5_DTYPE must be one of float32, float16, bfloat16"):
         choose_placement("cpu", "float8")
+
+
+@pytest.fixture()
+def no_gpu(monkeypatch):
+    """A host without a usable GPU, whatever this machine has; nothing set that asks for CUDA."""
+    for name in ("CUDA_VERSION",):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return monkeypatch
+
+
+def test_a_gpu_image_on_a_host_without_a_usable_gpu_refuses_to_serve_on_the_cpu(no_gpu):
+    # `cog build` with gpu: true starts from nvidia/cuda, which sets CUDA_VERSION; the wheel is a CUDA 13 build.
+    no_gpu.setenv("CUDA_VERSION", "13.0.3")
+    no_gpu.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(DeviceError) as caught:
+        choose_placement()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("CUDA was expected (this image was built for CUDA 13.0.3 (gpu: true)) but is not "
+                              f"usable: torch finds no GPU; torch {torch.__version__} is built for CUDA 13.0 and "
+                              "needs an NVIDIA GPU with driver >= 580 on the host")
+    assert message.endswith("on the host. Set E5_DEVICE=cpu to serve on the CPU instead")
+
+
+def test_torchs_own_reason_is_passed_on(no_gpu):
+    def old_driver():
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).\n"
+                      "Please update your GPU driver.", UserWarning)
+        return False
+
+    no_gpu.setattr(torch.cuda, "is_available", old_driver)
+    no_gpu.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(DeviceError, match=r"^CUDA was expected \(E5_DEVICE=cuda\) but is not usable: torch finds no "
+                                          r"usable GPU \(CUDA initialization: The NVIDIA driver on your system is too "
+                                          r"old \(found version 12020\)\.\); torch .* driver >= 580"):
+        choose_placement(Settings.from_env({"E5_DEVICE": "cuda"}).device)
+
+
+def test_a_cpu_only_torch_asked_for_cuda_says_so(no_gpu):
+    no_gpu.setattr(torch.version, "cuda", None)
+    with pytest.raises(DeviceError, match=r"\(E5_DEVICE=cuda:1\) but is not usable: this torch \(.*\) is a "
+                                          r"CPU-only build; install its CUDA build\. Set E5_DEVICE=cpu"):
+        choose_placement("cuda:1")
+
+
+def test_an_explicit_cpu_wins_over_the_image(no_gpu):
+    no_gpu.setenv("CUDA_VERSION", "13.0.3")
+    assert cuda_expected("cpu") is None
+    assert choose_placement("cpu").device.type == "cpu"
+    no_gpu.delenv("CUDA_VERSION")
+    assert cuda_expected() is None  # a CPU image (python:3.11-slim) asks for nothing
+    assert choose_placement().device.type == "cpu"
+
+
+def test_a_usable_gpu_is_chosen_and_described(no_gpu):
+    no_gpu.setenv("CUDA_VERSION", "13.0.3")
+    no_gpu.setattr(torch.cuda, "is_available", lambda: True)
+    no_gpu.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    no_gpu.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    no_gpu.setattr(torch.version, "cuda", "13.0")
+    placement = choose_placement()
+    assert placement == Placement(torch.device("cuda"), torch.float16)
+    assert describe(placement) == f"cuda (Tesla T4, sm_75), float16, torch {torch.__version__} built for CUDA 13.0"
+
+
+def test_the_cpu_is_described_with_its_threads(no_gpu):
+    assert describe(choose_placement()) == (f"cpu, float32, {torch.get_num_threads()} threads, "
+                                            f"torch {torch.__version__}")
+
+
+def test_minimum_drivers_follow_nvidias_compatibility_table():
+    assert minimum_driver("13.0") == "580" and minimum_driver("12.8") == "525" and minimum_driver("11.8") == "450"

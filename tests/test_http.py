@@ -69,7 +69,7 @@ def test_served_openapi_is_the_schema_from_predict_py(server):
 
 def test_a_serial_client_is_never_told_the_server_is_at_capacity(server):
     # With one slot coglet answered about 2% of back-to-back requests 409 (the slot is freed
-    # just after the answer goes out); cog.yaml's concurrency.max leaves room for that.
+    # just after the answer goes out); @concurrent(max=64) on run() leaves room for that.
     statuses = []
     with requests.Session() as session:
         for i in range(300):
@@ -103,7 +103,7 @@ def test_concurrent_clients_each_get_their_own_vectors(server):
     assert len({tuple(round(x, 5) for x in v) for v in together}) == len(texts)
 
 
-def _corrupt_weights_root(root: Path, checkpoints) -> None:
+def _damaged_weights_root(root: Path, checkpoints, damage: str) -> None:
     import shutil
 
     from e5.registry import get_spec
@@ -113,23 +113,30 @@ def _corrupt_weights_root(root: Path, checkpoints) -> None:
     write_manifest(get_spec("e5-small-v2"), root / "e5-small-v2", "local")
     weights = root / "e5-small-v2" / "model.safetensors"
     data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
+    if damage == "corrupt":  # same size, other bytes: only the full check (E5_VERIFY=full) reads them
+        data[-1] ^= 0xFF
+    elif damage == "resized":
+        data += b"\0"
     weights.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage,reason", [
-    ("missing", "weights for e5-small-v2 are not in"),
-    ("corrupt", "e5-small-v2: model.safetensors does not match its sha256 in the manifest; fetch it again with "
-                "`python -m e5 fetch e5-small-v2`"),
+@pytest.mark.parametrize("damage,env,reason", [
+    ("missing", {}, "weights for e5-small-v2 are not in"),
+    ("resized", {}, "e5-small-v2: model.safetensors has "),
+    ("corrupt", {"E5_VERIFY": "full"}, "e5-small-v2: model.safetensors does not match its sha256 in the manifest; "
+                                       "fetch it again with `python -m e5 fetch e5-small-v2`"),
+    # Sound weights, but the image was built for CUDA (nvidia/cuda sets CUDA_VERSION) and there is no GPU.
+    ("none", {"CUDA_VERSION": "13.0.3"}, "CUDA was expected (this image was built for CUDA 13.0.3 (gpu: true)) but "
+                                         "is not usable: this torch ("),
 ])
-def test_a_failed_setup_is_reported_with_its_reason_not_a_hang(damage, reason, checkpoints, tmp_path):
+def test_a_failed_setup_is_reported_with_its_reason_not_a_hang(damage, env, reason, checkpoints, tmp_path):
     # coglet directly (as in a built image): `python -m e5 serve` would stop before starting it.
     root = tmp_path / "weights"
     root.mkdir()
-    if damage == "corrupt":
-        _corrupt_weights_root(root, checkpoints)
+    if damage != "missing":
+        _damaged_weights_root(root, checkpoints, damage)
     server = CogServer.coglet(tmp_path / "server.log", "predict.py:Predictor", E5_WEIGHTS_ROOT=str(root),
-                              E5_MODEL="e5-small-v2")
+                              E5_MODEL="e5-small-v2", **env)
     try:
         health = server.wait_for("SETUP_FAILED")
         assert reason in health["setup"]["logs"]

