@@ -6,10 +6,13 @@ Sections (all by default; pick with --sections):
   http     the real Cog server (`python -m e5 serve --demo`) with 1, 8 and 32 concurrent clients
            sending single texts, dynamic batching on against the same server with it off, and
            Cog's server with a no-op predictor (`bench/noop_predict.py`) as the floor of its HTTP path;
+  overhead one short query: what `handle_async` (the predictor's path) adds over `handle` in
+           process, and its HTTP p50 over the no-op floor;
   gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
            128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
            (skipped without CUDA unless --gpu-device is given).
-Each figure is the median of --rounds rounds; the peers alternate within each round, so the
+With --baseline REV, the http and overhead sections also serve and probe that older commit of
+this project ('before'), checked out in a temporary git worktree. Each figure is the median of --rounds rounds; the peers alternate within each round, so the
 ratios compare like with like even while the machine's speed drifts. It prints tables and
 writes JSON (--out).
 """
@@ -142,7 +145,8 @@ class Server:
     With `noop`, Cog's server runs `bench/noop_predict.py` instead: the same HTTP path, no work.
     """
 
-    def __init__(self, name: str, env: dict[str, str], noop: bool = False, startup_seconds: float = 120):
+    def __init__(self, name: str, env: dict[str, str], noop: bool = False, startup_seconds: float = 120,
+                 repo: Path = REPO_ROOT):
         import tempfile
 
         import requests
@@ -150,7 +154,7 @@ class Server:
         self.name, self.port = name, _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "e5", "serve", "--demo", "--port", str(self.port)]
-        cwd, env = str(REPO_ROOT), {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        cwd, env = str(repo), {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         if noop:
             from e5.__main__ import coglet_argv, coglet_env
 
@@ -245,6 +249,9 @@ def bench_http(args) -> dict:
     servers = {mode: Server(mode, env) for mode, env in modes.items()}
     servers["no-op"] = Server("no-op", {}, noop=True)
     modes["no-op"] = {}
+    if args.baseline:
+        servers[BEFORE] = Server(BEFORE, {}, repo=args.baseline_tree)
+        modes[BEFORE] = {}
     try:
         for server in servers.values():
             _load(server.base, texts, 4, 40)  # warm-up
@@ -266,12 +273,17 @@ def bench_http(args) -> dict:
                           for on, off in zip(runs[("on", clients)], runs[("off", clients)])])
         summary[str(clients)] = {**med, "speedup": speedup,
                                  "rounds": {mode: runs[(mode, clients)] for mode in modes}}
+        if args.baseline:
+            summary[str(clients)]["on_vs_before"] = median([
+                on["requests_per_second"] / before["requests_per_second"]
+                for on, before in zip(runs[("on", clients)], runs[(BEFORE, clients)])])
         for mode in modes:
             m = med[mode]
             rows.append([clients, mode, f"{m['requests_per_second']:,.1f}",
                          f"{m['tokens_per_second']:,.0f}" if mode != "no-op" else "-",
                          f"{m['p50_ms']:.1f}", f"{m['p95_ms']:.1f}", int(m["failures"]), int(m["refused_409_retried"]),
-                         f"{speedup:.2f}x" if mode == "on" else ""])
+                         f"{speedup:.2f}x" if mode == "on" else
+                         f"on/before {summary[str(clients)]['on_vs_before']:.2f}x" if mode == BEFORE else ""])
     for (mode, clients), level in runs.items():
         for run in level:
             for reason, count in run["failure_reasons"].items():
@@ -289,6 +301,66 @@ def bench_http(args) -> dict:
           f"req/s with {max(args.clients)} clients on this machine")
     return {"clients": summary, "bare_call_p50_ms": bare_ms, "added_latency_one_client_ms": added,
             "cog_noop_p50_ms_one_client": cog_floor}
+
+
+# --- overhead ------------------------------------------------------------------------------
+
+BEFORE = "before"
+SHORT_QUERY = "how much protein should a female eat"
+
+
+def baseline_tree(rev: str) -> Path:
+    """A detached checkout of `rev` beside the working tree, removed when the benchmark exits."""
+    import atexit
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="e5-baseline-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO_ROOT, check=True,
+                   capture_output=True)
+    atexit.register(subprocess.run, ["git", "worktree", "remove", "--force", str(path)], cwd=REPO_ROOT,
+                    capture_output=True)
+    return path
+
+
+def _probe(repo: Path, calls: int) -> dict:
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("overhead_probe.py")), str(repo), str(calls)],
+                         capture_output=True, text=True, check=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_overhead(args) -> dict:
+    """One short query: what `handle_async` adds over `handle` in process, and its HTTP p50 over Cog's no-op floor."""
+    trees = {"now": REPO_ROOT, **({BEFORE: args.baseline_tree} if args.baseline else {})}
+    in_process = {name: [] for name in trees}
+    for _ in range(args.rounds):
+        for name, tree in trees.items():
+            in_process[name].append(_probe(tree, args.overhead_calls))
+    servers = {name: Server(name, {}, repo=tree) for name, tree in trees.items()}
+    servers["no-op"] = Server("no-op", {}, noop=True)
+    http: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            _load(server.base, [SHORT_QUERY], 1, 20)  # warm-up
+        for _ in range(args.rounds):
+            for name, server in servers.items():
+                http[name].append(_load(server.base, [SHORT_QUERY], 1, args.overhead_calls)["p50_ms"])
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows, results = [], {}
+    for name in trees:
+        probe = {key: median([r[key] for r in in_process[name]]) for key in in_process[name][0]}
+        over_floor = median([ours - floor for ours, floor in zip(http[name], http["no-op"])])
+        results[name] = {**probe, "http_p50_ms": median(http[name]), "http_p50_over_noop_ms": over_floor}
+        rows.append([name if name != "now" else "this tree", f"{probe['handle_p50_ms']:.2f}",
+                     f"{probe['handle_async_p50_ms']:.2f}", f"{probe['added_p50_ms']:+.2f}",
+                     f"{median(http[name]):.1f}", f"{over_floor:+.1f}"])
+    rows.append(["no-op predictor", "-", "-", "-", f"{median(http['no-op']):.1f}", "+0.0"])
+    label = f" against {args.baseline} ('before')" if args.baseline else ""
+    print_table(f"overhead: one short query, demo MiniLM, p50 of {args.overhead_calls} calls, median of "
+                f"{args.rounds} rounds{label}",
+                ["code", "handle ms", "handle_async ms", "async adds ms", "HTTP p50 ms", "over no-op ms"], rows)
+    return {"baseline": args.baseline, "noop_http_p50_ms": median(http["no-op"]), **results}
 
 
 # --- gpu -----------------------------------------------------------------------------------
@@ -384,7 +456,11 @@ def bench_gpu(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="library,http,gpu", help="comma-separated: library,http,gpu")
+    parser.add_argument("--sections", default="library,http,overhead,gpu",
+                        help="comma-separated: library,http,overhead,gpu")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also serve and probe this git revision ('before') in the http and overhead sections")
+    parser.add_argument("--overhead-calls", type=int, default=200, help="short queries per round in overhead")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts", type=int, default=256, help="texts in the library section")
     parser.add_argument("--clients", default="1,8,32", help="concurrent HTTP clients, comma-separated")
@@ -401,9 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     args.http_tokens = [int(n) for n in args.http_tokens.split(",")]
     if args.quick:
         args.rounds, args.texts, args.requests_per_client, args.min_requests = 1, 24, 4, 8
-        args.bare_calls, args.gpu_tokens = 5, 2048
+        args.bare_calls, args.gpu_tokens, args.overhead_calls = 5, 2048, 10
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"library", "http", "gpu"}
+    unknown = set(sections) - {"library", "http", "overhead", "gpu"}
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
@@ -413,8 +489,11 @@ def main(argv: list[str] | None = None) -> int:
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if "library" in sections:
         report["library"] = bench_library(args)
+    args.baseline_tree = baseline_tree(args.baseline) if args.baseline else None
     if "http" in sections:
         report["http"] = bench_http(args)
+    if "overhead" in sections:
+        report["overhead"] = bench_overhead(args)
     if "gpu" in sections:
         if torch.cuda.is_available() or args.gpu_device:
             report["gpu"] = bench_gpu(args)

@@ -10,7 +10,8 @@ from conftest import REPO_ROOT
 def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "bench/bench.py", "--quick", "--clients", "1,4", "--gpu-device", "cpu", "--out", str(out)],
+        [sys.executable, "bench/bench.py", "--quick", "--clients", "1,4", "--gpu-device", "cpu", "--baseline", "HEAD",
+         "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -26,6 +27,13 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
         assert level["no-op"]["requests_per_second"] > 0
         assert level["speedup"] > 0
     assert report["http"]["bare_call_p50_ms"] > 0
+    assert all(report["http"]["clients"][c]["before"]["failures"] == 0 for c in ("1", "4"))
+
+    overhead = report["overhead"]
+    assert overhead["baseline"] == "HEAD" and overhead["noop_http_p50_ms"] > 0
+    for code in ("now", "before"):  # this tree, and HEAD checked out beside it
+        assert overhead[code]["handle_p50_ms"] > 0 and overhead[code]["handle_async_p50_ms"] > 0
+    assert "async adds ms" in proc.stdout
 
     assert set(report["gpu"]["models"]) == {"e5-small-v2@128", "e5-small-v2@512"}
 
