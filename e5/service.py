@@ -157,11 +157,13 @@ class EmbeddingService:
             self.engine = BatchingEngine(self.encoder)
         if _is_short(request):
             prepared = self.prepare(request)
+            future = self.engine.submit_async(prepared.tokens.ids)
         else:
-            with self.engine.arriving():
+            with self.engine.arriving():  # submitted before the announcement ends, so the worker waits for it
                 prepared = await asyncio.to_thread(self.prepare, request)
+                future = self.engine.submit_async(prepared.tokens.ids)
         try:
-            vectors = await self.engine.submit_async(prepared.tokens.ids)
+            vectors = await future
         except Exception as exc:  # the engine has logged it on its own thread, out of the request's logs
             raise embedding_failure(exc) from None
         if len(prepared.labels) > SHORT_REQUEST_TEXTS:  # turning many vectors into lists takes milliseconds

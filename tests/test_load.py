@@ -2,7 +2,7 @@
 
 Every valid request's vectors must equal its texts embedded alone, every invalid one must fail with its own
 message, each request is answered exactly once under its own prediction id, and the server's resident
-memory at the end stays within 10% of where it was after warm-up. `E5_LOAD_REQUESTS` sets the count
+memory at the end stays within 5% of where it was after warm-up. `E5_LOAD_REQUESTS` sets the count
 (default 2000); coglet's "409 At capacity" refusals are retried and counted apart, never as answers.
 """
 
@@ -24,7 +24,7 @@ REQUESTS = int(os.environ.get("E5_LOAD_REQUESTS", "2000"))
 WARM_UP = 500
 CLIENTS = 32
 DEADLINE_SECONDS = 600
-MEMORY_DRIFT = 0.10
+MEMORY_DRIFT = 0.05
 
 POOL = [
     "how much protein should a female eat",
