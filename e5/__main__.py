@@ -79,7 +79,8 @@ def _embed_file_ray(args: argparse.Namespace, options: dict) -> int:
         print(f"e5: --ray needs Ray ({exc.name} is missing): pip install -r e5/requirements-ray.txt", file=sys.stderr)
         return 2
     rows = embed_file_ray(args.input, args.out, model=args.model, batch_rows=args.chunk_rows,
-                          concurrency=args.ray_concurrency, num_gpus=args.ray_num_gpus, address=args.ray_address,
+                          concurrency=args.ray_concurrency, num_gpus=args.ray_num_gpus,
+                          cpus_per_actor=args.ray_cpus_per_actor, address=args.ray_address,
                           num_cpus=args.ray_num_cpus, **options)
     print(f"e5: {args.out}: {rows} embeddings (Ray Data)", file=sys.stderr)
     return 0
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-address", help="a Ray cluster to join (default: start a local one)")
     p.add_argument("--ray-concurrency", type=int, default=1, help="actors, each with its own model (default 1)")
     p.add_argument("--ray-num-gpus", type=float, default=0, help="GPUs per actor (default 0)")
+    p.add_argument("--ray-cpus-per-actor", type=float, default=1, help="CPUs per actor (default 1; leave the "
+                                                                        "cluster one more for Ray's file listing)")
     p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local cluster (default: all)")
     p.set_defaults(run=_cmd_embed_file)
 

@@ -4,6 +4,8 @@
     from e5.ray_embed import EmbedBatches, read_input
 
     ds = read_input("corpus.parquet", "parquet")
+    # Streaming (no shuffle): a block per batch, so a single large file still feeds every actor.
+    ds = ds.repartition(target_num_rows_per_block=batch_rows)
     ds.map_batches(EmbedBatches, fn_constructor_kwargs={"model": "e5-large-v2"}, batch_format="pyarrow",
                    batch_size=2048, concurrency=4, num_gpus=1).write_parquet("embeddings/")
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,6 +27,9 @@ from .limits import Limits
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Passed on to the actors, which may start on another machine with another environment.
 FORWARDED_ENV = ("E5_", "HF_")
+# Reading and writing are light next to the model: those tasks take no CPU slot, so they still run
+# while the actors hold the cluster's CPUs. (Ray's own file listing still takes one: leave it one.)
+IO_CPUS = 0
 
 
 class EmbedBatches:
@@ -60,8 +66,8 @@ def read_input(path: str, fmt: str):
     import ray.data
 
     readers = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "text": ray.data.read_text,
-               "jsonl": lambda p: ray.data.read_json(p, lines=True)}
-    return readers[fmt](path)
+               "jsonl": partial(ray.data.read_json, lines=True)}
+    return readers[fmt](path, num_cpus=IO_CPUS)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -81,8 +87,13 @@ def embed_file_ray(input_path: str, out: str, model: str | None = None, fmt: str
                    input_type: str = "passage", task: str | None = None, normalize: bool = False,
                    truncate: bool = True, text_field: str = "text", id_field: str = "id",
                    batch_rows: int = DEFAULT_CHUNK_ROWS, concurrency: int = 1, num_gpus: float = 0,
-                   address: str | None = None, num_cpus: int | None = None) -> int:
-    """Embed `input_path` into the Parquet directory `out` with `concurrency` actors; returns the rows written."""
+                   cpus_per_actor: float = 1, address: str | None = None, num_cpus: int | None = None) -> int:
+    """Embed `input_path` into the Parquet directory `out` with `concurrency` actors; returns the rows written.
+
+    Each actor holds `cpus_per_actor` CPUs and `num_gpus` GPUs; without `address` a local cluster of
+    `num_cpus` CPUs (default: all) is started. Leave the cluster one CPU beyond the actors' for Ray's file listing.
+    """
+    import ray.data
     import pyarrow.parquet as pq
 
     fmt = detect_format(Path(input_path), fmt)
@@ -100,6 +111,9 @@ def embed_file_ray(input_path: str, out: str, model: str | None = None, fmt: str
                         "name the text column with --text-field")
     kwargs = {"model": model, "input_type": input_type, "task": task, "normalize": normalize, "truncate": truncate,
               "text_field": text_field, "id_field": id_field, "input_path": str(input_path), "fmt": fmt}
+    # Streaming (no shuffle): a block per batch, so a single large file still feeds every actor.
+    ds = ds.repartition(target_num_rows_per_block=batch_rows)
     ds.map_batches(EmbedBatches, fn_constructor_kwargs=kwargs, batch_format="pyarrow", batch_size=batch_rows,
-                   concurrency=concurrency, num_gpus=num_gpus).write_parquet(out)
+                   compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=cpus_per_actor,
+                   num_gpus=num_gpus).write_parquet(out, ray_remote_args={"num_cpus": IO_CPUS})
     return sum(pq.read_metadata(p).num_rows for p in Path(out).glob("*.parquet"))
