@@ -65,6 +65,17 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def alternating_rounds(runners: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per round of each runner, after one warm-up each; the runners alternate within each round."""
+    for run in runners.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            seconds[name].append(timed(run))
+    return seconds
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -98,12 +109,7 @@ def bench_library(args) -> dict:
     theirs = peer.encode(texts, batch_size=32, convert_to_tensor=True).float()
     cosine = (ours * l2_normalize(theirs)).sum(dim=1)
     int8_cosine = (l2_normalize(int8.embed(texts)[0]) * ours).sum(dim=1)
-    for run in runners.values():  # warm-up
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            seconds[name].append(timed(run))
+    seconds = alternating_rounds(runners, args.rounds)
     peer_name = next(iter(runners))
     rows, results = [], {}
     for name, values in seconds.items():
@@ -342,12 +348,7 @@ def bench_bulk(args) -> dict:
         embed_file(engine, source, out, chunk_rows=args.bulk_chunk_rows, progress=True)
 
     runners = {"library Encoder.embed": lambda: engine.embed(formatted), "embed-file (in process)": bulk_run}
-    for run in runners.values():  # warm-up
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            seconds[name].append(timed(run))
+    seconds = alternating_rounds(runners, args.rounds)
     ratios = [lib / bulk for lib, bulk in zip(*seconds.values())]
     results = {name: {"tokens_per_second": tokens / median(v), "texts_per_second": len(texts) / median(v),
                       "rounds_seconds": v} for name, v in seconds.items()}

@@ -64,7 +64,7 @@ class JobSettings:
         return json.dumps(asdict(self), sort_keys=True)
 
     def differences(self, stored: dict) -> list[str]:
-        """'name: stored -> this run' for each setting this run changes."""
+        """'name stored -> this run's' for each setting this run changes."""
         return [f"{f.name} {stored.get(f.name)!r} -> {getattr(self, f.name)!r}" for f in fields(self)
                 if stored.get(f.name) != getattr(self, f.name)]
 
@@ -436,7 +436,7 @@ def embed_file(encoder: Encoder, input_path: Path | str, out: Path | str, fmt: s
 
     summary = Summary(sum(p.rows for p in parts), sum(p.bad_rows for p in parts), sum(p.tokens for p in parts),
                       resumed_at=parts[-1].end if parts else 0)
-    say = report or (lambda line: _write_line(line))
+    say = report or _write_line
     limits = Limits.from_env()
     bar = _progress_bar(count_rows(input_path, fmt), summary.resumed_at, progress)
     started, tokens_this_run = time.perf_counter(), 0

@@ -3,11 +3,10 @@
     import ray
     from e5.ray_embed import EmbedBatches, read_input
 
-    ds = read_input("corpus.parquet", "parquet")
-    # Streaming (no shuffle): a block per batch, so a single large file still feeds every actor.
-    ds = ds.repartition(target_num_rows_per_block=batch_rows)
+    ds = read_input("corpus.parquet", "parquet").repartition(target_num_rows_per_block=2048)
     ds.map_batches(EmbedBatches, fn_constructor_kwargs={"model": "e5-large-v2"}, batch_format="pyarrow",
-                   batch_size=2048, concurrency=4, num_gpus=1).write_parquet("embeddings/")
+                   batch_size=2048, compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1,
+                   ).write_parquet("embeddings/")
 
 Needs the Ray extra (`pip install -r e5/requirements-ray.txt`).
 """
@@ -93,11 +92,11 @@ def embed_file_ray(input_path: str, out: str, model: str | None = None, fmt: str
     Each actor holds `cpus_per_actor` CPUs and `num_gpus` GPUs; without `address` a local cluster of
     `num_cpus` CPUs (default: all) is started. Leave the cluster one CPU beyond the actors' for Ray's file listing.
     """
-    import ray.data
     import pyarrow.parquet as pq
+    import ray.data
 
     fmt = detect_format(Path(input_path), fmt)
-    if Path(out).exists() and any(Path(out).iterdir()):
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise BulkError(f"{out} exists and is not empty; --ray writes a fresh directory, choose another --out")
     init_ray(address, num_cpus)
     ds = read_input(input_path, fmt)
