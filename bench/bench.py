@@ -8,6 +8,10 @@ Sections (all by default; pick with --sections):
            Cog's server with a no-op predictor (`bench/noop_predict.py`) as the floor of its HTTP path;
   overhead one short query: what `handle_async` (the predictor's path) adds over `handle` in
            process, and its HTTP p50 over the no-op floor;
+  bulk     `python -m e5 embed-file` (JSONL in, Parquet out, progress bar on) against the library's
+           own `Encoder.embed` on the same texts (target: at least 0.95x), and the same job on a local
+           Ray cluster (2 CPUs, 2 actors) next to the single-process command, each timed end to end;
+           with --bulk-rss-texts N, the peak RSS of the command over N short texts;
   gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
            128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
            (skipped without CUDA unless --gpu-device is given).
@@ -64,6 +68,17 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def alternating_rounds(runners: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per round of each runner, after one warm-up each; the runners alternate within each round."""
+    for run in runners.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            seconds[name].append(timed(run))
+    return seconds
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -97,12 +112,7 @@ def bench_library(args) -> dict:
     theirs = peer.encode(texts, batch_size=32, convert_to_tensor=True).float()
     cosine = (ours * l2_normalize(theirs)).sum(dim=1)
     int8_cosine = (l2_normalize(int8.embed(texts)[0]) * ours).sum(dim=1)
-    for run in runners.values():  # warm-up
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            seconds[name].append(timed(run))
+    seconds = alternating_rounds(runners, args.rounds)
     peer_name = next(iter(runners))
     rows, results = [], {}
     for name, values in seconds.items():
@@ -363,6 +373,89 @@ def bench_overhead(args) -> dict:
     return {"baseline": args.baseline, "noop_http_p50_ms": median(http["no-op"]), **results}
 
 
+# --- bulk ----------------------------------------------------------------------------------
+
+def _write_jsonl(path: Path, texts: list[str]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": f"doc-{i}", "text": text}) + "\n")
+    return path
+
+
+def _run_embed_file(source: Path, out: Path, *extra: str) -> tuple[float, int]:
+    """`python -m e5 embed-file` as a user runs it: wall seconds, and the child's peak RSS in bytes."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "e5", "embed-file", str(source), "--out", str(out),
+                             "--model", DEMO_MODEL, "--no-progress", *extra], cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    error = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"embed-file {' '.join(extra)} failed: {error[-2000:]}")
+    return wall, usage.ru_maxrss * 1024  # Linux reports kilobytes
+
+
+def bench_bulk(args) -> dict:
+    import shutil
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from e5.bulk import embed_file
+
+    spec = get_spec(DEMO_MODEL)
+    engine = Encoder.load(spec, demo_weights_dir(), quantize="none")
+    texts = [t.removeprefix("passage: ") for t in mixed_texts(engine.tokenizer, args.bulk_texts, 16, 128, seed=2)]
+    formatted = ["passage: " + t for t in texts]  # what embed-file's default input type makes of them
+    tokens = engine.tokenize(formatted).token_count
+    scratch = Path(tempfile.mkdtemp(prefix="e5-bench-bulk-"))
+    source = _write_jsonl(scratch / "corpus.jsonl", texts)
+
+    def bulk_run() -> None:
+        out = scratch / "out.parquet"
+        out.unlink(missing_ok=True)
+        embed_file(engine, source, out, chunk_rows=args.bulk_chunk_rows, progress=True)
+
+    runners = {"library Encoder.embed": lambda: engine.embed(formatted), "embed-file (in process)": bulk_run}
+    seconds = alternating_rounds(runners, args.rounds)
+    ratios = [lib / bulk for lib, bulk in zip(*seconds.values())]
+    results = {name: {"tokens_per_second": tokens / median(v), "texts_per_second": len(texts) / median(v),
+                      "rounds_seconds": v} for name, v in seconds.items()}
+    results["embed-file (in process)"]["ratio_to_library"] = median(ratios)
+    results["embed-file (in process)"]["rounds_ratio_to_library"] = ratios
+
+    # End to end, start-up included: the single-process command next to Ray on a local cluster.
+    parquet = scratch / "corpus.parquet"
+    pq.write_table(pa.table({"id": [f"doc-{i}" for i in range(len(texts))], "text": texts}), parquet)
+    command, _ = _run_embed_file(parquet, scratch / "cli.parquet", "--chunk-rows", str(args.bulk_chunk_rows))
+    ray, _ = _run_embed_file(parquet, scratch / "ray-out", "--ray", "--ray-num-cpus", "2", "--ray-concurrency", "2",
+                             "--ray-cpus-per-actor", "0.5", "--chunk-rows", str(args.bulk_chunk_rows))
+    for name, wall in (("embed-file command (start-up included)", command),
+                       ("embed-file --ray, local cluster, 2 CPUs, 2 actors (start-up included)", ray)):
+        results[name] = {"tokens_per_second": tokens / wall, "texts_per_second": len(texts) / wall,
+                         "rounds_seconds": [wall]}
+
+    rows = [[name, f"{r['texts_per_second']:,.1f}", f"{r['tokens_per_second']:,.0f}",
+             f"{r['ratio_to_library']:.3f}x" if "ratio_to_library" in r else "",
+             " / ".join(f"{x:.3f}" for x in r.get("rounds_ratio_to_library", []))] for name, r in results.items()]
+    print_table(f"bulk: real all-MiniLM-L6-v2, {len(texts)} texts of 16-128 tokens ({tokens:,} tokens), chunks of "
+                f"{args.bulk_chunk_rows}, median of {args.rounds} (the last two rows: one run each)",
+                ["runner", "texts/s", "tok/s", "vs library", "rounds vs library"], rows)
+    report = {"texts": len(texts), "tokens": tokens, "chunk_rows": args.bulk_chunk_rows, "runners": results}
+    if args.bulk_rss_texts:
+        many = mixed_texts(engine.tokenizer, args.bulk_rss_texts, 8, 32, seed=3)
+        big = _write_jsonl(scratch / "rss.jsonl", [t.removeprefix("passage: ") for t in many])
+        wall, rss = _run_embed_file(big, scratch / "rss.parquet")
+        report["peak_rss"] = {"texts": len(many), "bytes": rss, "seconds": wall}
+        print(f"peak RSS of `python -m e5 embed-file` over {len(many):,} texts of 8-32 tokens: "
+              f"{rss / 2**20:,.0f} MiB ({wall:,.0f} s)")
+    shutil.rmtree(scratch)
+    return report
+
+
 # --- gpu -----------------------------------------------------------------------------------
 
 def _full_size_configs(tiny: bool):
@@ -456,8 +549,8 @@ def bench_gpu(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="library,http,overhead,gpu",
-                        help="comma-separated: library,http,overhead,gpu")
+    parser.add_argument("--sections", default="library,http,overhead,bulk,gpu",
+                        help="comma-separated: library,http,overhead,bulk,gpu")
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="also serve and probe this git revision ('before') in the http and overhead sections")
     parser.add_argument("--overhead-calls", type=int, default=200, help="short queries per round in overhead")
@@ -470,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-calls", type=int, default=50)
     parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")
     parser.add_argument("--gpu-tokens", type=int, default=65536, help="tokens per timed call in the gpu section")
+    parser.add_argument("--bulk-texts", type=int, default=4096, help="texts in the bulk section")
+    parser.add_argument("--bulk-chunk-rows", type=int, default=2048, help="embed-file's --chunk-rows in the bulk section")
+    parser.add_argument("--bulk-rss-texts", type=int, default=0,
+                        help="also measure embed-file's peak RSS over this many texts (e.g. 100000)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few texts, requests and rounds")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "last-run.json"))
     args = parser.parse_args(argv)
@@ -478,8 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.texts, args.requests_per_client, args.min_requests = 1, 24, 4, 8
         args.bare_calls, args.gpu_tokens, args.overhead_calls = 5, 2048, 10
+        args.bulk_texts, args.bulk_chunk_rows, args.bulk_rss_texts = 96, 32, 200
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"library", "http", "overhead", "gpu"}
+    unknown = set(sections) - {"library", "http", "overhead", "bulk", "gpu"}
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
@@ -494,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         report["http"] = bench_http(args)
     if "overhead" in sections:
         report["overhead"] = bench_overhead(args)
+    if "bulk" in sections:
+        report["bulk"] = bench_bulk(args)
     if "gpu" in sections:
         if torch.cuda.is_available() or args.gpu_device:
             report["gpu"] = bench_gpu(args)

@@ -1,4 +1,4 @@
-"""Command line: `python -m e5 {list,fetch,verify,embed,schema,serve}`."""
+"""Command line: `python -m e5 {list,fetch,verify,embed,embed-file,schema,serve}`."""
 
 from __future__ import annotations
 
@@ -69,6 +69,45 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         Path(args.npy_file).write_bytes(npy)
     response["embeddings_file"] = None if npy is None else args.npy_file
     print(json.dumps(response, ensure_ascii=False))
+    return 0
+
+
+def _cmd_embed_file(args: argparse.Namespace) -> int:
+    try:
+        from . import bulk
+    except ImportError as exc:
+        print(f"e5: embed-file needs pyarrow ({exc.name} is missing): pip install -r e5/requirements-bulk.txt",
+              file=sys.stderr)
+        return 2
+    options = {"fmt": args.format, "input_type": args.input_type, "task": args.task, "normalize": args.normalize,
+               "truncate": not args.no_truncate, "text_field": args.text_field, "id_field": args.id_field}
+    try:
+        if args.ray:
+            return _embed_file_ray(args, options)
+        service = load_service(args.model)
+        done = bulk.embed_file(service.encoder, args.input, args.out, chunk_rows=args.chunk_rows,
+                               progress=not args.no_progress, limits=service.limits, **options)
+    except bulk.BulkError as exc:
+        print(f"e5: {exc}", file=sys.stderr)
+        return 2
+    state = "was already complete" if done.already_done else (
+        f"resumed at row {done.resumed_at}" if done.resumed_at else "done")
+    print(f"e5: {args.out}: {done.rows} embeddings, {done.tokens} tokens, {done.bad_rows} bad rows skipped ({state})",
+          file=sys.stderr)
+    return 0
+
+
+def _embed_file_ray(args: argparse.Namespace, options: dict) -> int:
+    try:
+        from .ray_embed import embed_file_ray
+    except ImportError as exc:
+        print(f"e5: --ray needs Ray ({exc.name} is missing): pip install -r e5/requirements-ray.txt", file=sys.stderr)
+        return 2
+    rows = embed_file_ray(args.input, args.out, model=args.model, batch_rows=args.chunk_rows,
+                          concurrency=args.ray_concurrency, num_gpus=args.ray_num_gpus,
+                          cpus_per_actor=args.ray_cpus_per_actor, address=args.ray_address,
+                          num_cpus=args.ray_num_cpus, **options)
+    print(f"e5: {args.out}: {rows} embeddings (Ray Data)", file=sys.stderr)
     return 0
 
 
@@ -180,6 +219,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="vectors as numbers, as base64 of little-endian float32, or the texts' rows as one .npy")
     p.add_argument("--npy-file", default="embeddings.npy", help="where --encoding-format npy writes the rows")
     p.set_defaults(run=_cmd_embed)
+
+    p = sub.add_parser("embed-file", help="embed every row of a JSONL, CSV, Parquet or text file into Parquet")
+    p.add_argument("input", help="the input file (format from its suffix, or --format)")
+    p.add_argument("--out", required=True, help="the output Parquet file (a directory with --ray)")
+    p.add_argument("--model", help="registry name (default: E5_MODEL or multilingual-e5-small)")
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet", "text"])
+    p.add_argument("--text-field", default="text", help="the column or JSON field holding the text (default text)")
+    p.add_argument("--id-field", default="id", help="the column or JSON field holding the id (default id; "
+                                                    "the line or row number when absent)")
+    p.add_argument("--input-type", default="passage", choices=["passage", "query"])
+    p.add_argument("--task")
+    p.add_argument("--normalize", action="store_true")
+    p.add_argument("--no-truncate", action="store_true", help="skip over-long texts instead of cutting them")
+    p.add_argument("--chunk-rows", type=int, default=2048, help="rows per chunk and row group (default 2048)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ray", action="store_true", help="run on Ray Data, one model per actor")
+    p.add_argument("--ray-address", help="a Ray cluster to join (default: start a local one)")
+    p.add_argument("--ray-concurrency", type=int, default=1, help="actors, each with its own model (default 1)")
+    p.add_argument("--ray-num-gpus", type=float, default=0, help="GPUs per actor (default 0)")
+    p.add_argument("--ray-cpus-per-actor", type=float, default=1, help="CPUs per actor (default 1; leave the "
+                                                                        "cluster one more for Ray's file listing)")
+    p.add_argument("--ray-num-cpus", type=int, help="CPUs of the local cluster (default: all)")
+    p.set_defaults(run=_cmd_embed_file)
 
     p = sub.add_parser("schema", help="write .cog/openapi_schema.json from predict.py")
     p.add_argument("--check", action="store_true", help="fail if the written schema is out of date")

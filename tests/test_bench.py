@@ -35,6 +35,11 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
         assert overhead[code]["handle_p50_ms"] > 0 and overhead[code]["handle_async_p50_ms"] > 0
     assert "async adds ms" in proc.stdout
 
+    bulk = report["bulk"]
+    assert bulk["runners"]["embed-file (in process)"]["ratio_to_library"] > 0
+    assert all(r["tokens_per_second"] > 0 for r in bulk["runners"].values()) and len(bulk["runners"]) == 4
+    assert bulk["peak_rss"]["texts"] == 200 and bulk["peak_rss"]["bytes"] > 100 * 2**20  # a loaded model at least
+
     assert set(report["gpu"]["models"]) == {"e5-small-v2@128", "e5-small-v2@512"}
 
 
