@@ -39,3 +39,13 @@ def env_ms(name: str, default: float) -> float:
     if not 0 <= ms <= 1000:
         raise ValueError(f"{name} must be between 0 and 1000 milliseconds, not {value!r}")
     return ms
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """`name` as one of `choices` (case-insensitive), `default` when unset."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value

