@@ -356,3 +356,10 @@ class CTokenizer:
         if self._model:
             self._lib.e5_free(self._model)
             self._model = None
+
+
+if __name__ == "__main__":  # build (or find) the converted directory and print its path
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    print(converted_dir())
