@@ -60,15 +60,6 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not rebuilt
 
 
-def test_int8_refuses_mistral_and_gpus(checkpoints, cache):
-    with pytest.raises(QuantizeError, match="not e5-mistral-7b-instruct"):
-        Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], quantize="int8")
-    gpu = Placement(torch.device("cuda"), torch.bfloat16)
-    with pytest.raises(QuantizeError, match="CPU only"):
-        Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, quantize="int8")
-    assert not cache.exists()
-
-
 def test_the_cpu_runtime_comes_from_the_argument_or_the_environment(monkeypatch):
     assert cpu_runtime() == "torch"
     monkeypatch.setenv("E5_CPU_RUNTIME", " OnnxRuntime ")
@@ -93,10 +84,12 @@ def test_onnx_runtime_float32_gives_torchs_vectors(family, model, checkpoints, c
     assert (alone - batched).abs().max() <= 1e-5  # a text gets the same vector in a batch as alone
 
 
-def test_onnx_runtime_float32_refuses_mistral_and_gpus(checkpoints, cache):
-    with pytest.raises(QuantizeError, match="E5_CPU_RUNTIME=onnxruntime supports .* not e5-mistral-7b-instruct"):
-        Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], runtime="onnxruntime")
+@pytest.mark.parametrize("option,setting", [({"quantize": "int8"}, "E5_QUANTIZE=int8"),
+                                            ({"runtime": "onnxruntime"}, "E5_CPU_RUNTIME=onnxruntime")])
+def test_onnx_runtime_refuses_mistral_and_gpus(option, setting, checkpoints, cache):
+    with pytest.raises(QuantizeError, match=f"{setting} supports .* not e5-mistral-7b-instruct"):
+        Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], **option)
     gpu = Placement(torch.device("cuda"), torch.bfloat16)
-    with pytest.raises(QuantizeError, match="E5_CPU_RUNTIME=onnxruntime runs on the CPU only"):
-        Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, runtime="onnxruntime")
+    with pytest.raises(QuantizeError, match=f"{setting} runs on the CPU only"):
+        Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, **option)
     assert not cache.exists()
