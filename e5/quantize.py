@@ -8,6 +8,9 @@ channels (absolute values around 20 against a median near 1) that int8 would fla
 float32 that measured about 2.2-2.6x the speed at min cosine 0.988 and mean 0.992; quantising
 everything was faster (2.5x) but fell to min 0.977, and torch's own dynamic int8 reached only
 1.6-1.7x. The loss is checked again at every load and logged (`Int8Check`).
+
+`E5_CPU_RUNTIME=onnxruntime` runs the same fused graph without quantising: float32 vectors equal to
+torch's within float rounding, at a fraction of torch's per-operator cost on short inputs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 from .registry import Family, ModelSpec
-from .settings import QUANTIZE_MODES
+from .settings import CPU_RUNTIMES, QUANTIZE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +78,29 @@ def quantize_mode(requested: str | None) -> str:
     return mode
 
 
-def check_int8_supported(spec: ModelSpec, device: torch.device) -> None:
-    """Raise `QuantizeError` unless int8 can serve `spec` on `device`."""
+def cpu_runtime(requested: str | None) -> str:
+    """`requested` (E5_CPU_RUNTIME) checked: 'torch' (the default, also for None or blank) or 'onnxruntime'."""
+    runtime = (requested or "").strip().lower() or "torch"
+    if runtime not in CPU_RUNTIMES:
+        raise QuantizeError(f"E5_CPU_RUNTIME must be one of {', '.join(CPU_RUNTIMES)}, not {requested!r}")
+    return runtime
+
+
+def check_int8_supported(spec: ModelSpec, device: torch.device, setting: str = "E5_QUANTIZE=int8") -> None:
+    """Raise `QuantizeError` unless ONNX Runtime (`setting` asked for it) can serve `spec` on `device`."""
+    unset = setting.split("=")[0]
     if device.type != "cpu":
-        raise QuantizeError(f"E5_QUANTIZE=int8 runs on the CPU only (this device is {device.type}, "
-                            "where the model already runs in bf16/fp16); unset E5_QUANTIZE")
+        raise QuantizeError(f"{setting} runs on the CPU only (this device is {device.type}, "
+                            f"where the model already runs in bf16/fp16); unset {unset}")
     if spec.family not in INT8_FAMILIES:
         families = ", ".join(f.value for f in INT8_FAMILIES)
-        raise QuantizeError(f"E5_QUANTIZE=int8 supports the {families} checkpoints, not {spec.name} "
-                            f"({spec.family.value}); unset E5_QUANTIZE")
+        raise QuantizeError(f"{setting} supports the {families} checkpoints, not {spec.name} "
+                            f"({spec.family.value}); unset {unset}")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise QuantizeError(f"E5_QUANTIZE=int8 needs onnx and onnxruntime ({exc}); "
+        raise QuantizeError(f"{setting} needs onnx and onnxruntime ({exc}); "
                             "pip install -r e5/requirements.txt") from None
 
 
@@ -120,32 +132,39 @@ class _LastHiddenState(torch.nn.Module):
                           token_type_ids=token_type_ids).last_hidden_state
 
 
+def _export_fused(model, tmp: Path) -> Path:
+    """Export an eager-attention float32 model to ONNX and fuse it (attention, layer norms, GELU) in `tmp`."""
+    from onnxruntime.transformers import optimizer
+
+    config = model.config
+    exported, fused = tmp / "float32.onnx", tmp / "fused.onnx"
+    sample = torch.ones(2, 8, dtype=torch.long)
+    with warnings.catch_warnings():
+        # The tracer warns about Python-level branches on shapes; the graph is checked against torch
+        # after every load, so the warnings would only alarm setup logs.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _LastHiddenState(model), (sample, torch.ones_like(sample), torch.zeros_like(sample)), str(exported),
+            dynamo=False, opset_version=17, do_constant_folding=True, input_names=list(_INPUTS),
+            output_names=["last_hidden_state"],
+            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in (*_INPUTS, "last_hidden_state")})
+    optimized = optimizer.optimize_model(str(exported), model_type="bert",
+                                         num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
+    log.info("onnx: fused operators %s", optimized.get_fused_operator_statistics())
+    optimized.save_model_to_file(str(fused))
+    return fused
+
+
 def build_int8(model, out_path: Path) -> Path:
     """Export an eager-attention float32 model to ONNX, fuse it and quantise it to `out_path`."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers import optimizer
 
-    config = model.config
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        exported, fused = Path(tmp) / "float32.onnx", Path(tmp) / "fused.onnx"
-        sample = torch.ones(2, 8, dtype=torch.long)
-        with warnings.catch_warnings():
-            # The tracer warns about Python-level branches on shapes; the graph is checked by the
-            # cosine self-check after every load, so the warnings would only alarm setup logs.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _LastHiddenState(model), (sample, torch.ones_like(sample), torch.zeros_like(sample)), str(exported),
-                dynamo=False, opset_version=17, do_constant_folding=True, input_names=list(_INPUTS),
-                output_names=["last_hidden_state"],
-                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in (*_INPUTS, "last_hidden_state")})
-        optimized = optimizer.optimize_model(str(exported), model_type="bert",
-                                             num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
-        log.info("int8: fused operators %s", optimized.get_fused_operator_statistics())
-        optimized.save_model_to_file(str(fused))
-
-        keep = [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in float32_layers_kept(config.num_hidden_layers)]
+        fused = _export_fused(model, Path(tmp))
+        keep = [f"/model/encoder/layer.{i}/output/dense/MatMul"
+                for i in float32_layers_kept(model.config.num_hidden_layers)]
         names = {node.name for node in onnx.load(str(fused)).graph.node}
         missing = [name for name in keep if name not in names]
         if missing:  # never quantise the sensitive layers by accident because a name changed
@@ -155,6 +174,14 @@ def build_int8(model, out_path: Path) -> Path:
                          weight_type=QuantType.QInt8, nodes_to_exclude=keep,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         os.replace(partial, out_path)  # atomic: a half-written model is never picked up
+    return out_path
+
+
+def build_float32(model, out_path: Path) -> Path:
+    """Export an eager-attention float32 model to ONNX and fuse it, unquantised, to `out_path`."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        os.replace(_export_fused(model, Path(tmp)), out_path)  # atomic, as for int8
     return out_path
 
 
@@ -182,10 +209,20 @@ class OnnxBackbone:
 
 def int8_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path) -> OnnxBackbone:
     """The int8 model for `weights_dir`, built from `eager_model` once (about 10 s for MiniLM), then kept in `cache_dir`."""
-    path = cache_dir / f"{spec.name}-int8-{_cache_key(weights_dir)}.onnx"
+    return _cached_backbone(spec, weights_dir, eager_model, cache_dir, "int8", build_int8)
+
+
+def float32_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path) -> OnnxBackbone:
+    """The fused float32 ONNX model for `weights_dir`, built from `eager_model` once, then kept in `cache_dir`."""
+    return _cached_backbone(spec, weights_dir, eager_model, cache_dir, "float32", build_float32)
+
+
+def _cached_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path, precision: str,
+                     build) -> OnnxBackbone:
+    path = cache_dir / f"{spec.name}-{precision}-{_cache_key(weights_dir)}.onnx"
     if not path.is_file():
-        log.info("int8: building %s", path)
-        build_int8(eager_model, path)
+        log.info("onnx: building %s", path)
+        build(eager_model, path)
     return OnnxBackbone(path, eager_model.config, torch.get_num_threads())
 
 

