@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .batching import default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
+from .memory import HeapTrimmer
 from .pooling import pool
 from .quantize import (
     PROBE_TEXTS,
@@ -89,8 +90,10 @@ def position_capacity(spec: ModelSpec, config) -> int:
 class Encoder:
     """A loaded checkpoint: tokenizer, model and the registry entry that says how to use them."""
 
-    def __init__(self, spec: ModelSpec, tokenizer, model, placement: Placement, token_budget: int | None = None):
+    def __init__(self, spec: ModelSpec, tokenizer, model, placement: Placement, token_budget: int | None = None,
+                 heap: HeapTrimmer | None = None):
         self.spec = spec
+        self.heap = heap  # gives the activations' freed heap back to the OS now and then (see e5.memory)
         self.tokenizer = tokenizer
         self.model = model
         self.placement = placement
@@ -144,7 +147,7 @@ class Encoder:
             device_map=str(placement.device) if placement.device.type == "cuda" else None,
         )
         model.to(placement.device).eval()
-        encoder = cls(spec, tokenizer, model, placement, settings.token_budget)
+        encoder = cls(spec, tokenizer, model, placement, settings.token_budget, HeapTrimmer(settings.heap_trim_seconds))
         if int8:
             encoder._switch_to_int8(weights_dir, settings.cache_dir)
         elif onnx_float32:
@@ -221,6 +224,8 @@ class Encoder:
         gathered = torch.cat(pooled).cpu()
         out = torch.empty_like(gathered)
         out[torch.tensor(order)] = gathered
+        if self.heap is not None:
+            self.heap.trim_if_due()
         return out
 
     def check_fits(self, ids: list[list[int]]) -> None:

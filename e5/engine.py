@@ -26,9 +26,13 @@ import torch
 
 from .batching import DEFAULT_MAX_BATCH, token_budget_batches
 from .encoder import Encoder, is_out_of_memory
+from .memory import HeapTrimmer
 from .settings import DEFAULT_BATCH_WAIT_MS
 
 log = logging.getLogger(__name__)
+
+# How long the worker must find nothing to do before it trims the heap.
+IDLE_TRIM_SECONDS = 0.05
 
 class _ThreadSink:
     """Delivers a job's result to a `concurrent.futures.Future`."""
@@ -96,8 +100,11 @@ class _Job:
 class BatchingEngine:
     """Runs `encoder` on one background thread; concurrent `submit` calls share its passes."""
 
-    def __init__(self, encoder: Encoder, max_wait_ms: float = DEFAULT_BATCH_WAIT_MS, dynamic: bool = True):
+    def __init__(self, encoder: Encoder, max_wait_ms: float = DEFAULT_BATCH_WAIT_MS, dynamic: bool = True,
+                 heap: HeapTrimmer | None = None):
         self.encoder = encoder
+        self.heap = heap  # trimmed whenever the worker falls idle after some work (see e5.memory)
+        self._worked_since_trim = False
         self.max_wait = max_wait_ms / 1000
         # With dynamic batching off each pass serves one request: the baseline the benchmark compares to.
         self.dynamic = dynamic
@@ -161,7 +168,7 @@ class BatchingEngine:
         with self._cond:
             while True:
                 while not self._rotation and not self._closed:
-                    self._cond.wait()
+                    self._wait_idle()
                 if not self._rotation:
                     return None
                 if self.dynamic:
@@ -175,6 +182,7 @@ class BatchingEngine:
                 parts = [(job, chunk) for job, chunk in parts if self._start(job)]
                 if parts:
                     break
+            self._worked_since_trim = True
             for job, _ in parts:
                 job.chunks.popleft()
                 job.in_flight += 1
@@ -183,6 +191,14 @@ class BatchingEngine:
                 if not job.chunks:
                     self._rotation.remove(job)
             return parts
+
+    def _wait_idle(self) -> None:
+        # Falling idle after work is the moment to give freed activations back: no request waits for it.
+        if self.heap is None or not self._worked_since_trim:
+            self._cond.wait()
+        elif not self._cond.wait(IDLE_TRIM_SECONDS):
+            self.heap.trim()
+            self._worked_since_trim = False
 
     def _wait_for_arrivals(self) -> None:
         # Only while requests are known to be on their way and the next pass is not yet full.

@@ -16,7 +16,6 @@ from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, encode_rows, encode_vector, matrix_to_npy
 from .engine import BatchingEngine
 from .limits import LimitError, Limits, excerpt
-from .memory import pin_mmap_threshold
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import get_spec
@@ -154,7 +153,7 @@ class EmbeddingService:
         vectors come back straight from the engine's worker, so it costs one thread hand-off each way.
         """
         if self.engine is None:
-            self.engine = BatchingEngine(self.encoder)
+            self.engine = BatchingEngine(self.encoder, heap=self.encoder.heap)
         if _is_short(request):
             prepared = self.prepare(request)
             future = self.engine.submit_async(prepared.tokens.ids)
@@ -257,7 +256,6 @@ def load_service(model_name: str | None = None, batching: bool = False,
     first `handle_async`.
     """
     settings = settings or Settings.from_env()
-    pin_mmap_threshold(settings.mmap_threshold)
     spec = get_spec(model_name or choose_model_name(settings))
     path = weights_dir_for(spec, settings)
     if not is_present(path):
@@ -269,5 +267,5 @@ def load_service(model_name: str | None = None, batching: bool = False,
     encoder = Encoder.load(spec, path, settings=settings)
     # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
     log.warning("%s runs on %s", spec.name, describe(encoder.placement))
-    engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching) if batching else None
+    engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching, encoder.heap) if batching else None
     return EmbeddingService(encoder, engine, settings.limits)

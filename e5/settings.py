@@ -20,7 +20,7 @@ CPU_RUNTIMES = ("torch", "onnxruntime")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 VERIFY_LEVELS = ("size", "full")  # what setup checks against a manifest: sizes, or sizes and every byte's sha256
 DEFAULT_BATCH_WAIT_MS = 2.0
-DEFAULT_MMAP_THRESHOLD = 64 * 1024
+DEFAULT_HEAP_TRIM_SECONDS = 1.0
 _ON = ("1", "true", "on", "yes")
 _OFF = ("0", "false", "off", "no")
 
@@ -44,7 +44,7 @@ class Settings:
     max_texts: int = DEFAULT_MAX_TEXTS  # E5_MAX_TEXTS
     max_chars: int = DEFAULT_MAX_CHARS  # E5_MAX_CHARS
     max_tokens: int = DEFAULT_MAX_TOKENS  # E5_MAX_TOKENS
-    mmap_threshold: int | None = DEFAULT_MMAP_THRESHOLD  # E5_MMAP_THRESHOLD: bytes, or off
+    heap_trim_seconds: float | None = DEFAULT_HEAP_TRIM_SECONDS  # E5_HEAP_TRIM_SECONDS: seconds, or off
     verify: str = "size"  # E5_VERIFY: one of VERIFY_LEVELS
 
     @classmethod
@@ -68,7 +68,7 @@ class Settings:
             max_texts=env.positive_int("E5_MAX_TEXTS", defaults.max_texts),
             max_chars=env.positive_int("E5_MAX_CHARS", defaults.max_chars),
             max_tokens=env.positive_int("E5_MAX_TOKENS", defaults.max_tokens),
-            mmap_threshold=env.positive_int_or_off("E5_MMAP_THRESHOLD", defaults.mmap_threshold, "number of bytes"),
+            heap_trim_seconds=env.seconds_or_off("E5_HEAP_TRIM_SECONDS", defaults.heap_trim_seconds),
             verify=env.choice("E5_VERIFY", VERIFY_LEVELS, defaults.verify, lower=True),
         )
 
@@ -114,10 +114,19 @@ class _Env:
             raise SettingsError(f"{name} must be a positive {what}, not {value!r}")
         return int(value)
 
-    def positive_int_or_off(self, name: str, default: int | None, what: str) -> int | None:
-        if self.raw(name).lower() in _OFF + ("none",):
+    def seconds_or_off(self, name: str, default: float | None) -> float | None:
+        value = self.raw(name).lower()
+        if value in _OFF + ("none",):
             return None
-        return self.positive_int(name, default, what)
+        if not value:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 3600:
+            raise SettingsError(f"{name} must be a number of seconds between 0 and 3600, or off, not {self.raw(name)!r}")
+        return seconds
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.raw(name).lower()

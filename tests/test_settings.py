@@ -13,18 +13,20 @@ def test_unset_means_the_defaults():
     defaults = Settings()
     assert defaults.weights_root == PROJECT_ROOT / "weights" and defaults.quantize == "none"
     assert defaults.token_budget is None and defaults.dynamic_batching and defaults.batch_wait_ms == 2.0
-    assert defaults.mmap_threshold == 65536 and not defaults.allow_download
+    assert defaults.heap_trim_seconds == 1.0 and not defaults.allow_download
 
 
 def test_every_variable_is_read():
     env = {"E5_MODEL": "e5-base-v2", "E5_WEIGHTS_DIR": "/w", "E5_WEIGHTS_ROOT": "/r", "E5_ALLOW_DOWNLOAD": "yes",
            "E5_DEVICE": "cpu", "E5_DTYPE": "bfloat16", "E5_QUANTIZE": "INT8", "E5_CACHE_DIR": "/c",
            "E5_TOKEN_BUDGET": "4096", "E5_DYNAMIC_BATCHING": "off", "E5_BATCH_WAIT_MS": "0.5", "E5_MAX_TEXTS": "7",
-           "E5_MAX_CHARS": "70", "E5_MAX_TOKENS": "700", "E5_MMAP_THRESHOLD": "off"}
+           "E5_MAX_CHARS": "70", "E5_MAX_TOKENS": "700", "E5_HEAP_TRIM_SECONDS": "off",
+           "E5_VERIFY": "FULL", "E5_CPU_RUNTIME": "onnxruntime"}
     assert Settings.from_env(env) == Settings(
         model="e5-base-v2", weights_dir=Path("/w"), weights_root=Path("/r"), allow_download=True, device="cpu",
         dtype="bfloat16", quantize="int8", cache_dir=Path("/c"), token_budget=4096, dynamic_batching=False,
-        batch_wait_ms=0.5, max_texts=7, max_chars=70, max_tokens=700, mmap_threshold=None)
+        batch_wait_ms=0.5, max_texts=7, max_chars=70, max_tokens=700, heap_trim_seconds=None,
+        verify="full", cpu_runtime="onnxruntime")
 
 
 @pytest.mark.parametrize("name,value,message", [
@@ -35,7 +37,9 @@ def test_every_variable_is_read():
     ("E5_ALLOW_DOWNLOAD", "perhaps", "E5_ALLOW_DOWNLOAD must be on or off (1/0, true/false), not 'perhaps'"),
     ("E5_QUANTIZE", "fp4", "E5_QUANTIZE must be one of none, int8, not 'fp4'"),
     ("E5_DTYPE", "float8", "E5_DTYPE must be one of float32, float16, bfloat16, not 'float8'"),
-    ("E5_MMAP_THRESHOLD", "-1", "E5_MMAP_THRESHOLD must be a positive number of bytes, not '-1'"),
+    ("E5_HEAP_TRIM_SECONDS", "-1", "E5_HEAP_TRIM_SECONDS must be a number of seconds between 0 and 3600, or off, "
+                                   "not '-1'"),
+    ("E5_VERIFY", "sha", "E5_VERIFY must be one of size, full, not 'sha'"),
 ])
 def test_a_malformed_value_names_the_variable_and_the_rule(name, value, message):
     with pytest.raises(SettingsError) as err:

@@ -3,7 +3,7 @@
 Two things that only show with real sizes and long texts:
 - memory: rounds of mixed requests of 1-8 texts of every length up to the model's limit, after a separate
   warm-up; the server's RSS after the last round stays within 5% of where it was after warm-up (without the
-  pinned mmap threshold of `e5/memory.py` it grew about 60 MB per 1000 such requests);
+  heap trimming of `e5/memory.py`, E5_HEAP_TRIM_SECONDS=off, it grew about 30% over the same rounds);
 - fairness: a short query sent while a 600-text request of ~250-token texts runs is answered within 3 s,
   and the large request's vectors equal each text embedded alone.
 `E5_SOAK_ROUNDS` x `E5_SOAK_REQUESTS` sets the soak's size (default 4 x 150).
