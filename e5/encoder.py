@@ -23,7 +23,7 @@ from .quantize import (
     int8_backbone,
     quantize_mode,
 )
-from .registry import Family, ModelSpec
+from .registry import ModelSpec
 from .settings import Settings
 from .weights import WeightsError, shown_path
 
@@ -79,10 +79,15 @@ def private_tokenizer(tokenizer) -> Tokenizer:
     return rust
 
 
+# Architectures whose positions start after the padding id (multilingual-e5-small is a BERT with an
+# XLM-R tokenizer, so this follows the model's config, not the registry's family).
+_OFFSET_POSITIONS = ("xlm-roberta", "roberta")
+
+
 def position_capacity(spec: ModelSpec, config) -> int:
-    """How many tokens the model's position table takes; XLM-RoBERTa's positions start after its padding id."""
+    """How many tokens the model's position table takes; RoBERTa-style positions start after the padding id."""
     capacity = int(getattr(config, "max_position_embeddings", spec.max_tokens) or spec.max_tokens)
-    if spec.family is Family.XLM_ROBERTA:
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
         capacity -= int(getattr(config, "pad_token_id", 1) or 0) + 1
     return capacity
 

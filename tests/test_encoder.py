@@ -313,3 +313,14 @@ def test_remote_code_in_a_checkpoint_is_never_run(tmp_path, checkpoints):
     else:
         assert type(encoder.model).__module__.startswith("transformers.")
     assert not ran.exists()
+
+
+def test_the_position_limit_follows_the_models_own_architecture(encoders):
+    from transformers import BertConfig, XLMRobertaConfig
+
+    from e5.encoder import position_capacity
+
+    spec = get_spec("multilingual-e5-small")  # a BERT encoder with an XLM-R tokenizer, as the real checkpoint is
+    assert position_capacity(spec, BertConfig(max_position_embeddings=512)) == 512
+    assert position_capacity(spec, XLMRobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert encoders["xlm-roberta"].max_tokens == 512 and encoders["bert"].max_tokens == 512
