@@ -543,16 +543,11 @@ def bench_e5_small_library(args) -> dict:
 
 def bench_e5_small_http(args) -> dict:
     from e5.service import EmbeddingRequest, load_service
+    from e5.settings import Settings
 
     weights = _converted_e5_small()
     env = {"E5_MODEL": E5_MODEL_NAME, "E5_WEIGHTS_DIR": str(weights)}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # load_service reads them, as the served predictor does
-    try:
-        service = load_service()
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    service = load_service(settings=Settings.from_env({**os.environ, **env}))  # as the served predictor reads them
     low, high = args.http_tokens
     texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, low, high, seed=3)]
     bare_ms = 1000 * median(alternating_rounds({"handle": lambda: service.handle(EmbeddingRequest(query=SHORT_QUERY))},
