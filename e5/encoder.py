@@ -15,12 +15,15 @@ from .devices import Placement, choose_placement
 from .memory import HeapTrimmer
 from .pooling import pool
 from .quantize import (
+    ONNX_FLOAT32_TOLERANCE,
     PROBE_TEXTS,
+    QuantizeError,
     check_int8_supported,
     cosine_check,
     cpu_runtime,
     float32_backbone,
     int8_backbone,
+    onnx_refusal,
     quantize_mode,
 )
 from .registry import ModelSpec
@@ -125,20 +128,25 @@ class Encoder:
              quantize: str | None = None, runtime: str | None = None, settings: Settings | None = None) -> "Encoder":
         """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
 
-        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); `runtime` runs float32 on the CPU in 'torch'
-        or 'onnxruntime'. By default `settings` (else the environment) decide them, with the device, dtype and
-        token budget.
+        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); `runtime` runs float32 on the CPU in 'torch',
+        'onnxruntime' or 'auto' (ONNX Runtime where it can serve the model, else torch). By default `settings`
+        (else the environment) decide them, with the device, dtype and token budget.
         """
         settings = settings or Settings.from_env()
         weights_dir = Path(weights_dir)
         check_weights_dir(weights_dir, settings)
         placement = placement or choose_placement(settings.device, settings.dtype)
         int8 = quantize_mode(settings.quantize if quantize is None else quantize) == "int8"
-        onnx_float32 = not int8 and cpu_runtime(settings.cpu_runtime if runtime is None else runtime) == "onnxruntime"
+        requested = cpu_runtime(settings.cpu_runtime if runtime is None else runtime)
+        device, dtype = placement.device, placement.dtype
         if int8:
-            check_int8_supported(spec, placement.device)
-        elif onnx_float32:
-            check_int8_supported(spec, placement.device, setting="E5_CPU_RUNTIME=onnxruntime")
+            check_int8_supported(spec, device, dtype=dtype, weights_dir=weights_dir)
+        elif requested == "onnxruntime":
+            check_int8_supported(spec, device, "E5_CPU_RUNTIME=onnxruntime", dtype, weights_dir)
+        refusal = onnx_refusal(spec, device, dtype, weights_dir, "E5_CPU_RUNTIME=onnxruntime")
+        if requested == "auto" and refusal and device.type == "cpu":
+            log.info("%s runs float32 in torch: %s", spec.name, refusal)
+        onnx_float32 = not int8 and (requested == "onnxruntime" or (requested == "auto" and not refusal))
         tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
         model = AutoModel.from_pretrained(
             weights_dir,
@@ -156,7 +164,14 @@ class Encoder:
         if int8:
             encoder._switch_to_int8(weights_dir, settings.cache_dir)
         elif onnx_float32:
-            encoder._switch_to_onnx_float32(weights_dir, settings.cache_dir)
+            try:
+                encoder._switch_to_onnx_float32(weights_dir, settings.cache_dir)
+            except Exception as exc:
+                if requested == "onnxruntime":
+                    raise
+                # E5_CPU_RUNTIME=auto: a build that fails (a read-only cache, say) costs speed, never the service.
+                log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "
+                            "(E5_CPU_RUNTIME=torch skips the attempt)", spec.name, exc)
         return encoder
 
     def _switch_to_int8(self, weights_dir: Path, cache_dir: Path) -> None:
@@ -168,12 +183,25 @@ class Encoder:
                     self.spec.name, self.int8_check.texts, self.int8_check.min_cosine, self.int8_check.mean_cosine)
 
     def _switch_to_onnx_float32(self, weights_dir: Path, cache_dir: Path) -> None:
-        """Swap the torch model for its fused float32 ONNX build, and measure how far apart their vectors are."""
+        """Swap the torch model for its fused float32 ONNX build once its vectors match torch's on the probes."""
         reference = self.embed(PROBE_TEXTS)[0]
-        self.model = float32_backbone(self.spec, weights_dir, self.model, cache_dir)
-        self.onnx_max_abs_diff = float((self.embed(PROBE_TEXTS)[0] - reference).abs().max())
-        log.info("%s runs float32 in ONNX Runtime (E5_CPU_RUNTIME=onnxruntime): largest difference to torch on "
-                 "%d probe texts %.1e", self.spec.name, len(PROBE_TEXTS), self.onnx_max_abs_diff)
+        torch_model = self.model
+        self.model = float32_backbone(self.spec, weights_dir, torch_model, cache_dir)
+        difference = float((self.embed(PROBE_TEXTS)[0] - reference).abs().max())
+        if not difference <= ONNX_FLOAT32_TOLERANCE:  # also catches NaN
+            self.model = torch_model
+            raise QuantizeError(f"the float32 ONNX build of {self.spec.name} differs from torch by {difference:.1e} "
+                                f"on the probe texts (at most {ONNX_FLOAT32_TOLERANCE:.0e} is allowed)")
+        self.onnx_max_abs_diff = difference
+        log.info("%s runs float32 in ONNX Runtime: largest difference to torch on %d probe texts %.1e",
+                 self.spec.name, len(PROBE_TEXTS), self.onnx_max_abs_diff)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model: 'torch', 'onnxruntime' (float32) or 'onnxruntime int8'."""
+        if self.int8_check is not None:
+            return "onnxruntime int8"
+        return "onnxruntime" if self.onnx_max_abs_diff is not None else "torch"
 
     def _tokenizer_adds_eos(self) -> bool:
         eos = self.tokenizer.eos_token_id

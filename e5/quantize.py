@@ -9,14 +9,18 @@ float32 that measured about 2.2-2.6x the speed at min cosine 0.988 and mean 0.99
 everything was faster (2.5x) but fell to min 0.977, and torch's own dynamic int8 reached only
 1.6-1.7x. The loss is checked again at every load and logged (`Int8Check`).
 
-`E5_CPU_RUNTIME=onnxruntime` runs the same fused graph without quantising: float32 vectors equal to
-torch's within float rounding, at a fraction of torch's per-operator cost on short inputs.
+The same fused graph without quantising is the default float32 path on the CPU (`E5_CPU_RUNTIME=auto`,
+as text-embeddings-inference runs ONNX Runtime on CPUs): vectors equal to torch's within float rounding,
+at a fraction of torch's per-operator cost on short inputs. Where it cannot run (e5-mistral, a GPU, a
+model over one ONNX file's 2 GiB, onnxruntime missing) or its build fails, `auto` stays on torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -34,6 +38,10 @@ log = logging.getLogger(__name__)
 
 INT8_FAMILIES = (Family.BERT, Family.XLM_ROBERTA)
 RECIPE_VERSION = "1"
+# Protobuf caps one ONNX file at 2 GiB; the graph itself needs a little room beside the weights.
+ONNX_FILE_LIMIT = 2**31 - 2**26
+# Largest difference to torch's vectors on the probe texts that the float32 ONNX build may show.
+ONNX_FLOAT32_TOLERANCE = 1e-4
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 # Texts of everyday length and topic for the self-check at load time.
@@ -79,29 +87,53 @@ def quantize_mode(requested: str | None) -> str:
 
 
 def cpu_runtime(requested: str | None) -> str:
-    """`requested` (E5_CPU_RUNTIME) checked: 'torch' (the default, also for None or blank) or 'onnxruntime'."""
-    runtime = (requested or "").strip().lower() or "torch"
+    """`requested` (E5_CPU_RUNTIME) checked: 'auto' (the default, also for None or blank), 'torch' or 'onnxruntime'."""
+    runtime = (requested or "").strip().lower() or "auto"
     if runtime not in CPU_RUNTIMES:
         raise QuantizeError(f"E5_CPU_RUNTIME must be one of {', '.join(CPU_RUNTIMES)}, not {requested!r}")
     return runtime
 
 
-def check_int8_supported(spec: ModelSpec, device: torch.device, setting: str = "E5_QUANTIZE=int8") -> None:
-    """Raise `QuantizeError` unless ONNX Runtime (`setting` asked for it) can serve `spec` on `device`."""
+def onnx_refusal(spec: ModelSpec, device: torch.device, dtype: torch.dtype, weights_dir: Path | None = None,
+                 setting: str = "E5_QUANTIZE=int8") -> str | None:
+    """Why ONNX Runtime (which `setting` asked for) cannot serve `spec` here, as one sentence; None when it can."""
     unset = setting.split("=")[0]
     if device.type != "cpu":
-        raise QuantizeError(f"{setting} runs on the CPU only (this device is {device.type}, "
-                            f"where the model already runs in bf16/fp16); unset {unset}")
+        return (f"{setting} runs on the CPU only (this device is {device.type}, "
+                f"where the model already runs in bf16/fp16); unset {unset}")
     if spec.family not in INT8_FAMILIES:
         families = ", ".join(f.value for f in INT8_FAMILIES)
-        raise QuantizeError(f"{setting} supports the {families} checkpoints, not {spec.name} "
-                            f"({spec.family.value}); unset {unset}")
+        return f"{setting} supports the {families} checkpoints, not {spec.name} ({spec.family.value}); unset {unset}"
+    if dtype != torch.float32:
+        return f"{setting} starts from float32 weights, not {str(dtype).removeprefix('torch.')}; unset E5_DTYPE or {unset}"
+    size = float32_bytes(weights_dir) if weights_dir is not None else 0
+    if size > ONNX_FILE_LIMIT:
+        return (f"{setting}: {spec.name}'s float32 weights take {size / 2**30:.2f} GiB, more than the 2 GiB that "
+                f"one ONNX file holds; unset {unset}")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise QuantizeError(f"{setting} needs onnx and onnxruntime ({exc}); "
-                            "pip install -r e5/requirements.txt") from None
+        return f"{setting} needs onnx and onnxruntime ({exc}); pip install -r e5/requirements.txt"
+    return None
+
+
+def check_int8_supported(spec: ModelSpec, device: torch.device, setting: str = "E5_QUANTIZE=int8",
+                         dtype: torch.dtype = torch.float32, weights_dir: Path | None = None) -> None:
+    """Raise `QuantizeError` unless ONNX Runtime (`setting` asked for it) can serve `spec` on `device`."""
+    reason = onnx_refusal(spec, device, dtype, weights_dir, setting)
+    if reason:
+        raise QuantizeError(reason)
+
+
+def float32_bytes(weights_dir: Path) -> int:
+    """Bytes the checkpoint's tensors take in float32, read from its safetensors headers (no weights loaded)."""
+    total = 0
+    for path in sorted(Path(weights_dir).glob("*.safetensors")):
+        with path.open("rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        total += sum(4 * math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    return total
 
 
 def _cache_key(weights_dir: Path) -> str:

@@ -266,6 +266,6 @@ def load_service(model_name: str | None = None, batching: bool = False,
     verify_weights(spec, path, full=settings.verify == "full")
     encoder = Encoder.load(spec, path, settings=settings)
     # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
-    log.warning("%s runs on %s", spec.name, describe(encoder.placement))
+    log.warning("%s runs on %s, in %s", spec.name, describe(encoder.placement), encoder.runtime)
     engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching, encoder.heap) if batching else None
     return EmbeddingService(encoder, engine, settings.limits)

