@@ -18,7 +18,6 @@ from .quantize import (
     ONNX_FLOAT32_TOLERANCE,
     PROBE_TEXTS,
     QuantizeError,
-    check_int8_supported,
     cosine_check,
     cpu_runtime,
     float32_backbone,
@@ -139,11 +138,10 @@ class Encoder:
         int8 = quantize_mode(settings.quantize if quantize is None else quantize) == "int8"
         requested = cpu_runtime(settings.cpu_runtime if runtime is None else runtime)
         device, dtype = placement.device, placement.dtype
-        if int8:
-            check_int8_supported(spec, device, dtype=dtype, weights_dir=weights_dir)
-        elif requested == "onnxruntime":
-            check_int8_supported(spec, device, "E5_CPU_RUNTIME=onnxruntime", dtype, weights_dir)
-        refusal = onnx_refusal(spec, device, dtype, weights_dir, "E5_CPU_RUNTIME=onnxruntime")
+        setting = "E5_QUANTIZE=int8" if int8 else "E5_CPU_RUNTIME=onnxruntime"
+        refusal = onnx_refusal(spec, device, dtype, weights_dir, setting)
+        if refusal and (int8 or requested == "onnxruntime"):
+            raise QuantizeError(refusal)
         if requested == "auto" and refusal and device.type == "cpu":
             log.info("%s runs float32 in torch: %s", spec.name, refusal)
         onnx_float32 = not int8 and (requested == "onnxruntime" or (requested == "auto" and not refusal))

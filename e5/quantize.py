@@ -118,14 +118,6 @@ def onnx_refusal(spec: ModelSpec, device: torch.device, dtype: torch.dtype, weig
     return None
 
 
-def check_int8_supported(spec: ModelSpec, device: torch.device, setting: str = "E5_QUANTIZE=int8",
-                         dtype: torch.dtype = torch.float32, weights_dir: Path | None = None) -> None:
-    """Raise `QuantizeError` unless ONNX Runtime (`setting` asked for it) can serve `spec` on `device`."""
-    reason = onnx_refusal(spec, device, dtype, weights_dir, setting)
-    if reason:
-        raise QuantizeError(reason)
-
-
 def float32_bytes(weights_dir: Path) -> int:
     """Bytes the checkpoint's tensors take in float32, read from its safetensors headers (no weights loaded)."""
     total = 0
