@@ -218,6 +218,10 @@ class OnnxBackbone:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # ORT's CPU arena keeps every region it grows for a new peak shape and never gives it back: a served
+        # model's RSS rose 4-6% over a soak after warm-up. Without it buffers come from malloc, which the
+        # engine's heap trimming returns; it cost ~4% of batch throughput on MiniLM, within this machine's noise.
+        options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.config = config
         self.path = path
