@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from .batching import default_token_budget, token_budget_batches
+from .batching import CPU_PASS_OVERHEAD_TOKENS, default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
 from .memory import HeapTrimmer
 from .pooling import pool
@@ -201,6 +201,13 @@ class Encoder:
             return "onnxruntime int8"
         return "onnxruntime" if self.onnx_max_abs_diff is not None else "torch"
 
+    @property
+    def pass_overhead_tokens(self) -> int | None:
+        """What one more forward pass costs here in padded tokens (None on a GPU: passes are cut by budget only)."""
+        if self.placement.device.type != "cpu":
+            return None
+        return CPU_PASS_OVERHEAD_TOKENS["torch" if self.runtime == "torch" else "onnxruntime"]
+
     def _tokenizer_adds_eos(self) -> bool:
         eos = self.tokenizer.eos_token_id
         ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -247,7 +254,8 @@ class Encoder:
         self.check_fits(ids)
         order: list[int] = []
         pooled: list[torch.Tensor] = []
-        for batch in token_budget_batches([len(row) for row in ids], token_budget or self.token_budget):
+        for batch in token_budget_batches([len(row) for row in ids], token_budget or self.token_budget,
+                                          pass_overhead_tokens=self.pass_overhead_tokens):
             for rows, vectors in self._forward_splitting(batch, ids):
                 order.extend(rows)
                 pooled.append(vectors)

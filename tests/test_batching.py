@@ -1,9 +1,14 @@
 import random
 
 import pytest
+import torch
+
+from e5.devices import Placement
+from e5.encoder import Encoder
+from e5.registry import get_spec
 
 from e5.settings import Settings
-from e5.batching import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, default_token_budget, token_budget_batches
+from e5.batching import CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, default_token_budget, token_budget_batches
 
 
 def test_every_index_once_and_each_batch_within_the_padded_budget():
@@ -29,6 +34,56 @@ def test_a_text_over_the_budget_gets_a_batch_of_its_own():
 
 def test_many_short_texts_share_a_batch_up_to_max_batch():
     assert [len(b) for b in token_budget_batches([8] * 300, token_budget=8192, max_batch=256)] == [256, 44]
+
+
+def _pass_cost(batches, lengths, overhead):
+    return sum(overhead + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def _cheapest_by_brute_force(ascending, budget, max_batch, overhead):
+    """Every way to cut the sorted rows into consecutive batches (2**(n-1) of them): the lowest cost."""
+    n, best = len(ascending), None
+    for mask in range(2 ** (n - 1)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        spans = list(zip(cuts, cuts[1:]))
+        if any(e - s > max_batch or (e - s > 1 and (e - s) * ascending[e - 1] > budget) for s, e in spans):
+            continue
+        cost = sum(overhead + (e - s) * ascending[e - 1] for s, e in spans)
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("overhead", [0, 16, 48, 400])
+def test_with_a_pass_overhead_batches_cost_the_least_padding_plus_passes(overhead):
+    rng = random.Random(overhead)
+    for _ in range(40):
+        lengths = [rng.choice([rng.randint(3, 40), rng.randint(16, 128), rng.randint(100, 600)])
+                   for _ in range(rng.randint(1, 11))]
+        batches = token_budget_batches(lengths, token_budget=1024, max_batch=4, pass_overhead_tokens=overhead)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        for batch in batches:
+            assert len(batch) <= 4 and (len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 1024)
+        assert _pass_cost(batches, lengths, overhead) == _cheapest_by_brute_force(sorted(lengths), 1024, 4, overhead)
+        greedy = token_budget_batches(lengths, token_budget=1024, max_batch=4)
+        assert _pass_cost(batches, lengths, overhead) <= _pass_cost(greedy, lengths, overhead)
+
+
+def test_mixed_lengths_are_cut_where_padding_costs_more_than_a_pass():
+    lengths = [20, 22, 24, 120, 124, 128]
+    assert token_budget_batches(lengths, token_budget=2048) == [[0, 1, 2, 3, 4, 5]]
+    assert token_budget_batches(lengths, token_budget=2048, pass_overhead_tokens=16) == [[0, 1, 2], [3, 4, 5]]
+    # Equal lengths add no padding: only the budget and max_batch cut them.
+    assert [len(b) for b in token_budget_batches([8] * 300, 8192, 256, pass_overhead_tokens=16)] == [256, 44]
+
+
+def test_the_cpu_runs_cut_passes_by_padding_and_the_gpu_by_budget_only(checkpoints):
+    spec = get_spec("e5-small-v2")
+    torch_cpu = Encoder.load(spec, checkpoints["bert"], runtime="torch")
+    assert torch_cpu.pass_overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["torch"]
+    onnx_cpu = Encoder.load(spec, checkpoints["bert"], runtime="onnxruntime")
+    assert onnx_cpu.pass_overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["onnxruntime"]
+    torch_cpu.placement = Placement(torch.device("cuda"), torch.float16)  # only the device type is read
+    assert torch_cpu.pass_overhead_tokens is None
 
 
 def test_budget_defaults_per_device_and_env_override():
