@@ -49,7 +49,7 @@ def _cheapest_cuts(ascending: list[int], token_budget: int, max_batch: int, over
     """The (start, end) spans of `ascending` lengths that minimise the sum of `overhead + rows x longest` over
     batches within `token_budget` and `max_batch` (a row over the budget alone is allowed): dynamic programming."""
     n = len(ascending)
-    cost = [0] + [0] * n  # cost[end]: cheapest way to run the first `end` rows
+    cost = [0] * (n + 1)  # cost[end]: the cheapest way to run the first `end` rows
     start_of = [0] * (n + 1)
     for end in range(1, n + 1):
         width = ascending[end - 1]  # the widest row of any batch ending here
