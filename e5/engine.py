@@ -5,9 +5,10 @@ into token-budget chunks at once. The worker schedules passes, not requests: the
 head of a rotation gives its next chunk, the next chunks of the other waiting requests join it
 while the pass stays within the budget (shortest first; on the CPU the encoder then cuts the pass
 where padding costs more than a pass), and the head then goes to the back. A short query that
-arrives while a large request runs waits about one pass, not the whole request. Each request gets its rows back in order once its last chunk is done. A
-failed shared pass is retried request by request, so a bad neighbour fails alone; a request
-cancelled before its turn, or (for asyncio callers) at any time, is not computed any further.
+arrives while a large request runs waits about one pass, not the whole request. Each request gets
+its rows back in order once its last chunk is done. A failed shared pass is retried request by
+request, so a bad neighbour fails alone; a request cancelled before its turn, or (for asyncio
+callers) at any time, is not computed any further.
 """
 
 from __future__ import annotations
