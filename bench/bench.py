@@ -232,15 +232,16 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int, protoc
                 if i is None:
                     return
                 started = time.perf_counter()
+                text = texts[i % len(texts)]
                 try:
-                    r = _post(session, base, texts[i % len(texts)], protocol)
+                    r = _post(session, base, text, protocol)
                     for _ in range(50):  # coglet 0.23.1 refuses some requests with free slots: retry those
                         if r.status_code != 409:
                             break
                         with lock:
                             refused += 1
                         time.sleep(0.01)
-                        r = _post(session, base, texts[i % len(texts)], protocol)
+                        r = _post(session, base, text, protocol)
                 except requests.RequestException as exc:  # a server that drops connections fails those requests
                     with lock:
                         failures += 1

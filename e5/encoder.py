@@ -139,7 +139,9 @@ class Encoder:
         requested = cpu_runtime(settings.cpu_runtime if runtime is None else runtime)
         device, dtype = placement.device, placement.dtype
         setting = "E5_QUANTIZE=int8" if int8 else "E5_CPU_RUNTIME=onnxruntime"
-        refusal = onnx_refusal(spec, device, dtype, weights_dir, setting)
+        # Asked only where ONNX Runtime is wanted: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
+        wants_onnx = int8 or requested != "torch"
+        refusal = onnx_refusal(spec, device, dtype, weights_dir, setting) if wants_onnx else None
         if refusal and (int8 or requested == "onnxruntime"):
             raise QuantizeError(refusal)
         if requested == "auto" and refusal and device.type == "cpu":

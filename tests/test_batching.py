@@ -3,12 +3,12 @@ import random
 import pytest
 import torch
 
+from e5.batching import (CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, default_token_budget,
+                         token_budget_batches)
 from e5.devices import Placement
 from e5.encoder import Encoder
 from e5.registry import get_spec
-
 from e5.settings import Settings
-from e5.batching import CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, default_token_budget, token_budget_batches
 
 
 def test_every_index_once_and_each_batch_within_the_padded_budget():
