@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 from cog import BaseModel, BaseRunner, Input, Opaque, Path, concurrent
 
 from e5 import EmbeddingRequest, load_service
+from e5.cog_output import for_cog
 
 
 class Output(BaseModel):
@@ -82,7 +83,8 @@ class Predictor(BaseRunner):
                              encoding_format=encoding_format)
         )
         self.record_metric("token_count", response.token_count)
-        fields = dict(vars(response))
+        # Vectors and scores stay float32 arrays, which coglet writes as JSON numbers without a walk per float.
+        fields = {name: for_cog(value) for name, value in vars(response).items()}
         npy = fields.pop("embeddings_npy")
         return Output(**fields, embeddings_file=None if npy is None else self._npy_file(npy))
 

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .devices import DeviceError
 from .openapi import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
 from .quantize import QuantizeError
@@ -68,8 +70,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if npy is not None:
         Path(args.npy_file).write_bytes(npy)
     response["embeddings_file"] = None if npy is None else args.npy_file
-    print(json.dumps(response, ensure_ascii=False))
+    print(json.dumps(response, ensure_ascii=False, default=_json_array))
     return 0
+
+
+def _json_array(value):
+    """The vectors and scores of a response (float32 arrays) as JSON arrays of numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _cmd_embed_file(args: argparse.Namespace) -> int:

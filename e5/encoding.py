@@ -1,4 +1,4 @@
-"""How vectors are written into a response: JSON numbers, base64 of float32 bytes, or one .npy file.
+"""How vectors are written into a response: float32 arrays (JSON numbers), base64 of float32 bytes, or one .npy file.
 
 `base64` is what OpenAI and text-embeddings-inference send for `encoding_format: "base64"`: the vector's
 little-endian float32 bytes, standard alphabet with padding. All three carry the same float32 values.
@@ -44,20 +44,25 @@ def matrix_to_npy(matrix) -> bytes:
     return buffer.getvalue()
 
 
-def encode_vector(vector, encoding: EncodingFormat) -> list[float] | str:
-    """One vector for a JSON field: numbers, or base64 text; `npy` leaves single vectors as numbers."""
+def encode_vector(vector, encoding: EncodingFormat) -> np.ndarray | str:
+    """One vector for a JSON field: a float32 array, or base64 text; `npy` leaves single vectors as numbers.
+
+    Arrays, not lists of Python floats: a JSON writer turns the whole array into numbers at once (float32 ->
+    Python float is exact, so JSON carries the float32 values themselves), where a list costs a Python object
+    per number on the way (Cog's server inspects each one: see `e5.cog_output`).
+    """
     vector = as_float32(vector)
     if encoding is EncodingFormat.BASE64:
         return vector_to_base64(vector)
-    # float32 -> Python float is exact, so JSON carries the float32 values themselves.
-    return vector.tolist()
+    return vector
 
 
-def encode_rows(matrix, encoding: EncodingFormat) -> list[list[float]] | list[str] | None:
-    """The rows of a batch for the JSON `embeddings` field; None for `npy`, whose rows go in a file."""
+def encode_rows(matrix, encoding: EncodingFormat) -> np.ndarray | list[str] | None:
+    """The rows of a batch for the JSON `embeddings` field: a [rows, dimensions] float32 array, base64 texts,
+    or None for `npy`, whose rows go in a file."""
     matrix = as_float32(matrix)
     if encoding is EncodingFormat.NPY:
         return None
     if encoding is EncodingFormat.BASE64:
         return [vector_to_base64(row) for row in matrix]
-    return matrix.tolist()
+    return matrix

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .devices import describe
@@ -65,7 +66,8 @@ class EmbeddingRequest:
 class EmbeddingResponse:
     """Vectors and scores; fields not asked for stay None.
 
-    With `encoding_format` base64 each vector is a base64 string; with npy the rows of `texts` are the
+    Vectors are float32 numpy arrays (`embeddings` one [texts, dimensions] matrix, `scores` one float32 per
+    text). With `encoding_format` base64 each vector is a base64 string; with npy the rows of `texts` are the
     bytes of one .npy file in `embeddings_npy` and `embeddings` is None.
     """
 
@@ -73,11 +75,11 @@ class EmbeddingResponse:
     dimensions: int
     token_count: int
     truncated: list[str] = field(default_factory=list)
-    query_embedding: list[float] | str | None = None
-    passage_embedding: list[float] | str | None = None
-    embeddings: list[list[float]] | list[str] | None = None
+    query_embedding: np.ndarray | str | None = None
+    passage_embedding: np.ndarray | str | None = None
+    embeddings: np.ndarray | list[str] | None = None
     score: float | None = None
-    scores: list[float] | None = None
+    scores: np.ndarray | None = None
     embeddings_npy: bytes | None = None
 
 
@@ -165,7 +167,7 @@ class EmbeddingService:
             vectors = await future
         except Exception as exc:  # the engine has logged it on its own thread, out of the request's logs
             raise embedding_failure(exc) from None
-        if len(prepared.labels) > SHORT_REQUEST_TEXTS:  # turning many vectors into lists takes milliseconds
+        if len(prepared.labels) > SHORT_REQUEST_TEXTS:  # encoding many vectors (base64, npy) takes milliseconds
             return await asyncio.to_thread(self.respond, prepared, vectors)
         return self.respond(prepared, vectors)
 
@@ -238,7 +240,7 @@ class EmbeddingService:
         if "query" in by_label and passage_at is not None:
             response.score = _cosine(raw[by_label["query"]], raw[passage_at])
         if "query" in by_label and prepared.text_count:
-            response.scores = cosine_scores(raw[by_label["query"]][None], raw[texts_at:])[0].tolist()
+            response.scores = as_float32(cosine_scores(raw[by_label["query"]][None], raw[texts_at:])[0])
         return response
 
 

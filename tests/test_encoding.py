@@ -26,13 +26,16 @@ def test_base64_decodes_bit_for_bit_to_the_float_output():
     floats = encode_vector(vector, EncodingFormat.FLOAT)
     decoded = np.frombuffer(base64.b64decode(encode_vector(vector, EncodingFormat.BASE64)), "<f4")
     assert decoded.tobytes() == vector.numpy().astype("<f4").tobytes()
-    assert decoded.tolist() == floats == vector.tolist()
+    assert decoded.tolist() == floats.tolist() == vector.tolist()
 
 
-def test_float_output_is_unchanged_from_torch_tolist():
+def test_float_output_is_a_float32_array_with_torchs_values():
     matrix = torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
-    assert encode_rows(matrix, EncodingFormat.FLOAT) == matrix.tolist()
-    assert all(type(x) is float for x in encode_vector(matrix[0], EncodingFormat.FLOAT))
+    rows, vector = encode_rows(matrix, EncodingFormat.FLOAT), encode_vector(matrix[0], EncodingFormat.FLOAT)
+    assert rows.dtype == vector.dtype == np.dtype("<f4") and rows.shape == (3, 7) and vector.shape == (7,)
+    # The JSON numbers a writer makes of them are the ones torch's own tolist gives.
+    assert rows.tolist() == matrix.tolist() and vector.tolist() == matrix[0].tolist()
+    assert all(type(x) is float for x in vector.tolist())
 
 
 def test_npy_is_a_float32_matrix_in_row_order():
@@ -49,10 +52,10 @@ def test_npy_refuses_anything_but_a_matrix():
 
 def test_each_format_shapes_the_batch_and_the_single_vectors():
     matrix = np.arange(6, dtype=np.float32).reshape(2, 3)
-    assert encode_rows(matrix, EncodingFormat.FLOAT) == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert encode_rows(matrix, EncodingFormat.FLOAT).tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert encode_rows(matrix, EncodingFormat.BASE64) == [vector_to_base64(matrix[0]), vector_to_base64(matrix[1])]
     assert encode_rows(matrix, EncodingFormat.NPY) is None  # the rows go in the .npy file instead
-    assert encode_vector(matrix[1], EncodingFormat.NPY) == [3.0, 4.0, 5.0]  # single vectors stay numbers
+    assert encode_vector(matrix[1], EncodingFormat.NPY).tolist() == [3.0, 4.0, 5.0]  # single vectors stay numbers
 
 
 def test_as_float32_is_little_endian_on_any_host():

@@ -111,7 +111,7 @@ def test_the_library_equals_sentence_transformers_on_the_converted_directory(ser
 
     reference = SentenceTransformer(str(e5_small_dir), device="cpu")
     r = service.handle(EmbeddingRequest(query=CARD_QUERIES[0], texts=CARD_PASSAGES + PLAIN[:6], normalize=True))
-    ours = np.array([r.query_embedding] + r.embeddings)
+    ours = np.vstack([r.query_embedding, r.embeddings])
     expected = reference.encode([f"query: {CARD_QUERIES[0]}"] + [f"passage: {t}" for t in CARD_PASSAGES + PLAIN[:6]],
                                 normalize_embeddings=True)
     diff = np.abs(ours - expected).max()

@@ -9,6 +9,7 @@ import io
 import numpy as np
 import pytest
 
+from e5.cog_output import JsonArray
 from e5.service import EmbeddingService
 from predict import Output, Predictor
 
@@ -34,12 +35,21 @@ def test_the_npy_file_holds_the_rows_and_is_deleted_with_the_output(predictor, t
     floats = _run(predictor, texts=["one", "two"])
     out = _run(predictor, texts=["one", "two"], encoding_format="npy")
     assert out.embeddings is None and out.embeddings_file.parent == tmp_path
-    assert np.load(io.BytesIO(out.embeddings_file.read_bytes())).tolist() == floats.embeddings
+    assert np.array_equal(np.load(io.BytesIO(out.embeddings_file.read_bytes())), floats.embeddings)
     del out
     gc.collect()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_document_reaches_the_service_as_the_passage(predictor):
-    assert _run(predictor, document="d").passage_embedding == _run(predictor, passage="d").passage_embedding
+    assert _run(predictor, document="d").passage_embedding.tolist() == _run(predictor, passage="d").passage_embedding.tolist()
     assert _run(predictor, query="q").embeddings_file is None
+
+
+def test_vectors_and_scores_reach_cog_as_json_arrays(predictor):
+    # Float32 arrays whose tolist() gives tuples: coglet writes them without inspecting every float.
+    out = _run(predictor, query="q", passage="p", texts=["one", "two"])
+    for name in ("query_embedding", "passage_embedding", "embeddings", "scores"):
+        assert isinstance(getattr(out, name), JsonArray) and getattr(out, name).dtype == np.dtype("<f4"), name
+    assert out.embeddings.shape == (2, predictor.service.encoder.dimensions)
+    assert isinstance(_run(predictor, query="q", encoding_format="base64").query_embedding, str)

@@ -30,7 +30,7 @@ def test_matches_sentence_transformers_on_the_prefixed_texts(minilm_service, min
     reference = SentenceTransformer(str(minilm_dir), device="cpu")
     texts = [PROTEIN, RECIPE, "short", "Größe und café, 南瓜"]
     r = minilm_service.handle(EmbeddingRequest(query=QUERY, texts=texts, normalize=True))
-    ours = np.array([r.query_embedding] + r.embeddings)
+    ours = np.vstack([r.query_embedding, r.embeddings])
     expected = reference.encode([f"query: {QUERY}"] + [f"passage: {t}" for t in texts], normalize_embeddings=True)
     cosines = (ours * expected).sum(axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(expected, axis=1))
     print(f"MiniLM vs sentence-transformers: min cosine {cosines.min():.7f}, "

@@ -46,7 +46,7 @@ def test_normalize_only_scales_vectors_and_never_changes_their_number(services):
     assert len(unit.embeddings) == len(raw.embeddings) == 3
     assert unit.score == pytest.approx(raw.score, abs=1e-6)
     assert unit.scores == pytest.approx(raw.scores, abs=1e-6)
-    for vec in unit.embeddings + [unit.query_embedding, unit.passage_embedding]:
+    for vec in [*unit.embeddings, unit.query_embedding, unit.passage_embedding]:
         assert _norm(vec) == pytest.approx(1.0, abs=1e-5)
     assert any(abs(_norm(v) - 1.0) > 1e-3 for v in raw.embeddings)
     scaled = torch.tensor(raw.embeddings[0]) / _norm(raw.embeddings[0])
@@ -109,8 +109,9 @@ def test_document_is_another_name_for_passage(services):
     sent = dict(task="Given a claim, retrieve documents that support it", query="q", normalize=True)
     as_passage = svc.handle(EmbeddingRequest(passage="a passage", **sent))
     as_document = svc.handle(EmbeddingRequest(document="a passage", **sent))
-    assert as_document.passage_embedding == as_passage.passage_embedding
-    assert as_document.score == as_passage.score and as_document.query_embedding == as_passage.query_embedding
+    assert as_document.passage_embedding.tolist() == as_passage.passage_embedding.tolist()
+    assert as_document.score == as_passage.score
+    assert as_document.query_embedding.tolist() == as_passage.query_embedding.tolist()
     assert svc.handle(EmbeddingRequest(document="protein " * 5000)).truncated == ["document"]
 
 
@@ -124,10 +125,10 @@ def test_base64_decodes_to_the_float_output_bit_for_bit(services, normalize):
     floats = services["xlm-roberta"].handle(EmbeddingRequest(**request))
     packed = services["xlm-roberta"].handle(EmbeddingRequest(**request, encoding_format="base64"))
     assert isinstance(packed.query_embedding, str) and isinstance(packed.embeddings[0], str)
-    assert _from_base64(packed.query_embedding) == floats.query_embedding
-    assert _from_base64(packed.passage_embedding) == floats.passage_embedding
-    assert [_from_base64(v) for v in packed.embeddings] == floats.embeddings
-    assert (packed.score, packed.scores) == (floats.score, floats.scores)
+    assert _from_base64(packed.query_embedding) == floats.query_embedding.tolist()
+    assert _from_base64(packed.passage_embedding) == floats.passage_embedding.tolist()
+    assert [_from_base64(v) for v in packed.embeddings] == floats.embeddings.tolist()
+    assert (packed.score, packed.scores.tolist()) == (floats.score, floats.scores.tolist())
     assert packed.embeddings_npy is None
 
 
@@ -137,16 +138,18 @@ def test_npy_holds_the_texts_rows_and_leaves_the_single_vectors_as_numbers(servi
     npy = services["bert"].handle(EmbeddingRequest(**request, encoding_format="npy"))
     matrix = np.load(io.BytesIO(npy.embeddings_npy), allow_pickle=False)
     assert matrix.dtype == np.dtype("<f4") and matrix.shape == (3, floats.dimensions)
-    assert matrix.tolist() == floats.embeddings
+    assert matrix.tolist() == floats.embeddings.tolist()
     assert npy.embeddings is None
-    assert (npy.query_embedding, npy.passage_embedding) == (floats.query_embedding, floats.passage_embedding)
-    assert (npy.score, npy.scores) == (floats.score, floats.scores)
+    assert npy.query_embedding.tolist() == floats.query_embedding.tolist()
+    assert npy.passage_embedding.tolist() == floats.passage_embedding.tolist()
+    assert (npy.score, npy.scores.tolist()) == (floats.score, floats.scores.tolist())
     assert services["bert"].handle(EmbeddingRequest(query="q", encoding_format="npy")).embeddings_npy is None
 
 
 def test_float_output_is_the_float32_values_as_python_floats(services, encoders):
     r = services["bert"].handle(EmbeddingRequest(texts=["protein"]))
-    assert r.embeddings == encoders["bert"].embed(["passage: protein"])[0].tolist()
+    assert r.embeddings.dtype == np.dtype("<f4")
+    assert r.embeddings.tolist() == encoders["bert"].embed(["passage: protein"])[0].tolist()
 
 
 def test_missing_weights_name_every_fix(monkeypatch, tmp_path):
