@@ -115,8 +115,7 @@ def job_settings(encoder: Encoder, input_path: Path, fmt: str, input_type: str =
         resolve_task(task)  # an unknown preset fails now, not after the first chunk
     except UnknownTaskError as exc:
         raise BulkError(str(exc)) from None
-    precision = "int8" if encoder.int8_check else str(encoder.placement.dtype).removeprefix("torch.")
-    return JobSettings(encoder.spec.name, precision, str(input_path.resolve()), fmt, input_type, task or None,
+    return JobSettings(encoder.spec.name, encoder.precision, str(input_path.resolve()), fmt, input_type, task or None,
                        normalize, truncate, text_field, id_field)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -13,6 +15,9 @@ from transformers import AutoModel, AutoTokenizer
 from .batching import CPU_PASS_OVERHEAD_TOKENS, default_token_budget, token_budget_batches
 from .devices import Placement, choose_placement
 from .memory import HeapTrimmer
+from .pass_plan import (
+    BF16_MATMUL_GATE, BF16_MIN_COSINE, ONNX_FLOAT32, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, choose_plan, fit_cost,
+)
 from .pooling import pool
 from .quantize import (
     ONNX_FLOAT32_TOLERANCE,
@@ -106,6 +111,11 @@ class Encoder:
         self.placement = placement
         self.int8_check = None  # an `Int8Check` when E5_QUANTIZE=int8 swapped in the int8 model
         self.onnx_max_abs_diff = None  # E5_CPU_RUNTIME=onnxruntime: largest difference to torch on the probes
+        # CPU, precision chosen by measurement (`plan_passes`): which runtime serves which passes. `model`
+        # runs the small passes (all of them without a `large_model`), `large_model` the passes above the split.
+        self.plan: PassPlan | None = None
+        self.large_model = None
+        self.bf16_min_cosine: float | None = None  # when a bfloat16 model serves: its cosine to float32 on the probes
         self.dimensions = int(model.config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
         eos = tokenizer.eos_token_id
@@ -161,6 +171,9 @@ class Encoder:
         )
         model.to(placement.device).eval()
         encoder = cls(spec, tokenizer, model, placement, settings.token_budget, HeapTrimmer(settings.heap_trim_seconds))
+        # With nothing pinned (E5_DTYPE, E5_CPU_RUNTIME, E5_QUANTIZE), the CPU's passes go to whichever runtime
+        # and precision measure fastest here, bfloat16 included where this CPU accelerates it.
+        measure = device.type == "cpu" and settings.dtype is None and requested == "auto" and not int8
         if int8:
             encoder._switch_to_int8(weights_dir, settings.cache_dir)
         elif onnx_float32:
@@ -172,6 +185,8 @@ class Encoder:
                 # E5_CPU_RUNTIME=auto: a build that fails (a read-only cache, say) costs speed, never the service.
                 log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "
                             "(E5_CPU_RUNTIME=torch skips the attempt)", spec.name, exc)
+        if measure:
+            encoder.plan_passes(model)
         return encoder
 
     def _switch_to_int8(self, weights_dir: Path, cache_dir: Path) -> None:
@@ -196,19 +211,95 @@ class Encoder:
         log.info("%s runs float32 in ONNX Runtime: largest difference to torch on %d probe texts %.1e",
                  self.spec.name, len(PROBE_TEXTS), self.onnx_max_abs_diff)
 
+    def plan_passes(self, torch_model) -> PassPlan:
+        """Time each runtime this CPU can serve the model in on two probe passes and keep what `choose_plan` picks.
+
+        The candidates: the float32 runtime loaded (ONNX Runtime, else torch), torch float32 (`torch_model`,
+        when ONNX Runtime serves), and torch bfloat16 where a bf16 matmul runs `BF16_MATMUL_GATE` times
+        faster than float32 here and its vectors stay within `BF16_MIN_COSINE` of float32 on the probe texts.
+        Runtimes the plan does not use are dropped, so at most two copies of the weights stay.
+        """
+        default = ONNX_FLOAT32 if self.onnx_max_abs_diff is not None else TORCH_FLOAT32
+        candidates = {default: self.model}
+        if self.model is not torch_model:
+            torch_model.set_attn_implementation("sdpa")  # eager attention was for the ONNX export only
+            candidates[TORCH_FLOAT32] = torch_model
+        notes = []
+        speedup = bf16_matmul_speedup()
+        if speedup < BF16_MATMUL_GATE:
+            notes.append(f"bfloat16 not tried: a bf16 matmul runs at {speedup:.2f}x float32 on this CPU "
+                         f"(at least {BF16_MATMUL_GATE}x needed, as AMX gives)")
+        else:
+            bf16 = copy.deepcopy(torch_model).to(torch.bfloat16)
+            bf16.set_attn_implementation("sdpa")
+            cosine = float(torch.nn.functional.cosine_similarity(
+                self._probe_vectors(bf16), self._probe_vectors(self.model), dim=1).min())
+            if cosine >= BF16_MIN_COSINE:
+                candidates[TORCH_BFLOAT16] = bf16
+                self.bf16_min_cosine = cosine
+            else:
+                notes.append(f"bfloat16 refused: min cosine to float32 on the probe texts {cosine:.6f}, "
+                             f"below {BF16_MIN_COSINE}")
+        small, large = self._probe_passes()
+        costs = [fit_cost(name, (small[0].numel(), _seconds(model, *small, calls=5)),
+                          (large[0].numel(), _seconds(model, *large, calls=2)))
+                 for name, model in candidates.items()]
+        plan = choose_plan(costs, default, small[0].numel(), large[0].numel())
+        self.plan = replace(plan, reason="; ".join([plan.reason, *notes]))
+        self.model = candidates[plan.small]
+        self.large_model = candidates[plan.large] if plan.large else None
+        if TORCH_BFLOAT16 not in plan.runtimes:
+            self.bf16_min_cosine = None
+        log.warning("%s on the CPU: %s. Why: %s%s", self.spec.name, plan.describe(), self.plan.reason,
+                    f"; bfloat16 min cosine to float32 on the probe texts {self.bf16_min_cosine:.6f}"
+                    if self.bf16_min_cosine is not None else "")
+        return self.plan
+
+    def _probe_passes(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """A short query alone, and a batch of 8 rows of 64 tokens cut from the probe texts."""
+        rows = self._encode(PROBE_TEXTS)
+        stream = [token for row in rows for token in row]
+        width = min(64, self.max_tokens)
+        batch = [(stream * (1 + 8 * width // len(stream)))[i * width: (i + 1) * width] for i in range(8)]
+        return self._pad(rows[:1]), self._pad(batch)
+
+    def _probe_vectors(self, model) -> torch.Tensor:
+        input_ids, mask = self._pad(self._encode(PROBE_TEXTS))
+        with torch.inference_mode():
+            return pool(model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask, self.spec.pooling)
+
     @property
     def runtime(self) -> str:
-        """What runs the model: 'torch', 'onnxruntime' (float32) or 'onnxruntime int8'."""
+        """What runs the model: 'torch', 'onnxruntime' (float32), 'onnxruntime int8', or a measured plan's words."""
         if self.int8_check is not None:
             return "onnxruntime int8"
+        if self.plan is not None:
+            return self.plan.describe()
         return "onnxruntime" if self.onnx_max_abs_diff is not None else "torch"
+
+    @property
+    def precision(self) -> str:
+        """The precision vectors are computed in: 'int8', 'float32', 'bfloat16' ... (a plan may name two)."""
+        if self.int8_check is not None:
+            return "int8"
+        if self.plan is not None:
+            return " and ".join(dict.fromkeys(name.split()[-1] for name in self.plan.runtimes))
+        return str(self.placement.dtype).removeprefix("torch.")
 
     @property
     def pass_overhead_tokens(self) -> int | None:
         """What one more forward pass costs here in padded tokens (None on a GPU: passes are cut by budget only)."""
         if self.placement.device.type != "cpu":
             return None
+        if self.plan is not None:
+            return self.plan.overhead_tokens
         return CPU_PASS_OVERHEAD_TOKENS["torch" if self.runtime == "torch" else "onnxruntime"]
+
+    def model_for(self, rows: int, width: int):
+        """The model that runs a pass of `rows` x `width` padded tokens."""
+        if self.large_model is not None and self.plan.runtime_for(rows * width) == self.plan.large:
+            return self.large_model
+        return self.model
 
     def _tokenizer_adds_eos(self) -> bool:
         eos = self.tokenizer.eos_token_id
@@ -280,7 +371,8 @@ class Encoder:
         """Pool one batch; when the device runs out of memory, halve the batch and retry each half."""
         try:
             input_ids, mask = self._pad([ids[i] for i in batch])
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            model = self.model_for(*input_ids.shape)
+            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             return [(batch, pool(hidden, mask, self.spec.pooling))]
         except Exception as exc:
             if not is_out_of_memory(exc) or len(batch) == 1:
@@ -310,3 +402,35 @@ class Encoder:
         """Embed already-formatted texts; returns float32 vectors and the tokenisation."""
         tokens = self.tokenize(texts, truncate=truncate)
         return self.embed_ids(tokens.ids), tokens
+
+
+def _seconds(model, input_ids: torch.Tensor, mask: torch.Tensor, calls: int) -> float:
+    """The median seconds of `calls` forward passes of `model` on one padded batch, after one warm-up."""
+    timings = []
+    with torch.inference_mode():
+        for _ in range(calls + 1):
+            started = time.perf_counter()
+            model(input_ids=input_ids, attention_mask=mask)
+            timings.append(time.perf_counter() - started)
+    return sorted(timings[1:])[len(timings[1:]) // 2]
+
+
+def bf16_matmul_speedup(rows: int = 256, inner: int = 384, cols: int = 1536, calls: int = 5) -> float:
+    """How many times faster a bfloat16 matmul of an encoder layer's shape runs than float32 on this CPU.
+
+    About 3-5x with AMX (550-1,076 against 174-201 GFLOP/s at 2 threads); below 1 on CPUs without bf16
+    units (AMD EPYC 7003, AVX2), where a bfloat16 model ran 7x slower than float32.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, inner, generator=generator), torch.randn(inner, cols, generator=generator)
+
+    def best(x: torch.Tensor, y: torch.Tensor) -> float:
+        x @ y  # warm-up
+        timings = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            x @ y
+            timings.append(time.perf_counter() - started)
+        return min(timings)
+
+    return best(a, b) / best(a.bfloat16(), b.bfloat16())

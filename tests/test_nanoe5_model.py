@@ -190,6 +190,37 @@ def test_int8_stays_within_min_cosine_0_98_of_float32(service, e5_small_dir, tmp
     assert cosine.min() >= 0.98 and int8.int8_check.min_cosine >= 0.98
 
 
+def _fp32_cosines(encoder, service) -> torch.Tensor:
+    texts = [f"query: {q}" for q in CARD_QUERIES] + [f"passage: {t}" for t in CARD_PASSAGES + PLAIN]
+    return torch.nn.functional.cosine_similarity(encoder.embed(texts)[0], service.encoder.embed(texts)[0])
+
+
+def test_bfloat16_stays_within_its_fidelity_gate_on_the_real_weights(service, e5_small_dir):
+    # The gate the CPU's measured choice applies (BF16_MIN_COSINE) holds on the real model, on any CPU.
+    from e5.encoder import Encoder
+    from e5.pass_plan import BF16_MIN_COSINE
+    from e5.registry import get_spec
+    from e5.settings import Settings
+
+    bf16 = Encoder.load(get_spec(MODEL), e5_small_dir, settings=Settings(dtype="bfloat16", cpu_runtime="torch"))
+    cosine = _fp32_cosines(bf16, service)
+    print(f"bfloat16 vs float32 on multilingual-e5-small: min cosine {cosine.min():.6f}, mean {cosine.mean():.6f}")
+    assert cosine.min() >= BF16_MIN_COSINE
+
+
+def test_the_cpus_measured_default_stays_within_its_gate(service, e5_small_dir):
+    # Nothing pinned, as a user serves it: float32 vectors unchanged, or bfloat16 within its gate where AMX won.
+    from e5.encoder import Encoder
+    from e5.pass_plan import BF16_MIN_COSINE, TORCH_BFLOAT16
+    from e5.registry import get_spec
+    from e5.settings import Settings
+
+    auto = Encoder.load(get_spec(MODEL), e5_small_dir, settings=Settings())
+    cosine = _fp32_cosines(auto, service)
+    print(f"default on this CPU: {auto.plan.describe()} ({auto.plan.reason}); min cosine to float32 {cosine.min():.6f}")
+    assert cosine.min() >= (BF16_MIN_COSINE if TORCH_BFLOAT16 in auto.plan.runtimes else 0.999999)
+
+
 # --- end to end ------------------------------------------------------------------------------
 
 def test_served_end_to_end_through_cog_as_multilingual_e5_small(e5_small_dir, service, tmp_path):

@@ -1,0 +1,113 @@
+"""Which runtime runs each forward pass on the CPU, chosen from timings taken on this machine.
+
+Each candidate runtime (ONNX Runtime float32, torch float32, torch bfloat16) is timed at load on two
+probe passes, one short query and a batch, which fits its cost as `fixed + per_token x padded tokens`.
+Small passes go to the runtime that is cheapest for the short query, large ones to the cheapest for the
+batch, split where their two cost lines cross. The default runtime keeps a pass shape unless another is
+at least `SWITCH_MARGIN` faster there, so timing noise never swaps runtimes (or costs a second copy of
+the weights) for a few percent.
+
+Why per pass: on a 2-core Xeon with AMX, one short query took 7.9 ms in ONNX Runtime float32 and
+12.6 ms in torch bfloat16, while batches ran 3.2-3.5x sentence-transformers in bfloat16 against 1.1-1.3x
+in ONNX Runtime (issue 19). On an AMD EPYC without AMX (no bf16 matmul units), bfloat16 ran 400 tok/s
+against 2,700-2,900 in float32, and ONNX Runtime answered the short query in 6 ms against torch's 21.
+Everything here is pure: the encoder measures, this module decides and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The candidate runtimes, as plans and logs name them.
+ONNX_FLOAT32, TORCH_FLOAT32, TORCH_BFLOAT16 = "onnxruntime float32", "torch float32", "torch bfloat16"
+# How much faster than the default another runtime must be on a pass shape to take it over.
+SWITCH_MARGIN = 1.15
+# bfloat16 is timed as a model only where a bf16 matmul runs at least this much faster than float32:
+# AMX measured 3-5x (550-1,076 against 174-201 GFLOP/s at 2 threads); AVX2-only CPUs run bf16 slower.
+BF16_MATMUL_GATE = 1.5
+# The lowest cosine to float32 on the probe texts at which bfloat16 may serve (measured 0.99997 on
+# multilingual-e5-small with AMX).
+BF16_MIN_COSINE = 0.9999
+# Bounds on a pass's fixed cost in padded tokens, which decides where the encoder cuts a joined pass
+# (e5.batching): measured 16 in ONNX Runtime and 48 in torch float32 on MiniLM, about 150 in torch bfloat16.
+OVERHEAD_TOKENS_RANGE = (16, 256)
+
+
+@dataclass(frozen=True)
+class RuntimeCost:
+    """One runtime's measured seconds for a pass: `fixed + per_token x padded tokens`."""
+
+    name: str
+    fixed: float
+    per_token: float
+
+    def seconds(self, tokens: float) -> float:
+        return self.fixed + self.per_token * tokens
+
+
+def fit_cost(name: str, small: tuple[int, float], large: tuple[int, float]) -> RuntimeCost:
+    """The cost line through two (padded tokens, seconds) timings; neither part negative."""
+    (t1, s1), (t2, s2) = small, large
+    per_token = max((s2 - s1) / (t2 - t1), 0.0) if t2 != t1 else s2 / max(t2, 1)
+    return RuntimeCost(name, max(s1 - per_token * t1, 0.0), per_token)
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """`small` runs passes of up to `crossover_tokens` padded tokens and `large` the rest (one runtime when
+    `large` is None)."""
+
+    small: str
+    large: str | None = None
+    crossover_tokens: int | None = None
+    reason: str = ""
+    # What one more pass costs in padded tokens of the large-pass runtime's work (see e5.batching).
+    overhead_tokens: int = OVERHEAD_TOKENS_RANGE[0]
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        return (self.small,) if self.large is None else (self.small, self.large)
+
+    def runtime_for(self, padded_tokens: int) -> str:
+        if self.large is None or padded_tokens <= self.crossover_tokens:
+            return self.small
+        return self.large
+
+    def describe(self) -> str:
+        if self.large is None:
+            return self.small
+        return f"{self.small} for passes of up to {self.crossover_tokens} padded tokens, {self.large} above"
+
+
+def _fastest(costs: list[RuntimeCost], default: str, tokens: int, margin: float) -> RuntimeCost:
+    by_name = {cost.name: cost for cost in costs}
+    best = min(costs, key=lambda cost: cost.seconds(tokens))
+    if default in by_name and best.seconds(tokens) * margin > by_name[default].seconds(tokens):
+        return by_name[default]
+    return best
+
+
+def choose_plan(costs: list[RuntimeCost], default: str, small_tokens: int, large_tokens: int,
+                margin: float = SWITCH_MARGIN) -> PassPlan:
+    """The runtime for small and for large passes from each candidate's cost line, and the reason in one line.
+
+    `default` keeps a shape unless another runtime is `margin` times faster there; with two runtimes the
+    split falls where their cost lines cross, kept between the two probe sizes.
+    """
+    small = _fastest(costs, default, small_tokens, margin)
+    large = _fastest(costs, default, large_tokens, margin)
+    timings = "; ".join(f"{c.name} {1000 * c.seconds(small_tokens):.1f} ms for {small_tokens} tokens, "
+                        f"{large_tokens / c.seconds(large_tokens):,.0f} tok/s at {large_tokens}" for c in costs)
+    overhead = large.fixed / large.per_token if large.per_token > 0 else OVERHEAD_TOKENS_RANGE[1]
+    overhead = int(min(max(overhead, OVERHEAD_TOKENS_RANGE[0]), OVERHEAD_TOKENS_RANGE[1]))
+    if small.name == large.name:
+        return PassPlan(small.name, reason=f"{small.name} is fastest on both probe passes ({timings})",
+                        overhead_tokens=overhead)
+    if large.per_token < small.per_token:
+        crossing = (large.fixed - small.fixed) / (small.per_token - large.per_token)
+    else:
+        crossing = large_tokens
+    crossover = int(min(max(crossing, small_tokens), large_tokens))
+    return PassPlan(small.name, large.name, crossover,
+                    reason=f"{small.name} is fastest on a short query and {large.name} on a batch ({timings})",
+                    overhead_tokens=overhead)
