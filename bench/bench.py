@@ -284,7 +284,7 @@ def bench_http(args) -> dict:
 
     service = load_service(DEMO_MODEL)
     low, high = args.http_tokens
-    texts = [t.removeprefix("passage: ") for t in mixed_texts(service.encoder.tokenizer, 256, low, high, seed=1)]
+    texts = _texts_for(service.encoder.tokenizer, low, high, seed=1)
     bare = []
     for text in texts[: args.bare_calls]:
         bare.append(timed(lambda: service.handle(EmbeddingRequest(texts=[text]))))

@@ -19,7 +19,7 @@ from .settings import Settings, SettingsError
 from .service import EmbeddingFailed, EmbeddingRequest, RequestError, load_service
 from .weights import (
     MANIFEST_NAME, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present,
-    missing_weights_message, offline_default, shown_path, verify_weights, weights_dir_for,
+    fetch_or_offline, missing_weights_message, shown_path, verify_weights, weights_dir_for,
 )
 
 
@@ -145,14 +145,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"e5: E5_WEIGHTS_DIR={path} holds no config.json with safetensors weights", file=sys.stderr)
             return 2
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
-        try:
-            fetch(spec, settings=settings)
-        except DownloadError:
-            offline = offline_default(spec, settings)  # which says in one line what it serves instead
-            if offline is None:
-                raise
-            path = offline
-            served["E5_WEIGHTS_DIR"] = str(offline)
+        fetched = fetch_or_offline(spec, settings)  # the offline default says in one line what it is
+        if fetched != path:
+            path, served["E5_WEIGHTS_DIR"] = fetched, str(fetched)
     verify_weights(spec, path, full=settings.verify == "full")
     write_schema()
     env = coglet_env(PREDICTOR_REF, args.port, served)

@@ -24,7 +24,7 @@ from .prompts import InputType, UnknownTaskError, format_text, resolve_task
 from .registry import ModelSpec, get_spec
 from .settings import Settings
 from .weights import (
-    DownloadError, WeightsNotFoundError, choose_model_name, fetch, is_present,
+    WeightsNotFoundError, choose_model_name, fetch_or_offline, is_present,
     missing_weights_message, offline_default, verify_weights, weights_dir_for,
 )
 
@@ -280,12 +280,7 @@ def _missing_weights(spec: ModelSpec, path: Path, settings: Settings) -> Path:
     """Where the checkpoint missing at `path` comes from: the hub where allowed (only into weights/<name>/,
     never a directory E5_WEIGHTS_DIR names), else the offline default, else `WeightsNotFoundError`."""
     if settings.allow_download and not settings.weights_dir and not spec.demo:
-        try:
-            return fetch(spec, path, settings=settings)
-        except DownloadError:
-            if (offline := offline_default(spec, settings)) is None:
-                raise
-            return offline
+        return fetch_or_offline(spec, settings, path)
     if (offline := offline_default(spec, settings)) is None:
         raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
     return offline

@@ -93,6 +93,17 @@ def offline_default(spec: ModelSpec, settings: Settings) -> Path | None:
     return path
 
 
+def fetch_or_offline(spec: ModelSpec, settings: Settings, dest: Path | None = None) -> Path:
+    """`fetch` `spec` into `dest` (default weights/<name>/); where the hub cannot be reached, the offline default
+    (`offline_default`) when there is one, else the `DownloadError`."""
+    try:
+        return fetch(spec, dest, settings=settings)
+    except DownloadError:
+        if (offline := offline_default(spec, settings)) is None:
+            raise
+        return offline
+
+
 def is_present(path: Path) -> bool:
     """Whether `path` looks like a downloaded checkpoint (config plus safetensors)."""
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
