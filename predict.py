@@ -2,28 +2,38 @@
 
 import tempfile
 import weakref
-from typing import Annotated, Any, Optional
+from typing import Optional
 
-from cog import BaseModel, BaseRunner, Input, Opaque, Path, concurrent
+from cog import BaseModel, BaseRunner, Input, Path, concurrent
 
 from e5 import EmbeddingRequest, load_service
 from e5.cog_output import for_cog
 
 
 class Output(BaseModel):
+    """One type per field, whatever the request: the served schema says what each response holds."""
+
     model: str
     dimensions: int
     token_count: int
     truncated: list[str]
-    # An array of numbers, or a base64 string with encoding_format=base64. `cog build` allows no union
-    # in an output, so these are Opaque (any JSON); the encoding_format input describes both shapes.
-    query_embedding: Optional[Annotated[Any, Opaque]] = None
-    passage_embedding: Optional[Annotated[Any, Opaque]] = None
-    # One item per text, an array of numbers or a base64 string; Opaque too, as Cog has no nested lists.
-    embeddings: Optional[Annotated[list, Opaque]] = None
+    # encoding_format float or npy: the vectors as numbers (npy puts the rows of `texts` in a file instead).
+    query_embedding: Optional[list[float]] = None
+    passage_embedding: Optional[list[float]] = None
+    embeddings: Optional[list[list[float]]] = None
+    # encoding_format base64 or ubinary: the vectors as base64 text.
+    query_embedding_base64: Optional[str] = None
+    passage_embedding_base64: Optional[str] = None
+    embeddings_base64: Optional[list[str]] = None
     score: Optional[float] = None
     scores: Optional[list[float]] = None
-    # encoding_format=npy: the vectors of `texts` as one float32 .npy file of shape [texts, dimensions].
+    # long_texts=chunks: for each row of `embeddings`, its text's index in `texts`, its character span
+    # [start, end) in that text and, with a query, its score.
+    chunk_text: Optional[list[int]] = None
+    chunk_start: Optional[list[int]] = None
+    chunk_end: Optional[list[int]] = None
+    chunk_scores: Optional[list[float]] = None
+    # encoding_format=npy: the rows as one float32 .npy file of shape [rows, dimensions].
     embeddings_file: Optional[Path] = None
 
 
@@ -74,13 +84,18 @@ class Predictor(BaseRunner):
         ),
         encoding_format: str = Input(
             default="float",
-            choices=["float", "base64", "npy"],
-            description="How vectors come back. 'float': arrays of numbers. 'base64': `query_embedding`, `passage_embedding` and each item of `embeddings` are strings, the base64 of the vector's little-endian float32 bytes (as OpenAI and text-embeddings-inference send them; decode with numpy.frombuffer(..., '<f4')). 'npy': `embeddings` is null and `embeddings_file` is one float32 .npy file of shape [texts, dimensions] in input order; `query_embedding` and `passage_embedding` stay arrays of numbers. Scores are the same in every format.",
+            choices=["float", "base64", "ubinary", "npy"],
+            description="How vectors come back. 'float': `query_embedding`, `passage_embedding` and `embeddings` as arrays of numbers. 'base64': the same vectors as strings in `query_embedding_base64`, `passage_embedding_base64` and `embeddings_base64`, the base64 of each vector's little-endian float32 bytes (as OpenAI and text-embeddings-inference send them; decode with numpy.frombuffer(..., '<f4')). 'ubinary': in those same fields, the base64 of the vector's sign bits packed eight to a byte (numpy.packbits(v > 0), as sentence-transformers' quantize_embeddings precision='ubinary'), 32 times smaller, for Hamming search in vector databases. 'npy': `embeddings` is null and `embeddings_file` is one float32 .npy file of shape [rows, dimensions] in order; `query_embedding` and `passage_embedding` stay arrays of numbers. Scores are float cosines of the float vectors in every format.",
+        ),
+        long_texts: str = Input(
+            default="truncate",
+            choices=["truncate", "chunks", "mean"],
+            description="What a `passage`, `document` or text of `texts` longer than the model's token limit becomes. 'truncate': its first tokens, as the model cards do. 'chunks': overlapping windows of at most the limit, each prompted as a whole text; `embeddings` has one row per window, in order, and `chunk_text`, `chunk_start` and `chunk_end` give each row's index in `texts` and its character span [start, end) in that text. 'mean': one row per text, the token-weighted mean of its windows. A text within the limit is one row, the same vector in every mode; a long passage gets the mean in both modes. With a query, `scores` (and `score`) are each text's best window's; `chunk_scores` has one per row. Queries are never chunked.",
         ),
     ) -> Output:
         response = await self.service.handle_async(
             EmbeddingRequest(query, passage, texts, input_type, task, normalize, truncate, document=document,
-                             encoding_format=encoding_format)
+                             encoding_format=encoding_format, long_texts=long_texts)
         )
         self.record_metric("token_count", response.token_count)
         # Vectors and scores stay float32 arrays, which coglet writes as JSON numbers without a walk per float.

@@ -1,10 +1,11 @@
 """Response sizes: one batch of texts (2,048 by default) in each `encoding_format`, through Cog's server.
 
 Starts `python -m e5 serve --demo` (the real all-MiniLM-L6-v2, 384 dimensions) unless --url names a running
-server, sends the same batch as `float`, `base64` and `npy`, and prints the bytes of each HTTP response body
-and of its `output`, checks that every format carries the same float32 values, and prints what the same
-batch would weigh at 1,024 and 4,096 dimensions (float scaled by the measured bytes per number; base64 and
-npy by their exact sizes). Sizes, not timings: a busy machine does not change them.
+server, sends the same batch as `float`, `base64`, `ubinary` and `npy`, and prints the bytes of each HTTP
+response body and of its `output`, checks that every format carries the same float32 values (ubinary: their
+sign bits), and prints what the same batch would weigh at 1,024 and 4,096 dimensions (float scaled by the
+measured bytes per number; the others by their exact sizes). Sizes, not timings: a busy machine does not
+change them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import Server  # noqa: E402
 
-FORMATS = ("float", "base64", "npy")
+FORMATS = ("float", "base64", "ubinary", "npy")
 NPY_HEADER = 128  # numpy's .npy header for a 2-D float32 array is padded to 128 bytes
 
 
@@ -48,7 +49,10 @@ def float32_rows(output: dict, encoding: str) -> np.ndarray:
         with urllib.request.urlopen(output["embeddings_file"], timeout=60) as f:
             return np.load(io.BytesIO(f.read()), allow_pickle=False)
     if encoding == "base64":
-        return np.stack([np.frombuffer(base64.b64decode(v), "<f4") for v in output["embeddings"]])
+        return np.stack([np.frombuffer(base64.b64decode(v), "<f4") for v in output["embeddings_base64"]])
+    if encoding == "ubinary":  # sign bits only: +1 where the float is above zero, else 0
+        bits = np.stack([np.frombuffer(base64.b64decode(v), np.uint8) for v in output["embeddings_base64"]])
+        return np.unpackbits(bits, axis=1)[:, :output["dimensions"]].astype("<f4")
     return np.asarray(output["embeddings"], "<f4")
 
 
@@ -68,9 +72,11 @@ def measure(base: str, texts: list[str]) -> dict:
                            "dimensions": output["dimensions"]}
         if encoding == "npy":
             sizes[encoding]["npy_file_bytes"] = rows[encoding].nbytes + NPY_HEADER
-    for encoding in FORMATS[1:]:
+    for encoding in ("base64", "npy"):
         if rows[encoding].tobytes() != rows["float"].tobytes():
             raise RuntimeError(f"{encoding} does not carry the float output's float32 values")
+    if rows["ubinary"].tobytes() != (rows["float"] > 0).astype("<f4").tobytes():
+        raise RuntimeError("ubinary does not carry the float output's sign bits")
     return sizes
 
 
@@ -81,10 +87,12 @@ def projected(sizes: dict, count: int, dimensions: int) -> dict:
     overhead = sizes["base64"]["output_bytes"] - count * (4 * math.ceil(4 * measured_dims / 3) + 3)
     per_number = (sizes["float"]["output_bytes"] - overhead) / numbers
     base64_vector = 4 * math.ceil(4 * dimensions / 3)
+    ubinary_vector = 4 * math.ceil(dimensions / 8 / 3)
     npy_file = NPY_HEADER + 4 * count * dimensions
     return {
         "float": round(overhead + per_number * count * dimensions),
         "base64": overhead + count * (base64_vector + 3),  # quotes and a comma per vector
+        "ubinary": overhead + count * (ubinary_vector + 3),
         "npy": overhead + len('"data:application/octet-stream;base64,"') + 4 * math.ceil(npy_file / 3),
         "npy_file": npy_file,
     }
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for target in (1024, 4096):
         p = report["projected"][str(target)] = projected(sizes, count, target)
         print(f"projected at {target} dimensions: float {p['float']:,}, base64 {p['base64']:,}, "
-              f"npy {p['npy']:,} output bytes (the .npy file: {p['npy_file']:,})")
+              f"ubinary {p['ubinary']:,}, npy {p['npy']:,} output bytes (the .npy file: {p['npy_file']:,})")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -63,7 +63,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_embed(args: argparse.Namespace) -> int:
     service = load_service(args.model)
     request = EmbeddingRequest(args.query, args.passage, args.text or None, args.input_type, args.task,
-                               args.normalize, not args.no_truncate, args.document, args.encoding_format)
+                               args.normalize, not args.no_truncate, args.document, args.encoding_format,
+                               args.long_texts)
     response = dict(vars(service.handle(request)))
     # As the predictor does: the .npy bytes go to a file and the output names it.
     npy = response.pop("embeddings_npy")
@@ -89,13 +90,15 @@ def _cmd_embed_file(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     options = {"fmt": args.format, "input_type": args.input_type, "task": args.task, "normalize": args.normalize,
-               "truncate": not args.no_truncate, "text_field": args.text_field, "id_field": args.id_field}
+               "truncate": not args.no_truncate, "text_field": args.text_field, "id_field": args.id_field,
+               "long_texts": args.long_texts}
     try:
         if args.ray:
             return _embed_file_ray(args, options)
         service = load_service(args.model)
         done = bulk.embed_file(service.encoder, args.input, args.out, chunk_rows=args.chunk_rows,
-                               progress=not args.no_progress, limits=service.limits, **options)
+                               progress=not args.no_progress, limits=service.limits,
+                               chunk_overlap=service.chunk_overlap, **options)
     except bulk.BulkError as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
@@ -227,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task")
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--no-truncate", action="store_true")
-    p.add_argument("--encoding-format", default="float", choices=["float", "base64", "npy"],
-                   help="vectors as numbers, as base64 of little-endian float32, or the texts' rows as one .npy")
+    p.add_argument("--encoding-format", default="float", choices=["float", "base64", "ubinary", "npy"],
+                   help="vectors as numbers, as base64 of little-endian float32 or of packed sign bits, or the "
+                        "texts' rows as one .npy")
+    p.add_argument("--long-texts", default="truncate", choices=["truncate", "chunks", "mean"],
+                   help="texts over the model's limit: cut them, one row per window, or the windows' mean")
     p.add_argument("--npy-file", default="embeddings.npy", help="where --encoding-format npy writes the rows")
     p.set_defaults(run=_cmd_embed)
 
@@ -244,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task")
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--no-truncate", action="store_true", help="skip over-long texts instead of cutting them")
+    p.add_argument("--long-texts", default="truncate", choices=["truncate", "chunks", "mean"],
+                   help="texts over the model's limit: cut them (default), a row per window (with chunk, start "
+                        "and end), or a row of the windows' token-weighted mean")
     p.add_argument("--chunk-rows", type=int, default=2048, help="rows per chunk and row group (default 2048)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--ray", action="store_true", help="run on Ray Data, one model per actor")

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .chunking import LongTexts, group_rows, weighted_means
 from .encoder import Encoder
 from .limits import LimitError, Limits
 from .pooling import l2_normalize
@@ -58,6 +59,8 @@ class JobSettings:
     truncate: bool
     text_field: str
     id_field: str
+    long_texts: str = LongTexts.TRUNCATE.value
+    chunk_overlap: int | None = None  # tokens neighbouring windows share; None: an eighth of a window
 
     def to_json(self) -> str:
         """The settings as one JSON object, as stored in `job.json` and the output's metadata."""
@@ -65,8 +68,9 @@ class JobSettings:
 
     def differences(self, stored: dict) -> list[str]:
         """'name stored -> this run's' for each setting this run changes."""
-        return [f"{f.name} {stored.get(f.name)!r} -> {getattr(self, f.name)!r}" for f in fields(self)
-                if stored.get(f.name) != getattr(self, f.name)]
+        # A setting added since the job was stored has its default there.
+        return [f"{f.name} {stored.get(f.name, f.default)!r} -> {getattr(self, f.name)!r}" for f in fields(self)
+                if stored.get(f.name, f.default) != getattr(self, f.name)]
 
 
 @dataclass(frozen=True)
@@ -105,18 +109,23 @@ def detect_format(path: Path, given: str | None = None) -> str:
 
 def job_settings(encoder: Encoder, input_path: Path, fmt: str, input_type: str = "passage", task: str | None = None,
                  normalize: bool = False, truncate: bool = True, text_field: str = "text",
-                 id_field: str = "id") -> JobSettings:
-    """The settings of a job run by `encoder`; checks `input_type` and `task` before any work."""
+                 id_field: str = "id", long_texts: str = "truncate", chunk_overlap: int | None = None) -> JobSettings:
+    """The settings of a job run by `encoder`; checks `input_type`, `long_texts` and `task` before any work."""
     try:
         InputType(input_type)
     except ValueError:
         raise BulkError(f"--input-type must be 'query' or 'passage', not {input_type!r}") from None
     try:
+        LongTexts(long_texts)
+    except ValueError:
+        raise BulkError(f"--long-texts must be 'truncate', 'chunks' or 'mean', not {long_texts!r}") from None
+    try:
         resolve_task(task)  # an unknown preset fails now, not after the first chunk
     except UnknownTaskError as exc:
         raise BulkError(str(exc)) from None
     return JobSettings(encoder.spec.name, encoder.precision, str(input_path.resolve()), fmt, input_type, task or None,
-                       normalize, truncate, text_field, id_field)
+                       normalize, truncate, text_field, id_field, long_texts,
+                       None if long_texts == LongTexts.TRUNCATE.value else chunk_overlap)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -252,10 +261,15 @@ def row_problem(record: Record, text_field: str, limits: Limits) -> str | None:
 
 # --- embedding -----------------------------------------------------------------------------
 
-def output_schema(dimensions: int) -> pa.Schema:
-    """`id` (string), `embedding` (fixed-size list of float32) and `token_count` (tokens the model read)."""
-    return pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32(), dimensions)),
-                      ("token_count", pa.int32())])
+def output_schema(dimensions: int, long_texts: str = LongTexts.TRUNCATE.value) -> pa.Schema:
+    """`id` (string), `embedding` (fixed-size list of float32) and `token_count` (tokens the model read); with
+    long_texts chunks a row per window, which also holds `chunk` (its number in the text, from 0) and its
+    character span `[start, end)` in the text."""
+    embedding = ("embedding", pa.list_(pa.float32(), dimensions))
+    if long_texts == LongTexts.CHUNKS.value:
+        return pa.schema([("id", pa.string()), ("chunk", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
+                          ("token_count", pa.int32()), embedding])
+    return pa.schema([("id", pa.string()), embedding, ("token_count", pa.int32())])
 
 
 def embed_records(encoder: Encoder, settings: JobSettings, records: list[Record],
@@ -270,26 +284,55 @@ def embed_records(encoder: Encoder, settings: JobSettings, records: list[Record]
         else:
             good.append(record)
     style, task, kind = encoder.spec.prompt_style, resolve_task(settings.task), InputType(settings.input_type)
+    if settings.long_texts != LongTexts.TRUNCATE.value:
+        return _embed_windows(encoder, settings, good, lambda text: format_text(text, kind, style, task)), problems
     tokens = encoder.tokenize([format_text(r.text, kind, style, task) for r in good], truncate=True)
     keep = list(range(len(good)))
     if not settings.truncate:
-        # Truncated ids for every row, and the full lengths to find the over-long ones: one bad row
-        # is skipped instead of failing the chunk as `tokenize(truncate=False)` would.
-        keep = [i for i in keep if tokens.full_lengths[i] <= encoder.max_tokens]
-        problems += [f"{good[i].where}: {settings.text_field} has {tokens.full_lengths[i]} tokens, more than the "
-                     f"{encoder.max_tokens} that {encoder.spec.name} accepts (--no-truncate)"
-                     for i in range(len(good)) if tokens.full_lengths[i] > encoder.max_tokens]
+        # Truncated ids for every row, and which ones were cut: one bad row is skipped instead of failing
+        # the chunk as `tokenize(truncate=False)` would.
+        keep = [i for i in keep if not tokens.truncated[i]]
+        problems += [f"{good[i].where}: " + encoder.too_long_message(settings.text_field, "--no-truncate")
+                     for i in range(len(good)) if tokens.truncated[i]]
     ids = [tokens.ids[i] for i in keep]
     vectors = encoder.embed_ids(ids)
     if settings.normalize:
         vectors = l2_normalize(vectors)
-    flat = pa.array(vectors.numpy().reshape(-1), type=pa.float32())
-    table = pa.Table.from_arrays(
-        [pa.array([good[i].id for i in keep], type=pa.string()),
-         pa.FixedSizeListArray.from_arrays(flat, encoder.dimensions),
+    return pa.Table.from_arrays(
+        [pa.array([good[i].id for i in keep], type=pa.string()), _embedding_column(vectors),
          pa.array([len(row) for row in ids], type=pa.int32())],
-        schema=output_schema(encoder.dimensions))
-    return table, problems
+        schema=output_schema(encoder.dimensions)), problems
+
+
+def _embed_windows(encoder: Encoder, settings: JobSettings, good: list[Record], prompt) -> pa.Table:
+    """long_texts chunks (a row per window) or mean (a row per text, the token-weighted mean of its windows)."""
+    windows = [encoder.windows(record.text, prompt, settings.chunk_overlap) for record in good]
+    rows = [window for text in windows for window in text]
+    owners = [i for i, text in enumerate(windows) for _ in text]
+    lengths = [len(window.ids) for window in rows]
+    vectors = encoder.embed_ids([window.ids for window in rows])
+    if settings.long_texts == LongTexts.MEAN.value:
+        groups = group_rows(owners, len(good))
+        vectors = weighted_means(vectors, groups, lengths)
+        lengths = [sum(lengths[row] for row in group) for group in groups]
+        ids = [record.id for record in good]
+    else:
+        ids = [good[i].id for i in owners]
+    if settings.normalize:
+        vectors = l2_normalize(vectors)
+    columns = {"id": pa.array(ids, type=pa.string()), "embedding": _embedding_column(vectors),
+               "token_count": pa.array(lengths, type=pa.int32())}
+    if settings.long_texts == LongTexts.CHUNKS.value:
+        columns["chunk"] = pa.array([n for text in windows for n in range(len(text))], type=pa.int32())
+        columns["start"] = pa.array([window.start for window in rows], type=pa.int64())
+        columns["end"] = pa.array([window.end for window in rows], type=pa.int64())
+    schema = output_schema(encoder.dimensions, settings.long_texts)
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _embedding_column(vectors) -> pa.FixedSizeListArray:
+    flat = pa.array(vectors.numpy().reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
 # --- durable parts -------------------------------------------------------------------------
@@ -382,7 +425,7 @@ def assemble(out: Path, directory: Path, parts: list[Part], settings: JobSetting
     """Copy every part into `out`, one row group each, then remove the parts (memory: one part at a time)."""
     summary = {"settings": json.loads(settings.to_json()), "rows": sum(p.rows for p in parts),
                "bad_rows": sum(p.bad_rows for p in parts), "tokens": sum(p.tokens for p in parts)}
-    schema = output_schema(dimensions).with_metadata({METADATA_KEY: json.dumps(summary).encode()})
+    schema = output_schema(dimensions, settings.long_texts).with_metadata({METADATA_KEY: json.dumps(summary).encode()})
 
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -398,6 +441,7 @@ def assemble(out: Path, directory: Path, parts: list[Part], settings: JobSetting
 def embed_file(encoder: Encoder, input_path: Path | str, out: Path | str, fmt: str | None = None,
                input_type: str = "passage", task: str | None = None, normalize: bool = False,
                truncate: bool = True, text_field: str = "text", id_field: str = "id",
+               long_texts: str = "truncate", chunk_overlap: int | None = None,
                chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = True,
                report: Callable[[str], None] | None = None, limits: Limits | None = None) -> Summary:
     """Embed every row of `input_path` into the Parquet file `out`, continuing an interrupted run of the same job.
@@ -411,7 +455,8 @@ def embed_file(encoder: Encoder, input_path: Path | str, out: Path | str, fmt: s
     if chunk_rows < 1:
         raise BulkError(f"--chunk-rows must be a positive number of rows, not {chunk_rows}")
     fmt = detect_format(input_path, fmt)
-    settings = job_settings(encoder, input_path, fmt, input_type, task, normalize, truncate, text_field, id_field)
+    settings = job_settings(encoder, input_path, fmt, input_type, task, normalize, truncate, text_field, id_field,
+                            long_texts, chunk_overlap)
     stored = stored_job(out)
     if stored is not None:
         _check_same_job(settings, stored, out.name)

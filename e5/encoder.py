@@ -7,12 +7,14 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from .batching import CPU_PASS_OVERHEAD_TOKENS, default_token_budget, token_budget_batches
+from .chunking import Window, default_overlap, next_start, window_end
 from .devices import Placement, choose_placement
 from .memory import HeapTrimmer
 from .pass_plan import (
@@ -44,6 +46,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+# A token covers 3-5 characters of text in the E5 tokenizers' languages (one for CJK): a head of 8 characters
+# per token the model reads nearly always holds more tokens than it reads; when it does not (long tokens,
+# runs of [UNK]) the head doubles until it does or the whole text is read.
+FIRST_CUT_CHARS_PER_TOKEN = 8
+# Tokens past the limit that a head must hold: the head's last word may tokenise differently from the same
+# word in the whole text when the head has no whitespace to end at.
+HEAD_MARGIN_TOKENS = 16
+
+
 class TooLongError(ValueError):
     """An input over the model's token limit when truncation is off."""
 
@@ -53,7 +64,9 @@ class Tokenized:
     """Token ids ready for the model, one list per text, plus what truncation did."""
 
     ids: list[list[int]]
-    full_lengths: list[int]
+    # Tokens counted per text: all of them for a text within the limit, a number past the limit for a
+    # longer one (it is tokenised only a little past what the model reads).
+    counted_lengths: list[int]
     truncated: list[bool]
 
     @property
@@ -312,32 +325,107 @@ class Encoder:
             rows = [row + [self.tokenizer.eos_token_id] for row in rows]
         return rows
 
-    def _encode_cut(self, text: str) -> list[int]:
-        """`text` cut to the model's limit the way the tokenizer's own truncation cuts: content first, specials kept."""
-        room = self.max_tokens - self._specials - (1 if self._append_eos else 0)
-        encoding = self._rust.encode(text, add_special_tokens=False)
-        encoding.truncate(room)  # a per-call object: nothing shared changes
+    @property
+    def content_room(self) -> int:
+        """How many of a text's own tokens fit beside the special tokens (and the appended EOS)."""
+        return self.max_tokens - self._specials - (1 if self._append_eos else 0)
+
+    def _with_specials(self, encoding) -> list[int]:
+        """`encoding` (content tokens only) as the model reads it: special tokens added, EOS appended where due."""
         row = self._rust.post_process(encoding, None, add_special_tokens=True).ids
         return row + [self.tokenizer.eos_token_id] if self._append_eos else row
+
+    def _head(self, text: str):
+        """The content encoding of `text`, or of a head of it whose first `content_room` + 1 tokens are the
+        whole text's: a text is tokenised only as far as the model can read it (a 100,000-character text
+        costs what its first few thousand characters cost)."""
+        room = self.content_room
+        cut = room * FIRST_CUT_CHARS_PER_TOKEN
+        while cut < len(text):
+            head = text[:cut]
+            # End the head at a whitespace, so its last word is whole and its tokens are the text's own.
+            space = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
+            encoding = self._rust.encode(head[:space] if space > cut // 2 else head, add_special_tokens=False)
+            if len(encoding.ids) > room + HEAD_MARGIN_TOKENS:
+                return encoding
+            cut *= 2  # a text of long tokens: read twice as far
+        return self._rust.encode(text, add_special_tokens=False)
 
     def tokenize(self, texts: list[str], truncate: bool = True, labels: list[str] | None = None) -> Tokenized:
         """Token ids for each text, cut to the model's limit, or `TooLongError` naming the first over-long one.
 
-        Safe to call from many threads at once: the tokenizer is never reconfigured per call.
+        A text longer than the model could read is tokenised only up to a little past the limit, so
+        `counted_lengths` says the whole text's token count for texts within the limit and a count past the
+        limit for the others. Safe to call from many threads at once: the tokenizer is never reconfigured.
         """
-        ids = self._encode(texts)
-        full_lengths = [len(row) for row in ids]
-        over = [i for i, n in enumerate(full_lengths) if n > self.max_tokens]
+        bound = self.content_room * FIRST_CUT_CHARS_PER_TOKEN
+        ids = self._encode([text if len(text) <= bound else "" for text in texts])
+        counted = [len(row) for row in ids]
+        for i, text in enumerate(texts):
+            if len(text) > bound:
+                encoding = self._head(text)
+                counted[i] = len(encoding.ids) + self.max_tokens - self.content_room
+                if counted[i] <= self.max_tokens:
+                    ids[i] = self._with_specials(encoding)
+                else:
+                    encoding.truncate(self.content_room)  # a per-call object: nothing shared changes
+                    ids[i] = self._with_specials(encoding)
+        over = [i for i, n in enumerate(counted) if n > self.max_tokens]
         if over and not truncate:
-            i = over[0]
-            label = labels[i] if labels else f"texts[{i}]"
-            raise TooLongError(
-                f"{label} has {full_lengths[i]} tokens, more than the {self.max_tokens} that "
-                f"{self.spec.name} accepts; shorten it or set truncate=true"
-            )
+            raise TooLongError(self.too_long_message(labels[over[0]] if labels else f"texts[{over[0]}]"))
         for i in over:
-            ids[i] = self._encode_cut(texts[i])
-        return Tokenized(ids, full_lengths, [n > self.max_tokens for n in full_lengths])
+            if len(ids[i]) > self.max_tokens:  # tokenised whole (within the first cut's bound): cut it now
+                encoding = self._rust.encode(texts[i], add_special_tokens=False)
+                encoding.truncate(self.content_room)
+                ids[i] = self._with_specials(encoding)
+        return Tokenized(ids, counted, [n > self.max_tokens for n in counted])
+
+    def windows(self, text: str, prompt: Callable[[str], str], overlap: int | None = None) -> list[Window]:
+        """`text` as overlapping windows of at most the model's limit, prompt and special tokens included.
+
+        Windows fall on token boundaries (on word starts where the window allows: `window_end`, `next_start`)
+        and cover every token of the text; neighbours share about `overlap` tokens (default an eighth of a
+        window, at most half). Each window's ids are its own span of the text tokenised with `prompt`, as a
+        whole text of that content would be. A text within the limit is one window, the whole text.
+        """
+        whole = self.tokenize([prompt(text)])
+        if not whole.truncated[0]:
+            return [Window(0, len(text), whole.ids[0])]
+        room = self.max_tokens - len(self._encode([prompt("")])[0])
+        if room < 1:
+            raise TooLongError(f"the prompt alone fills the {self.max_tokens} tokens of {self.spec.name}")
+        overlap = max(0, min(default_overlap(room) if overlap is None else overlap, room // 2))
+        # The whole text once (E5_MAX_CHARS bounds it), for its offsets and word starts; then window by window.
+        encoding = self._rust.encode(text, add_special_tokens=False)
+        offsets, words = encoding.offsets, encoding.word_ids
+        del encoding
+        starts_word = [i == 0 or words[i] != words[i - 1] or text[offsets[i][0] - 1: offsets[i][0]].isspace()
+                       for i in range(len(offsets))]
+        windows: list[Window] = []
+        a = 0
+        while a < len(offsets):
+            b = window_end(starts_word, a, room)
+            while True:
+                start, end = offsets[a][0], offsets[b - 1][1]
+                while start < end and text[start].isspace():
+                    start += 1
+                row = self._encode([prompt(text[start:end])])[0]
+                # A span can tokenise a little longer alone than inside the text: shorten it by the excess.
+                if len(row) <= self.max_tokens or b - a == 1:
+                    break
+                b = window_end(starts_word, a, b - a - (len(row) - self.max_tokens))
+            if len(row) > self.max_tokens:
+                raise TooLongError(f"characters {start}-{end} of a text tokenise past the {self.max_tokens}-token "
+                                   f"limit of {self.spec.name} even alone")
+            windows.append(Window(start, end, row))
+            if b >= len(offsets):
+                break
+            a = next_start(starts_word, a, b, overlap)
+        return windows
+
+    def too_long_message(self, label: str, hint: str = "shorten it or set truncate=true") -> str:
+        """What a caller is told about a text over the model's limit when it is not to be cut."""
+        return f"{label} has more than the {self.max_tokens} tokens that {self.spec.name} accepts; {hint}"
 
     @torch.inference_mode()
     def embed_ids(self, ids: list[list[int]], token_budget: int | None = None) -> torch.Tensor:

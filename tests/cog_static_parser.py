@@ -208,3 +208,42 @@ def read_inputs(path: Path, class_name: str = "Predictor") -> dict[str, StaticIn
                 raise StaticParseError(f"parameter '{arg.arg}': default `{text}` cannot be statically resolved")
             inputs[arg.arg] = StaticInput(arg.arg, False, {"default": value}, {"default": text}, {"default": default})
     return inputs
+
+
+# Cog's PrimitiveType.JSONType for the names an output field may use (pkg/schema/types.go).
+_OUTPUT_PRIMITIVES = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
+                      "bool": {"type": "boolean"}, "Path": {"type": "string", "format": "uri"}}
+
+
+def _output_type(node: ast.expr) -> dict:
+    """An annotation's text as Cog's resolveFieldSchemaType reads it: a primitive name, `list[X]` (nested too),
+    `Optional[X]` or `X | None` as nullable; anything else (a union, Any, a bare list) is not a typed field."""
+    if isinstance(node, ast.Name) and node.id in _OUTPUT_PRIMITIVES:
+        return dict(_OUTPUT_PRIMITIVES[node.id])
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+        if node.value.id in ("list", "List"):
+            return {"type": "array", "items": _output_type(node.slice)}
+        if node.value.id == "Optional":
+            return {**_output_type(node.slice), "nullable": True}
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        for this, other in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(other, ast.Constant) and other.value is None:
+                return {**_output_type(this), "nullable": True}
+    raise StaticParseError(f"`{ast.unparse(node)}` is not an output type with a schema of its own")
+
+
+def read_output(path: Path, class_name: str = "Output") -> dict:
+    """The Output component `cog build` writes for the BaseModel `class_name` in `path`, from its source text."""
+    tree = ast.parse(Path(path).read_text())
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name), None)
+    if cls is None:
+        raise StaticParseError(f"{path} has no class {class_name}")
+    properties, required = {}, []
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+            prop = _output_type(node.annotation)
+            properties[name] = {**prop, "title": " ".join(p[:1].upper() + p[1:] for p in name.split("_"))}
+            if node.value is None and not prop.get("nullable"):
+                required.append(name)
+    return {"title": "Output", "type": "object", "properties": properties, **({"required": required} if required else {})}

@@ -88,6 +88,19 @@ def cog_server(checkpoints, tmp_path_factory) -> CogServer:
 
 
 @pytest.fixture(scope="session")
+def minilm_server(minilm_dir, tmp_path_factory) -> CogServer:
+    """`python -m e5 serve` over real weights: all-MiniLM-L6-v2 served as e5-small-v2 (same architecture), with
+    at most 256 windows per request so that the window cap is reached by a request a test can afford."""
+    served = CogServer.serve(tmp_path_factory.mktemp("minilm") / "server.log", E5_MODEL="e5-small-v2",
+                             E5_WEIGHTS_DIR=str(minilm_dir), E5_MAX_WINDOWS="256")
+    try:
+        served.wait_for("READY")
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="session")
 def server(cog_server) -> str:
     """The shared server's base URL."""
     return cog_server.base

@@ -53,6 +53,7 @@ def test_the_size_measurement_runs_and_every_format_carries_the_same_vectors(ser
     assert report["texts"] == 16 and measured["float"]["dimensions"] == 32
     assert measured["npy"]["npy_file_bytes"] == 128 + 4 * 16 * 32
     assert measured["base64"]["output_bytes"] < measured["float"]["output_bytes"] / 2
+    assert measured["ubinary"]["output_bytes"] < measured["base64"]["output_bytes"] / 4
     assert report["projected"]["1024"]["npy_file"] == 128 + 4 * 16 * 1024
 
 

@@ -122,8 +122,8 @@ def test_bad_rows_are_reported_by_line_and_skipped_with_a_count(checkpoints, tmp
                  "e5: skipped line 8: text is null",
                  "e5: skipped line 9: text has a control character (U+0000) at character 4"):
         assert line in err, err
-    assert re.search(r"e5: skipped line 6: text has \d+ tokens, more than the 512 that e5-small-v2 accepts "
-                     r"\(--no-truncate\)", err)
+    assert re.search(r"e5: skipped line 6: text has more than the 512 tokens that e5-small-v2 accepts; "
+                     r"--no-truncate", err)
     assert re.fullmatch(rf"e5: {re.escape(str(out))}: 3 embeddings, \d+ tokens, 7 bad rows skipped \(done\)",
                         err.strip().splitlines()[-1])
     assert read_embeddings(out)[0] == ["a", "7", "h"]
@@ -259,6 +259,70 @@ def test_killed_with_sigkill_and_resumed_every_id_once_equal_to_sentence_transfo
     cosine = (vectors * reference).sum(axis=1) / np.linalg.norm(vectors, axis=1)
     print(f"embed-file after SIGKILL vs sentence-transformers: min cosine {cosine.min():.7f}")
     assert cosine.min() >= 0.99999
+
+
+# --- long texts: a row per window, or their mean -------------------------------------------------
+
+LONG_TEXT = " ".join(f"Sentence {i} is about a river, a mountain and the old mill." for i in range(150))
+
+
+def test_chunks_write_a_row_per_window_as_the_service_returns_them(encoders, tmp_path):
+    from e5.service import EmbeddingRequest, EmbeddingService
+
+    encoder = encoders["bert"]
+    texts = ["short one", LONG_TEXT, "short two"]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
+    embed_file(encoder, source, tmp_path / "chunks.parquet", long_texts="chunks", progress=False)
+    table = pq.read_table(tmp_path / "chunks.parquet")
+    assert table.column_names == ["id", "chunk", "start", "end", "token_count", "embedding"]
+    served = EmbeddingService(encoder).handle(EmbeddingRequest(texts=texts, long_texts="chunks"))
+    owners = served.chunk_text.tolist()
+    assert table["id"].to_pylist() == [f"t{i}" for i in owners] and owners.count(1) >= 3
+    assert table["chunk"].to_pylist() == [owners[:r].count(owners[r]) for r in range(len(owners))]
+    assert table["start"].to_pylist() == served.chunk_start.tolist()
+    assert table["end"].to_pylist() == served.chunk_end.tolist()
+    np.testing.assert_allclose(read_embeddings(tmp_path / "chunks.parquet")[1], served.embeddings, atol=1e-6)
+
+    embed_file(encoder, source, tmp_path / "mean.parquet", long_texts="mean", normalize=True, progress=False)
+    mean = EmbeddingService(encoder).handle(EmbeddingRequest(texts=texts, long_texts="mean", normalize=True))
+    ids, vectors = read_embeddings(tmp_path / "mean.parquet")
+    assert ids == ["t0", "t1", "t2"]
+    np.testing.assert_allclose(vectors, mean.embeddings, atol=1e-6)
+    with pytest.raises(BulkError, match=r"long_texts 'mean' -> 'chunks'"):  # a finished job keeps its settings
+        embed_file(encoder, source, tmp_path / "mean.parquet", long_texts="chunks", normalize=True, progress=False)
+    with pytest.raises(BulkError, match="--long-texts must be 'truncate', 'chunks' or 'mean', not 'split'"):
+        embed_file(encoder, source, tmp_path / "other.parquet", long_texts="split", progress=False)
+
+
+def test_chunked_embed_file_killed_and_resumed_writes_every_window_once(tmp_path):
+    rows = [{"id": f"doc-{i}", "text": LONG_TEXT[: 2000 + 60 * i] if i % 10 == 0 else f"short text {i}"}
+            for i in range(120)]
+    source = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    out, chunk = tmp_path / "out.parquet", 10
+    args = (str(source), "--out", str(out), "--model", DEMO_MODEL, "--chunk-rows", str(chunk), "--long-texts", "chunks")
+    first = run_cli(*args)
+    deadline = time.monotonic() + 300
+    while len(list(parts_dir(out).glob("part-*.parquet"))) < 3:
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no three parts within 300 s"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    second = run_cli(*args, "--no-progress")
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    assert "resumed at row" in err
+    resumed = pq.read_table(out)
+    whole = run_cli(str(source), "--out", str(tmp_path / "whole.parquet"), "--model", DEMO_MODEL,
+                    "--chunk-rows", str(chunk), "--long-texts", "chunks", "--no-progress")
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
+    expected = pq.read_table(tmp_path / "whole.parquet")
+    keys = list(zip(resumed["id"].to_pylist(), resumed["chunk"].to_pylist()))
+    assert keys == list(zip(expected["id"].to_pylist(), expected["chunk"].to_pylist())) and len(set(keys)) == len(keys)
+    assert resumed["start"].to_pylist() == expected["start"].to_pylist()
+    assert sum(1 for ident, n in keys if n > 0) >= 12  # long texts were really split
+    np.testing.assert_allclose(read_embeddings(out)[1], read_embeddings(tmp_path / "whole.parquet")[1], atol=1e-5)
 
 
 # --- Ray Data on a local cluster ---------------------------------------------------------------

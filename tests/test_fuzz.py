@@ -1,7 +1,8 @@
 """Property-based fuzz of POST /predictions from the OpenAPI schema the server itself publishes (schemathesis).
 
 Positive cases follow the schema, negative ones break it. Every answer must be 2xx/4xx; a failed prediction
-must say why without internals; a success must hold one vector per text; the server must stay READY.
+must say why without internals; a success must validate against the served schema and hold one vector per
+text (per window with long_texts=chunks); the server must stay READY.
 `E5_FUZZ_EXAMPLES` sets the examples per mode (default 150).
 """
 
@@ -15,6 +16,7 @@ import schemathesis
 from cog_server import MAX_MESSAGE, REQUEST_SECONDS, assert_no_internals, assert_ready
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 EXAMPLES = int(os.environ.get("E5_FUZZ_EXAMPLES", "150"))
 
@@ -37,20 +39,31 @@ def _check_answer(case, response) -> None:
         assert_no_internals(body["error"], body.get("logs") or "")
         return
     assert body["status"] == "succeeded", body
+    # The served schema describes what the server returns: every succeeded answer validates against it.
+    case.validate_response(response, checks=[response_schema_conformance])
     output, sent = body["output"], ((case.body if isinstance(case.body, dict) else {}).get("input") or {})
-    if sent.get("texts") and sent.get("encoding_format") == "npy":
+    encoding = sent.get("encoding_format", "float")
+    as_text = encoding in ("base64", "ubinary")
+    rows = output["embeddings_base64" if as_text else "embeddings"]
+    if sent.get("texts") and encoding == "npy":
         assert output["embeddings"] is None and output["embeddings_file"].startswith("data:"), output
     elif sent.get("texts"):
-        assert len(output["embeddings"]) == len(sent["texts"])
-        assert all(_length(vector) == output["dimensions"] for vector in output["embeddings"])
-    assert (output["query_embedding"] is not None) == (sent.get("query") is not None), (sent, output)
-    sent_passage = sent.get("passage") is not None or sent.get("document") is not None
-    assert (output["passage_embedding"] is not None) == sent_passage, (sent, output)
+        chunked = sent.get("long_texts") == "chunks"
+        assert len(rows) == (len(output["chunk_text"]) if chunked else len(sent["texts"])), (sent, output)
+        assert not chunked or sorted(set(output["chunk_text"])) == list(range(len(sent["texts"])))
+        assert all(_length(vector, encoding) == output["dimensions"] for vector in rows)
+    for name, sent_it in (("query_embedding", sent.get("query") is not None),
+                          ("passage_embedding", sent.get("passage") is not None or sent.get("document") is not None)):
+        assert (output[name + "_base64" if as_text else name] is not None) == sent_it, (sent, output)
+        assert output[name if as_text else name + "_base64"] is None, (sent, output)
 
 
-def _length(vector: list[float] | str) -> int:
-    """Numbers in a vector, whether sent as numbers or as base64 of float32."""
-    return len(vector) if isinstance(vector, list) else len(base64.b64decode(vector, validate=True)) // 4
+def _length(vector: list[float] | str, encoding: str) -> int:
+    """Numbers in a vector, whether sent as numbers, as base64 of float32 or as base64 of packed sign bits."""
+    if isinstance(vector, list):
+        return len(vector)
+    data = base64.b64decode(vector, validate=True)
+    return len(data) * 8 if encoding == "ubinary" else len(data) // 4
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)

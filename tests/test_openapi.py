@@ -1,10 +1,14 @@
-"""The OpenAPI schema written for coglet equals what Cog's inspector derives from predict.py."""
+"""The OpenAPI schema written for coglet: inputs as Cog's inspector derives them from predict.py, the output as
+Cog's Go generator writes it."""
 
 import json
+from typing import Optional, Union
+from unittest import mock
 
-from cog import _inspector
+import pytest
+from cog import Path, _inspector
 
-from e5.openapi import SCHEMA_PATH, build_schema, title_case
+from e5.openapi import SCHEMA_PATH, _json_type, build_schema, title_case
 
 
 def test_the_committed_schema_is_up_to_date():
@@ -12,8 +16,9 @@ def test_the_committed_schema_is_up_to_date():
     assert json.loads(SCHEMA_PATH.read_text()) == build_schema(), "predict.py changed: run `python -m e5 schema`"
 
 
-def test_every_input_and_output_field_has_the_inspectors_type():
-    info = _inspector.create_predictor("predict", "Predictor")
+def test_every_input_field_has_the_inspectors_type():
+    with mock.patch.object(_inspector, "_create_output_type", lambda annotation: annotation):
+        info = _inspector.create_predictor("predict", "Predictor")
     schema = build_schema()["components"]["schemas"]
     inputs = schema["Input"]["properties"]
     assert list(inputs) == list(info.inputs)
@@ -27,7 +32,26 @@ def test_every_input_and_output_field_has_the_inspectors_type():
         else:
             for key, value in field.type.json_type().items():
                 assert prop[key] == value
-    assert schema["Output"] == info.output.json_type()
+
+
+@pytest.mark.parametrize("annotation,expected", [
+    (str, {"type": "string"}),
+    (Optional[float], {"type": "number", "nullable": True}),
+    (list[int], {"type": "array", "items": {"type": "integer"}}),
+    (Optional[list[list[float]]], {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                                   "nullable": True}),
+    (Optional[Path], {"type": "string", "format": "uri", "nullable": True}),
+])
+def test_output_types_follow_cogs_go_generator(annotation, expected):
+    # pkg/schema/schema_type.go: coreSchema, PrimitiveType.JSONType, and Optional fields as nullable.
+    assert _json_type(annotation) == expected
+
+
+def test_an_output_type_cog_build_refuses_is_refused():
+    with pytest.raises(ValueError, match="no union"):
+        _json_type(Union[str, list[float]])
+    with pytest.raises(ValueError, match="no output schema rule"):
+        _json_type(dict)
 
 
 def test_inputs_match_the_documented_interface():
@@ -51,18 +75,28 @@ def test_titles_follow_cogs_rule():
     assert title_case("e5HTTP_url") == "E5HTTP Url"
 
 
-def test_vector_fields_admit_both_shapes_that_encoding_format_describes():
+def test_every_vector_field_has_one_type_that_encoding_format_describes():
     schemas = build_schema()["components"]["schemas"]
     output, inputs = schemas["Output"]["properties"], schemas["Input"]["properties"]
-    # Arrays of numbers or base64 strings: `cog build` takes no union in an output, so any JSON (Opaque).
+    numbers = {"type": "array", "items": {"type": "number"}}
     for name in ("query_embedding", "passage_embedding"):
-        assert output[name] == {"type": "object", "nullable": True, "title": title_case(name)}
-    assert output["embeddings"]["type"] == "array" and output["embeddings"]["nullable"]
+        assert output[name] == {**numbers, "nullable": True, "title": title_case(name)}
+        assert output[name + "_base64"] == {"type": "string", "nullable": True, "title": title_case(name + "_base64")}
+    assert output["embeddings"] == {"type": "array", "items": numbers, "nullable": True, "title": "Embeddings"}
+    assert output["embeddings_base64"]["items"] == {"type": "string"}
+    for name in ("chunk_text", "chunk_start", "chunk_end"):
+        assert output[name]["items"] == {"type": "integer"}
+    assert output["chunk_scores"]["items"] == output["scores"]["items"] == {"type": "number"}
+    assert not [name for name, prop in output.items() if prop["type"] == "object" or
+                prop.get("items", {}).get("type") == "object"], "no field may be declared an object"
     assert output["embeddings_file"] == {"type": "string", "format": "uri", "nullable": True,
                                          "title": "Embeddings File"}
-    assert schemas["encoding_format"]["enum"] == ["float", "base64", "npy"]
-    assert inputs["encoding_format"]["default"] == "float"
+    assert schemas["encoding_format"]["enum"] == ["float", "base64", "ubinary", "npy"]
+    assert schemas["long_texts"]["enum"] == ["truncate", "chunks", "mean"]
+    assert inputs["encoding_format"]["default"] == "float" and inputs["long_texts"]["default"] == "truncate"
     described = inputs["encoding_format"]["description"]
-    assert all(shape in described for shape in ("arrays of numbers", "base64", "little-endian float32",
-                                                "`embeddings_file`", "[texts, dimensions]"))
+    assert all(shape in described for shape in ("arrays of numbers", "`embeddings_base64`", "little-endian float32",
+                                                "packbits", "`embeddings_file`", "[rows, dimensions]"))
+    assert all(name in inputs["long_texts"]["description"] for name in ("`chunk_text`", "`chunk_start`", "`chunk_end`",
+                                                                         "`chunk_scores`", "best window"))
     assert "alias of `passage`" in inputs["document"]["description"]

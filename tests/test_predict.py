@@ -15,7 +15,7 @@ from predict import Output, Predictor
 
 # Every input as Cog would pass it when the caller sends none of them.
 DEFAULTS = dict(query=None, passage=None, document=None, texts=None, input_type="passage", task=None,
-                normalize=False, truncate=True, encoding_format="float")
+                normalize=False, truncate=True, encoding_format="float", long_texts="truncate")
 
 
 @pytest.fixture
@@ -52,4 +52,12 @@ def test_vectors_and_scores_reach_cog_as_json_arrays(predictor):
     for name in ("query_embedding", "passage_embedding", "embeddings", "scores"):
         assert isinstance(getattr(out, name), JsonArray) and getattr(out, name).dtype == np.dtype("<f4"), name
     assert out.embeddings.shape == (2, predictor.service.encoder.dimensions)
-    assert isinstance(_run(predictor, query="q", encoding_format="base64").query_embedding, str)
+    packed = _run(predictor, query="q", encoding_format="base64")
+    assert packed.query_embedding is None and isinstance(packed.query_embedding_base64, str)
+
+
+def test_chunk_positions_reach_cog_as_json_arrays(predictor):
+    out = _run(predictor, query="q", texts=["one", "protein " * 700], long_texts="chunks")
+    assert out.chunk_text.tolist() == (0,) + (1,) * (len(out.chunk_text) - 1) and len(out.chunk_text) > 2
+    for name in ("chunk_text", "chunk_start", "chunk_end", "chunk_scores"):
+        assert isinstance(getattr(out, name), JsonArray) and len(getattr(out, name)) == len(out.embeddings), name

@@ -92,12 +92,14 @@ def test_token_count_and_truncated_inputs_are_reported(services):
     (EmbeddingRequest(texts=[]), "nothing to embed"),
     (EmbeddingRequest(texts=["a"], input_type="document"), "input_type must be 'query' or 'passage'"),
     (EmbeddingRequest(query="q", task="websearch"), "task: unknown preset 'websearch'"),
-    (EmbeddingRequest(query="protein " * 600, truncate=False), "query has 60[0-9] tokens, more than the 512"),
+    (EmbeddingRequest(query="protein " * 600, truncate=False), "query has more than the 512 tokens that e5-small-v2"),
     (EmbeddingRequest(passage="p", document="d"),
      "give `passage` or `document`, not both: `document` is another name for `passage`"),
     (EmbeddingRequest(document=" "), "document is empty or only whitespace"),
-    (EmbeddingRequest(document="protein " * 600, truncate=False), "document has 60[0-9] tokens"),
-    (EmbeddingRequest(texts=["a"], encoding_format="json"), "encoding_format must be 'float', 'base64' or 'npy'"),
+    (EmbeddingRequest(document="protein " * 600, truncate=False), "document has more than the 512 tokens"),
+    (EmbeddingRequest(texts=["a"], encoding_format="json"),
+     "encoding_format must be 'float', 'base64', 'ubinary' or 'npy', not 'json'"),
+    (EmbeddingRequest(texts=["a"], long_texts="split"), "long_texts must be 'truncate', 'chunks' or 'mean', not 'split'"),
 ])
 def test_bad_requests_fail_with_a_message_naming_the_input(services, request_, message):
     with pytest.raises(RequestError, match=message):
@@ -124,12 +126,26 @@ def test_base64_decodes_to_the_float_output_bit_for_bit(services, normalize):
     request = dict(query="how much protein", passage="46 grams a day", texts=["one", "two texts"], normalize=normalize)
     floats = services["xlm-roberta"].handle(EmbeddingRequest(**request))
     packed = services["xlm-roberta"].handle(EmbeddingRequest(**request, encoding_format="base64"))
-    assert isinstance(packed.query_embedding, str) and isinstance(packed.embeddings[0], str)
-    assert _from_base64(packed.query_embedding) == floats.query_embedding.tolist()
-    assert _from_base64(packed.passage_embedding) == floats.passage_embedding.tolist()
-    assert [_from_base64(v) for v in packed.embeddings] == floats.embeddings.tolist()
+    assert packed.query_embedding is packed.passage_embedding is packed.embeddings is None
+    assert _from_base64(packed.query_embedding_base64) == floats.query_embedding.tolist()
+    assert _from_base64(packed.passage_embedding_base64) == floats.passage_embedding.tolist()
+    assert [_from_base64(v) for v in packed.embeddings_base64] == floats.embeddings.tolist()
     assert (packed.score, packed.scores.tolist()) == (floats.score, floats.scores.tolist())
     assert packed.embeddings_npy is None
+
+
+def test_ubinary_packs_the_sign_bits_of_the_float_output(services):
+    request = dict(query="how much protein", passage="46 grams a day", texts=["one", "two texts"])
+    floats = services["xlm-roberta"].handle(EmbeddingRequest(**request))
+    bits = services["xlm-roberta"].handle(EmbeddingRequest(**request, encoding_format="ubinary", normalize=True))
+
+    def unpacked(text: str) -> list[int]:
+        return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8)).tolist()
+
+    assert unpacked(bits.query_embedding_base64) == (floats.query_embedding > 0).astype(int).tolist()
+    assert unpacked(bits.passage_embedding_base64) == (floats.passage_embedding > 0).astype(int).tolist()
+    assert [unpacked(t) for t in bits.embeddings_base64] == (floats.embeddings > 0).astype(int).tolist()
+    assert (bits.score, bits.scores.tolist()) == (floats.score, floats.scores.tolist())  # float cosines still
 
 
 def test_npy_holds_the_texts_rows_and_leaves_the_single_vectors_as_numbers(services):

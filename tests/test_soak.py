@@ -18,9 +18,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import requests
-from cog_server import CogServer, assert_ready, until_accepted
+from cog_server import assert_ready, until_accepted
 
 ROUNDS = int(os.environ.get("E5_SOAK_ROUNDS", "4"))
 PER_ROUND = int(os.environ.get("E5_SOAK_REQUESTS", "150"))
@@ -34,17 +33,6 @@ SHORT_QUERY_SECONDS = 3.0
 
 WORDS = ("protein female eat guideline average requirement women grams chart increase expecting training "
          "marathon summit mountain train platform ticket oven pumpkin crust sunlight scattered molecules").split()
-
-
-@pytest.fixture(scope="module")
-def real_server(minilm_dir, tmp_path_factory) -> CogServer:
-    served = CogServer.serve(tmp_path_factory.mktemp("soak") / "server.log", E5_MODEL="e5-small-v2",
-                             E5_WEIGHTS_DIR=str(minilm_dir))
-    try:
-        served.wait_for("READY")
-        yield served
-    finally:
-        served.stop()
 
 
 def _texts(rng: random.Random, count: int, longest: int) -> list[str]:
@@ -73,21 +61,21 @@ def _soak_round(base: str, rng: random.Random, count: int) -> tuple[int, int]:
     return sum(ok for ok, _ in results), sum(refused for _, refused in results)
 
 
-def test_memory_stays_flat_over_rounds_of_mixed_long_requests(real_server):
+def test_memory_stays_flat_over_rounds_of_mixed_long_requests(minilm_server):
     rng = random.Random(7)
-    _soak_round(real_server.base, rng, WARM_UP)
+    _soak_round(minilm_server.base, rng, WARM_UP)
     time.sleep(1)
-    rss = [real_server.rss_bytes()]
+    rss = [minilm_server.rss_bytes()]
     for _ in range(ROUNDS):
-        succeeded, refused = _soak_round(real_server.base, rng, PER_ROUND)
+        succeeded, refused = _soak_round(minilm_server.base, rng, PER_ROUND)
         assert succeeded == PER_ROUND
         time.sleep(1)
-        rss.append(real_server.rss_bytes())
+        rss.append(minilm_server.rss_bytes())
     drift = (rss[-1] - rss[0]) / rss[0]
     print(f"soak: {ROUNDS} x {PER_ROUND} requests after {WARM_UP} warm-up, RSS MiB "
           f"{' -> '.join(f'{r / 2**20:.1f}' for r in rss)} ({drift:+.1%})")
     assert drift <= MEMORY_DRIFT
-    assert_ready(real_server.base)
+    assert_ready(minilm_server.base)
 
 
 def predict(base: str, payload: dict, session: requests.Session | None = None) -> requests.Response:
@@ -100,8 +88,8 @@ def _alone(base: str, texts: list[str]) -> dict[str, list[float]]:
                 for text in dict.fromkeys(texts)}
 
 
-def test_a_short_query_is_answered_while_a_large_request_runs(real_server):
-    base = real_server.base
+def test_a_short_query_is_answered_while_a_large_request_runs(minilm_server):
+    base = minilm_server.base
     rng = random.Random(11)
     pool = [" ".join(rng.choice(WORDS) for _ in range(250)) for _ in range(12)]  # cut at 256 tokens
     large_texts = [pool[i % len(pool)] for i in range(600)]

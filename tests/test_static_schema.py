@@ -14,7 +14,7 @@ import tokenize
 
 import pytest
 
-from cog_static_parser import UNREAD, StaticParseError, cog_literal, cog_string, read_inputs
+from cog_static_parser import UNREAD, StaticParseError, cog_literal, cog_string, read_inputs, read_output
 from conftest import REPO_ROOT
 
 from e5.openapi import SCHEMA_PATH
@@ -61,6 +61,18 @@ def test_cog_build_reads_every_input_as_the_committed_schema_shows_it():
 def _string_tokens(text: str) -> list[tokenize.TokenInfo]:
     tokens = tokenize.generate_tokens(io.StringIO(text).readline)
     return [t for t in tokens if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)]
+
+
+def test_cog_build_reads_the_output_as_the_committed_schema_shows_it():
+    # The served /openapi.json is the committed file; a built image serves what Cog reads from the source text.
+    assert read_output(PREDICT) == _committed()["Output"]
+
+
+def test_an_output_field_without_a_type_of_its_own_is_reported(tmp_path):
+    source = tmp_path / "predict.py"
+    source.write_text("class Output(BaseModel):\n    ok: list[list[float]] | None = None\n    vague: Any = None\n")
+    with pytest.raises(StaticParseError, match="`Any` is not an output type"):
+        read_output(source)
 
 
 def test_every_description_is_one_plain_string_literal():
