@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from e5.cog_tools.server import ServerProcess  # noqa: E402
 from e5.encoder import Encoder  # noqa: E402
 from e5.pooling import l2_normalize  # noqa: E402
 from e5.registry import DEMO_MODEL, get_spec  # noqa: E402
@@ -154,59 +154,33 @@ def bench_library(args) -> dict:
 
 # --- http ----------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 NOOP_PREDICTOR = Path(__file__).resolve().parent / "noop_predict.py"
 
 
-class Server:
-    """`python -m e5 serve --demo` on a loopback port, with the given environment overrides.
+def Server(name: str, env: dict[str, str], noop: bool = False, startup_seconds: float = 120,  # noqa: N802
+           repo: Path = REPO_ROOT, serve_args: tuple[str, ...] = ("--demo",), command: list[str] | None = None,
+           ready: tuple[str, str] = ("/health-check", "READY")) -> ServerProcess:
+    """A READY server for the benchmarks: `python -m e5 serve --demo` in `repo` with `env` by default.
 
-    With `noop`, Cog's server runs `bench/noop_predict.py` instead: the same HTTP path, no work.
+    With `noop`, Cog's server runs `bench/noop_predict.py` instead: the same HTTP path, no work. `command`
+    starts a peer's server, which is ready when `ready[0]` answers a status of `ready[1]`.
     """
+    import tempfile
 
-    def __init__(self, name: str, env: dict[str, str], noop: bool = False, startup_seconds: float = 120,
-                 repo: Path = REPO_ROOT, serve_args: tuple[str, ...] = ("--demo",), command: list[str] | None = None,
-                 ready: tuple[str, str] = ("/health-check", "READY")):
-        import tempfile
-
-        import requests
-
-        self.name, self.port = name, _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        command = [*(command or [sys.executable, "-m", "e5", "serve", *serve_args]), "--port", str(self.port)]
-        cwd, env = str(repo), {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        if noop:
-            from e5.__main__ import coglet_argv, coglet_env
-
-            self._scratch = tempfile.TemporaryDirectory()  # no .cog/ schema there: any input is accepted
-            cwd, command = self._scratch.name, coglet_argv("127.0.0.1")
-            env = coglet_env(f"{NOOP_PREDICTOR}:Predictor", self.port, env)
-        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + startup_seconds
-        while True:
-            try:
-                if requests.get(f"{self.base}{ready[0]}", timeout=2).json().get("status") == ready[1]:
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server {name} did not become READY")
-            time.sleep(0.25)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
+    if noop:
+        scratch = tempfile.TemporaryDirectory()  # no .cog/ schema there: any input is accepted
+        server = ServerProcess.coglet(f"{NOOP_PREDICTOR}:Predictor", cwd=Path(scratch.name), **env)
+        server.scratch = scratch  # kept as long as the server
+    elif command:
+        server = ServerProcess.command(command, **env)
+    else:
+        server = ServerProcess.serve(None, *serve_args, repo=repo, **env)
+    try:
+        server.wait_for(ready[1], startup_seconds, ready[0])
+    except Exception:
+        server.stop()
+        raise RuntimeError(f"server {name} did not become {ready[1]}") from None
+    return server
 
 
 def _post(session, base: str, text: str, protocol: str):

@@ -22,36 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from e5.cog_tools.server import ServerError, ServerProcess  # noqa: E402
+
 STARTUP_SECONDS = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _health(base: str) -> dict:
-    try:
-        with urllib.request.urlopen(f"{base}/health-check", timeout=2) as response:
-            return json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return {}
 
 
 def _seconds(start: str, end: str) -> float:
@@ -66,39 +51,21 @@ def _seconds(start: str, end: str) -> float:
 
 def launch(repo: Path, python: str, server: str, model: str, env: dict[str, str], log: Path) -> dict:
     """Start one server, wait for READY, stop it; the seconds to READY and coglet's own setup seconds."""
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
-    if server == "serve":
-        command = [python, "-m", "e5", "serve", "--port", str(port)]
-        command += ["--demo"] if model == "demo" else ["--model", model]
-    else:
-        command = [python, "-m", "cog.server.http", "--host", "127.0.0.1"]
-        env.update(COG_PREDICT_TYPE_STUB="predict.py:Predictor", PORT=str(port), COG_MAX_CONCURRENCY="64",
-                   PATH=f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}")
-        env["E5_MODEL"] = "demo-all-minilm-l6-v2" if model == "demo" else model
-    base = f"http://127.0.0.1:{port}"
+    env = {**env, "E5_MODEL": "demo-all-minilm-l6-v2" if model == "demo" else model}
     start = time.monotonic()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    if server == "serve":
+        args = ("--demo",) if model == "demo" else ("--model", model)
+        proc = ServerProcess.serve(log, *args, repo=repo, python=python, **env)
+    else:
+        proc = ServerProcess.coglet("predict.py:Predictor", log, cwd=repo, python=python, **env)
     try:
-        health: dict = {}
-        while health.get("status") != "READY":
-            if health.get("status") == "SETUP_FAILED" or proc.poll() is not None:
-                raise RuntimeError(f"{model}: the server did not start; see {log}")
-            if time.monotonic() - start > STARTUP_SECONDS:
-                raise RuntimeError(f"{model}: not READY after {STARTUP_SECONDS} s; see {log}")
-            time.sleep(0.05)
-            health = _health(base)
+        try:
+            health = proc.wait_for("READY", STARTUP_SECONDS)
+        except ServerError:
+            raise RuntimeError(f"{model}: the server did not become READY; see {log}") from None
         ready = time.monotonic() - start
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        proc.stop()
     setup = health.get("setup") or {}
     return {"to_ready_s": ready, "setup_s": _seconds(setup["started_at"], setup["completed_at"])}
 

@@ -25,7 +25,7 @@ FAULTY_PREDICTOR = "tests/faulty_predict.py:FaultyPredictor"
 
 
 def _start_faulty(tmp_path, checkpoints, concurrency: int) -> CogServer:
-    server = CogServer.coglet(tmp_path / "server.log", FAULTY_PREDICTOR, concurrency=concurrency,
+    server = CogServer.coglet(FAULTY_PREDICTOR, tmp_path / "server.log", concurrency=concurrency,
                               E5_MODEL="multilingual-e5-small", E5_WEIGHTS_DIR=str(checkpoints["xlm-roberta"]),
                               E5_FAULT_SLOW_S=str(SLOW_SECONDS))
     server.wait_for("READY")

@@ -61,7 +61,7 @@ def test_truncation_is_reported(server):
 
 
 def test_served_openapi_is_the_schema_from_predict_py(server):
-    from e5.openapi import build_schema
+    from e5.cog_tools.schema import build_schema
 
     served = requests.get(f"{server}/openapi.json", timeout=5).json()
     assert served == json.loads(json.dumps(build_schema()))
@@ -135,8 +135,8 @@ def test_a_failed_setup_is_reported_with_its_reason_not_a_hang(damage, env, reas
     root.mkdir()
     if damage != "missing":
         _damaged_weights_root(root, checkpoints, damage)
-    server = CogServer.coglet(tmp_path / "server.log", "predict.py:Predictor", E5_WEIGHTS_ROOT=str(root),
-                              E5_MODEL="e5-small-v2", **env)
+    server = CogServer.coglet("predict.py:Predictor", tmp_path / "server.log", concurrency=4,
+                              E5_WEIGHTS_ROOT=str(root), E5_MODEL="e5-small-v2", **env)
     try:
         health = server.wait_for("SETUP_FAILED")
         assert reason in health["setup"]["logs"]

@@ -71,7 +71,7 @@ def test_the_readme_lists_every_checkpoint_and_task_preset():
 
 
 def test_run_allows_concurrent_predictions_and_serve_reads_the_same_number(tmp_path):
-    from e5.__main__ import cog_max_concurrency
+    from e5.cog_tools.server import cog_max_concurrency
 
     # Above the benchmark's 32 clients: coglet frees a slot just after its answer goes out.
     assert cog_max_concurrency() == 64

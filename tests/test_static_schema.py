@@ -17,7 +17,7 @@ import pytest
 from cog_static_parser import UNREAD, StaticParseError, cog_literal, cog_string, read_inputs, read_output
 from conftest import REPO_ROOT
 
-from e5.openapi import SCHEMA_PATH
+from e5.cog_tools.schema import SCHEMA_PATH
 
 PREDICT = REPO_ROOT / "predict.py"
 # Input keyword -> the key the schema gives it.

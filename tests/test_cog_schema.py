@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 from cog import Path, _inspector
 
-from e5.openapi import SCHEMA_PATH, _json_type, build_schema, title_case
+from e5.cog_tools.schema import SCHEMA_PATH, _json_type, build_schema, title_case
 
 
 def test_the_committed_schema_is_up_to_date():

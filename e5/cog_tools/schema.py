@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from unittest import mock
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 SCHEMA_PATH = REPO_ROOT / ".cog" / "openapi_schema.json"
 PREDICTOR_REF = "predict.py:Predictor"
 

@@ -1,0 +1,158 @@
+"""Cog's own HTTP server (coglet) for this predictor: its command, its environment, and a process helper.
+
+`python -m e5 serve` execs coglet with `coglet_argv` and `coglet_env`, as a built image runs it. Tests and
+benchmarks start servers with `ServerProcess`: one process group on 127.0.0.1, health polled until a status,
+its resident memory read from /proc, and stopped with SIGTERM (SIGKILL if it lingers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+STARTUP_SECONDS = 120
+
+
+def coglet_argv(host: str, python: str = sys.executable) -> list[str]:
+    """The command that starts Cog's HTTP server (coglet) with `python`."""
+    return [python, "-m", "cog.server.http", "--host", host]
+
+
+def coglet_env(predictor: str, port: int, base: dict[str, str], python: str = sys.executable) -> dict[str, str]:
+    """`base` plus what coglet needs to serve `predictor` ("file.py:Class") on `port` as a built image would."""
+    return {
+        **base,
+        "COG_PREDICT_TYPE_STUB": predictor,
+        "PORT": str(port),
+        # A built image sets this from @concurrent(max=...) on run() (or cog.yaml's concurrency.max); so do we.
+        "COG_MAX_CONCURRENCY": base.get("COG_MAX_CONCURRENCY") or str(cog_max_concurrency()),
+        # coglet starts its worker as `python` from PATH: make that this interpreter.
+        "PATH": f"{Path(python).parent}{os.pathsep}{base.get('PATH', '')}",
+    }
+
+
+def cog_max_concurrency(config: Path = REPO_ROOT / "cog.yaml") -> int:
+    """The COG_MAX_CONCURRENCY that `cog build` bakes into the image: cog.yaml's deprecated `concurrency.max`
+    when set (it takes precedence), else `@concurrent(max=...)` on the predictor's run(), else 1."""
+    import yaml  # PyYAML comes with cog, which serving needs anyway
+
+    settings = yaml.safe_load(config.read_text()) or {}
+    configured = (settings.get("concurrency") or {}).get("max")
+    if configured is not None:
+        return int(configured)
+    predictor = settings.get("run") or settings.get("predict")
+    if not predictor:
+        return 1
+    module_file, class_name = predictor.split(":")
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    spec = importlib.util.spec_from_file_location(f"_cog_predictor_{Path(module_file).stem}",
+                                                  config.parent / module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runner = getattr(module, class_name)
+    method = getattr(runner, "run", None) or getattr(runner, "predict")
+    return int(getattr(method, "__cog_concurrent_max__", 1))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerError(RuntimeError):
+    """A server that exited or never reached the awaited status; the message ends with its log's tail."""
+
+
+class ServerProcess:
+    """One server process group on 127.0.0.1: `serve` starts it as the README does, `coglet` as a built image
+    does, `command` runs anything else that answers HTTP on the port it is given."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log_path: Path | None = None,
+                 cwd: Path = REPO_ROOT):
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        with open(log_path or os.devnull, "w") as log:
+            self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    @classmethod
+    def serve(cls, log_path: Path | None = None, *serve_args: str, repo: Path = REPO_ROOT,
+              python: str = sys.executable, **env: str) -> "ServerProcess":
+        """`python -m e5 serve [serve_args]` in `repo` (this checkout by default) with extra environment."""
+        port = free_port()
+        full_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **env)
+        return cls([python, "-m", "e5", "serve", *serve_args, "--port", str(port)], full_env, port, log_path, repo)
+
+    @classmethod
+    def coglet(cls, predictor: str, log_path: Path | None = None, concurrency: int | None = None,
+               cwd: Path = REPO_ROOT, python: str = sys.executable, **env: str) -> "ServerProcess":
+        """coglet itself over `predictor` (module path:class), as `cog build` would run it."""
+        port = free_port()
+        base = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **env)
+        if concurrency is not None:
+            base["COG_MAX_CONCURRENCY"] = str(concurrency)
+        return cls(coglet_argv("127.0.0.1", python), coglet_env(predictor, port, base, python), port, log_path, cwd)
+
+    @classmethod
+    def command(cls, argv: list[str], log_path: Path | None = None, **env: str) -> "ServerProcess":
+        """`argv` plus `--port PORT`, for another server (a peer in the benchmarks)."""
+        port = free_port()
+        return cls([*argv, "--port", str(port)], dict(os.environ, PYTHONUNBUFFERED="1", **env), port, log_path)
+
+    def health(self, path: str = "/health-check") -> dict:
+        """The server's answer at `path` as JSON, or {} while it does not answer."""
+        import requests
+
+        try:
+            return requests.get(f"{self.base}{path}", timeout=2).json()
+        except (requests.RequestException, ValueError):
+            return {}
+
+    def wait_for(self, status: str = "READY", timeout: float = STARTUP_SECONDS, path: str = "/health-check") -> dict:
+        """Poll `path` until its `status` is `status`; `ServerError` if the server exits or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        health: dict = {}
+        while health.get("status") != status:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                state = "exited" if self.proc.poll() is not None else f"not {status} after {timeout:.0f} s"
+                raise ServerError(f"server {state} (last health: {health}):\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+            health = self.health(path)
+        return health
+
+    def log(self) -> str:
+        """What the server wrote so far (empty without a log file)."""
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process group: coglet and its Python worker."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # field 5 of stat, the process group
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24, rss in pages
+        return total
+
+    def stop(self) -> None:
+        """SIGTERM to the group (in-flight predictions finish), SIGKILL after 20 s."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
