@@ -21,10 +21,13 @@ Sections (all by default; pick with --sections):
            own `Encoder.embed` on the same texts (target: at least 0.95x), and the same job on a local
            Ray cluster (2 CPUs, 2 actors) next to the single-process command, each timed end to end;
            with --bulk-rss-texts N, the peak RSS of the command over N short texts;
+  giant    one request of 512 texts of 100,000 characters (a 51 MB body) to MiniLM served as e5-small-v2,
+           against the same request with each text cut to what the model reads: seconds, the server's peak
+           RSS growth, and a short query's latency meanwhile;
   gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
            128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
            (skipped without CUDA unless --gpu-device is given).
-With --baseline REV, the http, served and overhead sections also serve and probe that older commit of
+With --baseline REV, the http, served, overhead and giant sections also serve and probe that older commit of
 this project ('before'), checked out in a temporary git worktree. Each figure is the median of
 --rounds rounds; the peers alternate within each round, so the ratios compare like with like even
 while the machine's speed drifts. It prints tables and writes JSON (--out).
@@ -722,6 +725,89 @@ def bench_floor(args) -> dict:
 
 # --- gpu -----------------------------------------------------------------------------------
 
+GIANT_WORDS = ("protein female eat guideline average requirement women grams chart increase expecting training "
+               "marathon summit mountain train platform ticket oven pumpkin crust sunlight scattered").split()
+
+
+def _giant_texts(count: int, chars: int) -> list[str]:
+    """`count` distinct texts of `chars` characters of English-like words."""
+    texts = []
+    for i in range(count):
+        rng = random.Random(i)
+        words = []
+        while sum(map(len, words)) + len(words) < chars:
+            words.append(rng.choice(GIANT_WORDS))
+        texts.append(" ".join(words)[:chars])
+    return texts
+
+
+def _giant_run(server: ServerProcess, texts: list[str]) -> dict:
+    """One request of `texts`, timed, with the server's peak RSS sampled every 50 ms, and a short query sent
+    one second in, timed too."""
+    import requests
+
+    peak, stop, query = [server.rss_bytes()], threading.Event(), []
+    before = peak[0]
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak.append(server.rss_bytes())
+
+    def short_query() -> None:
+        if not stop.wait(1.0):
+            started = time.perf_counter()
+            requests.post(f"{server.base}/predictions", json={"input": {"query": "a short query"}}, timeout=600)
+            query.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=sample), threading.Thread(target=short_query)]
+    for thread in threads:
+        thread.start()
+    started = time.perf_counter()
+    try:
+        body = requests.post(f"{server.base}/predictions", json={"input": {"texts": texts}}, timeout=1800).json()
+        seconds = time.perf_counter() - started
+        threads[1].join(600)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(600)
+    if body.get("status") != "succeeded":
+        raise RuntimeError(f"the giant request failed: {body.get('error')}")
+    return {"seconds": seconds, "tokens": body["output"]["token_count"], "rss_before_mb": before / 2**20,
+            "rss_peak_mb": max(peak) / 2**20, "rss_growth_mb": (max(peak) - before) / 2**20,
+            "short_query_s": query[0] if query else None}
+
+
+def bench_giant(args) -> dict:
+    """One request of --giant-texts texts of --giant-chars characters (truncate on) to MiniLM served as
+    e5-small-v2, against the same request with each text cut to 4,000 characters, which still holds more
+    than the 512 tokens the model reads: the same ids reach the model, so the second is the model's own time."""
+    weights = demo_weights_dir()
+    env = {"E5_MODEL": "e5-small-v2", "E5_WEIGHTS_DIR": str(weights), "E5_DTYPE": "float32"}
+    trees = {"now": REPO_ROOT, **({BEFORE: args.baseline_tree} if args.baseline_tree else {})}
+    giants = _giant_texts(args.giant_texts, args.giant_chars)
+    cut = [text[:4000] for text in giants]
+    results: dict[str, dict] = {}
+    for name, tree in trees.items():  # one server at a time: each holds the whole request in memory
+        server = Server(name, env, serve_args=(), repo=tree, startup_seconds=300)
+        try:
+            _giant_run(server, cut[:8])  # warm-up
+            model = _giant_run(server, cut)
+            giant = _giant_run(server, giants)
+        finally:
+            server.stop()
+        results[name] = {"giant": giant, "model": model, "ratio_to_model": giant["seconds"] / model["seconds"]}
+    print_table(f"giant request: {args.giant_texts} texts x {args.giant_chars:,} characters, MiniLM as e5-small-v2 "
+                "(model: the same ids from texts cut to 4,000 characters)",
+                ["server", "seconds", "model s", "vs model", "RSS before MB", "peak MB", "growth MB", "query s"],
+                [[name, f"{r['giant']['seconds']:.1f}", f"{r['model']['seconds']:.1f}", f"{r['ratio_to_model']:.2f}x",
+                  f"{r['giant']['rss_before_mb']:,.0f}", f"{r['giant']['rss_peak_mb']:,.0f}",
+                  f"{r['giant']['rss_growth_mb']:,.0f}",
+                  f"{r['giant']['short_query_s']:.2f}" if r['giant']['short_query_s'] is not None else "-"]
+                 for name, r in results.items()])
+    return {"texts": args.giant_texts, "chars": args.giant_chars, "servers": results}
+
+
 def _full_size_configs(tiny: bool):
     from transformers import BertConfig, MistralConfig
 
@@ -809,7 +895,7 @@ def bench_gpu(args) -> dict:
     return {"device": name, "dtype": str(dtype), "matmul_peak_flops": peak, "models": results}
 
 
-SECTIONS = ("library", "http", "overhead", "bulk", "library-e5", "served", "floor", "gpu")
+SECTIONS = ("library", "http", "overhead", "bulk", "library-e5", "served", "floor", "giant", "gpu")
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -836,6 +922,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-chunk-rows", type=int, default=2048, help="embed-file's --chunk-rows in the bulk section")
     parser.add_argument("--bulk-rss-texts", type=int, default=0,
                         help="also measure embed-file's peak RSS over this many texts (e.g. 100000)")
+    parser.add_argument("--giant-texts", type=int, default=512, help="texts in the giant section's request")
+    parser.add_argument("--giant-chars", type=int, default=100_000, help="characters per text in the giant section")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few texts, requests and rounds")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "last-run.json"))
     args = parser.parse_args(argv)
@@ -847,6 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bare_calls, args.gpu_tokens, args.overhead_calls = 5, 2048, 10
         args.bulk_texts, args.bulk_chunk_rows, args.bulk_rss_texts = 96, 32, 200
         args.floor_requests, args.floor_clients = 8, 4
+        args.giant_texts, args.giant_chars = 8, 20_000
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -871,6 +960,8 @@ def main(argv: list[str] | None = None) -> int:
         report["served"] = bench_served(args)
     if "floor" in sections:
         report["floor"] = bench_floor(args)
+    if "giant" in sections:
+        report["giant"] = bench_giant(args)
     if "gpu" in sections:
         if torch.cuda.is_available() or args.gpu_device:
             report["gpu"] = bench_gpu(args)

@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "bench/bench.py", "--quick", "--sections", "library,http,overhead,bulk,gpu", "--clients",
+        [sys.executable, "bench/bench.py", "--quick", "--sections", "library,http,overhead,bulk,giant,gpu", "--clients",
          "1,4", "--gpu-device", "cpu", "--baseline", "HEAD", "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -39,6 +39,11 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     assert bulk["runners"]["embed-file (in process)"]["ratio_to_library"] > 0
     assert all(r["tokens_per_second"] > 0 for r in bulk["runners"].values()) and len(bulk["runners"]) == 4
     assert bulk["peak_rss"]["texts"] == 200 and bulk["peak_rss"]["bytes"] > 100 * 2**20  # a loaded model at least
+
+    giant = report["giant"]["servers"]
+    assert set(giant) == {"now", "before"}
+    assert all(r["giant"]["tokens"] == r["model"]["tokens"] == 8 * 512 for r in giant.values())  # the same ids
+    assert all(r["giant"]["rss_peak_mb"] >= r["giant"]["rss_before_mb"] > 100 for r in giant.values())
 
     assert set(report["gpu"]["models"]) == {"e5-small-v2@128", "e5-small-v2@512"}
 
