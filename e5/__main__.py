@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .devices import DeviceError
 from .cog_tools.schema import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schema, write_schema
 from .cog_tools.server import coglet_argv, coglet_env
-from .quantize import QuantizeError
-from .registry import DEMO_MODEL, MODELS, UnknownModelError, get_spec
-from .settings import Settings, SettingsError
-from .service import EmbeddingFailed, EmbeddingRequest, RequestError, load_service
+from .errors import E5Error
+from .registry import DEMO_MODEL, MODELS, get_spec
+from .service import EmbeddingRequest, load_service
+from .settings import Settings
 from .weights import (
-    MANIFEST_NAME, DownloadError, WeightsError, WeightsNotFoundError, choose_model_name, fetch, is_present,
-    fetch_or_offline, missing_weights_message, shown_path, verify_weights, weights_dir_for,
+    MANIFEST_NAME, WeightsError, WeightsNotFoundError, choose_model_name, fetch, fetch_or_offline, is_present,
+    missing_weights_message, shown_path, verify_weights, weights_dir_for,
 )
 
 
@@ -92,16 +91,12 @@ def _cmd_embed_file(args: argparse.Namespace) -> int:
     options = {"fmt": args.format, "input_type": args.input_type, "task": args.task, "normalize": args.normalize,
                "truncate": not args.no_truncate, "text_field": args.text_field, "id_field": args.id_field,
                "long_texts": args.long_texts}
-    try:
-        if args.ray:
-            return _embed_file_ray(args, options)
-        service = load_service(args.model)
-        done = bulk.embed_file(service.encoder, args.input, args.out, chunk_rows=args.chunk_rows,
-                               progress=not args.no_progress, limits=service.limits,
-                               chunk_overlap=service.chunk_overlap, **options)
-    except bulk.BulkError as exc:
-        print(f"e5: {exc}", file=sys.stderr)
-        return 2
+    if args.ray:
+        return _embed_file_ray(args, options)
+    service = load_service(args.model)
+    done = bulk.embed_file(service.encoder, args.input, args.out, chunk_rows=args.chunk_rows,
+                           progress=not args.no_progress, limits=service.limits,
+                           chunk_overlap=service.chunk_overlap, **options)
     state = "was already complete" if done.already_done else (
         f"resumed at row {done.resumed_at}" if done.resumed_at else "done")
     print(f"e5: {args.out}: {done.rows} embeddings, {done.tokens} tokens, {done.bad_rows} bad rows skipped ({state})",
@@ -236,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (RequestError, EmbeddingFailed, DownloadError, WeightsNotFoundError, WeightsError, UnknownModelError,
-            QuantizeError, SettingsError, DeviceError) as exc:
+    except E5Error as exc:
         print(f"e5: {exc}", file=sys.stderr)
         return 2
 

@@ -25,9 +25,10 @@ import pyarrow.parquet as pq
 
 from .chunking import LongTexts, group_rows, weighted_means
 from .encoder import Encoder
+from .errors import RequestError
 from .limits import LimitError, Limits
 from .pooling import l2_normalize
-from .prompts import InputType, UnknownTaskError, format_text, resolve_task
+from .prompts import InputType, format_text, resolve_task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,7 +42,7 @@ DEFAULT_CHUNK_ROWS = 2048
 METADATA_KEY = b"e5.bulk"
 
 
-class BulkError(ValueError):
+class BulkError(RequestError):
     """A job that cannot start or continue; the message names the input or option and the rule."""
 
 
@@ -119,10 +120,7 @@ def job_settings(encoder: Encoder, input_path: Path, fmt: str, input_type: str =
         LongTexts(long_texts)
     except ValueError:
         raise BulkError(f"--long-texts must be 'truncate', 'chunks' or 'mean', not {long_texts!r}") from None
-    try:
-        resolve_task(task)  # an unknown preset fails now, not after the first chunk
-    except UnknownTaskError as exc:
-        raise BulkError(str(exc)) from None
+    resolve_task(task)  # an unknown preset fails now (UnknownTaskError), not after the first chunk
     return JobSettings(encoder.spec.name, encoder.precision, str(input_path.resolve()), fmt, input_type, task or None,
                        normalize, truncate, text_field, id_field, long_texts,
                        None if long_texts == LongTexts.TRUNCATE.value else chunk_overlap)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ServiceError
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -29,7 +31,7 @@ def cuda_dtype(capability: tuple[int, int]) -> torch.dtype:
 _MINIMUM_DRIVER = {11: "450", 12: "525", 13: "580"}
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ServiceError):
     """CUDA was asked for (by the image or by E5_DEVICE) but is not usable here."""
 
 

@@ -16,6 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 from .batching import CPU_PASS_OVERHEAD_TOKENS, default_token_budget, token_budget_batches
 from .chunking import Window, default_overlap, next_start, window_end
 from .devices import Placement, choose_placement
+from .errors import RequestError
 from .memory import HeapTrimmer
 from .pass_plan import (
     BF16_MATMUL_GATE, BF16_MIN_COSINE, ONNX_FLOAT32, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, choose_plan, fit_cost,
@@ -55,7 +56,7 @@ FIRST_CUT_CHARS_PER_TOKEN = 8
 HEAD_MARGIN_TOKENS = 16
 
 
-class TooLongError(ValueError):
+class TooLongError(RequestError):
     """An input over the model's token limit when truncation is off."""
 
 

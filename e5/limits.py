@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import RequestError
+
 # 2048 texts is what OpenAI's embeddings endpoint accepts in one call; 100k characters is far past every
 # E5 context (4096 tokens at most) but stops a megabyte paste before the tokenizer reads it; the token
 # cap bounds one request's compute at 2048 full 512-token texts.
@@ -29,7 +31,7 @@ def excerpt(value: object, limit: int = 40) -> str:
     return f"{shown[:limit]}…{length}"
 
 
-class LimitError(ValueError):
+class LimitError(RequestError):
     """A request over a limit or with malformed text; the message names the input and the rule."""
 
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from .errors import RequestError
 from .limits import excerpt
 from .registry import PromptStyle
 
@@ -75,7 +76,7 @@ DEFAULT_TASK = TASK_PRESETS["web_search"]
 _PRESET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(RequestError):
     """A single-word task that names no preset."""
 
 

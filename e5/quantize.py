@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from .errors import ServiceError
 from .registry import Family, ModelSpec
 from .settings import CPU_RUNTIMES, QUANTIZE_MODES
 
@@ -65,7 +66,7 @@ PROBE_TEXTS = [
 ]
 
 
-class QuantizeError(ValueError):
+class QuantizeError(ServiceError):
     """`E5_QUANTIZE` asks for something this checkpoint, device or installation cannot do."""
 
 

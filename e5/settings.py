@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .errors import ServiceError
 from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ class Settings:
         return Limits(self.max_texts, self.max_chars, self.max_tokens, self.max_windows)
 
 
-class SettingsError(ValueError):
+class SettingsError(ServiceError, ValueError):
     """An E5_* variable with a value it cannot take; the message names it and the rule."""
 
 

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+from .errors import ServiceError
 from .registry import DEFAULT_MODEL, MODELS, ModelSpec
 from .settings import PROJECT_ROOT, Settings
 
@@ -38,15 +39,15 @@ INFERENCE_FILES = [
 ]
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(ServiceError, FileNotFoundError):
     """The chosen checkpoint is not on disk."""
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ServiceError):
     """A weights directory that cannot be loaded as required (missing, pickled, ...)."""
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ServiceError):
     """The hub could not be reached or refused the download."""
 
 

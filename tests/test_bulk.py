@@ -22,7 +22,7 @@ from e5 import bulk
 from e5.__main__ import main
 from e5.bulk import BulkError, embed_file, parts_dir, read_embeddings
 from e5.encoder import Encoder
-from e5.prompts import DEFAULT_TASK, InputType, format_text
+from e5.prompts import DEFAULT_TASK, InputType, UnknownTaskError, format_text
 from e5.registry import DEMO_MODEL, get_spec
 
 from conftest import REPO_ROOT
@@ -206,7 +206,7 @@ def test_inputs_and_outputs_it_cannot_use_are_named(encoders, tmp_path):
     (tmp_path / "taken.parquet").write_text("not parquet")
     with pytest.raises(BulkError, match=r"taken.parquet exists and was not written by embed-file"):
         embed_file(encoder, write_format("text", tmp_path, TEXTS), tmp_path / "taken.parquet")
-    with pytest.raises(BulkError, match=r"task: unknown preset 'websearch'"):
+    with pytest.raises(UnknownTaskError, match=r"task: unknown preset 'websearch'"):  # raised as found, not re-wrapped
         embed_file(encoder, write_format("text", tmp_path, TEXTS), tmp_path / "out.parquet", task="websearch")
 
 
