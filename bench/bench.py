@@ -487,18 +487,18 @@ def _e5_small_runners(weights: Path) -> dict:
     and ONNX Runtime float32 pinned, torch bfloat16 pinned where this CPU's bf16 matmul is fast, and int8."""
     from e5.encoder import bf16_matmul_speedup
     from e5.pass_plan import BF16_MATMUL_GATE
-    from e5.settings import Settings
+    from e5.settings import DType, Settings
 
     spec = get_spec(E5_MODEL_NAME)
     runners = {DEFAULT_RUNNER: Encoder.load(spec, weights, settings=Settings()),
                "E5_CPU_RUNTIME=torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch",
-                                                         settings=Settings(dtype="float32")),
+                                                         settings=Settings(dtype=DType.FLOAT32)),
                "E5_CPU_RUNTIME=onnxruntime fp32": Encoder.load(spec, weights, quantize="none", runtime="onnxruntime",
-                                                               settings=Settings(dtype="float32"))}
+                                                               settings=Settings(dtype=DType.FLOAT32))}
     if bf16_matmul_speedup() >= BF16_MATMUL_GATE:  # elsewhere bfloat16 runs several times slower: not timed
         runners["E5_DTYPE=bfloat16 (torch)"] = Encoder.load(spec, weights, runtime="torch",
-                                                            settings=Settings(dtype="bfloat16"))
-    runners["E5_QUANTIZE=int8"] = Encoder.load(spec, weights, quantize="int8", settings=Settings(dtype="float32"))
+                                                            settings=Settings(dtype=DType.BFLOAT16))
+    runners["E5_QUANTIZE=int8"] = Encoder.load(spec, weights, quantize="int8", settings=Settings(dtype=DType.FLOAT32))
     return runners
 
 

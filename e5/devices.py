@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ServiceError
+from .settings import DType
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,9 @@ def describe(placement: Placement) -> str:
             f"torch {torch.__version__} built for CUDA {torch.version.cuda}")
 
 
-def choose_placement(device_name: str | None = None, dtype_name: str | None = None) -> Placement:
-    """CUDA when present, else CPU in float32; `device_name` (E5_DEVICE) and `dtype_name` (E5_DTYPE) override.
+def choose_placement(device_name: str | None = None, dtype: DType | None = None) -> Placement:
+    """CUDA when present, else CPU in float32; `device_name` (E5_DEVICE) and `dtype` (E5_DTYPE, as `Settings`
+    checked it) override.
 
     `DeviceError` when CUDA was expected (see `cuda_expected`) but is not usable.
     """
@@ -98,12 +100,10 @@ def choose_placement(device_name: str | None = None, dtype_name: str | None = No
         device = torch.device(device_name)
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype_name:
-        if dtype_name not in _DTYPES:
-            raise ValueError(f"E5_DTYPE must be one of {', '.join(_DTYPES)}, not {dtype_name!r}")
-        dtype = _DTYPES[dtype_name]
+    if dtype is not None:
+        torch_dtype = _DTYPES[dtype]
     elif device.type == "cuda":
-        dtype = cuda_dtype(torch.cuda.get_device_capability(device))
+        torch_dtype = cuda_dtype(torch.cuda.get_device_capability(device))
     else:
-        dtype = torch.float32
-    return Placement(device, dtype)
+        torch_dtype = torch.float32
+    return Placement(device, torch_dtype)

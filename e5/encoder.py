@@ -27,14 +27,12 @@ from .quantize import (
     PROBE_TEXTS,
     QuantizeError,
     cosine_check,
-    cpu_runtime,
     float32_backbone,
     int8_backbone,
     onnx_refusal,
-    quantize_mode,
 )
 from .registry import ModelSpec
-from .settings import Settings
+from .settings import CpuRuntime, Quantize, Settings
 from .weights import WeightsError, shown_path
 
 log = logging.getLogger(__name__)
@@ -148,29 +146,33 @@ class Encoder:
 
     @classmethod
     def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None,
-             quantize: str | None = None, runtime: str | None = None, settings: Settings | None = None) -> "Encoder":
+             quantize: Quantize | None = None, runtime: CpuRuntime | None = None,
+             settings: Settings | None = None) -> "Encoder":
         """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
 
-        `quantize` is 'none' or 'int8' (CPU, see `e5.quantize`); `runtime` runs float32 on the CPU in 'torch',
-        'onnxruntime' or 'auto' (ONNX Runtime where it can serve the model, else torch). By default `settings`
-        (else the environment) decide them, with the device, dtype and token budget.
+        `quantize` is `Quantize.NONE` or `INT8` (CPU, see `e5.quantize`); `runtime` runs float32 on the CPU in
+        `CpuRuntime.TORCH`, `ONNXRUNTIME` or `AUTO` (measured at load). Both are checked once, by `Settings`;
+        their string values ('int8', 'torch') compare equal and work too. By default `settings` (else the
+        environment) decide them, with the device, dtype and token budget.
         """
         settings = settings or Settings.from_env()
         weights_dir = Path(weights_dir)
         check_weights_dir(weights_dir, settings)
         placement = placement or choose_placement(settings.device, settings.dtype)
-        int8 = quantize_mode(settings.quantize if quantize is None else quantize) == "int8"
-        requested = cpu_runtime(settings.cpu_runtime if runtime is None else runtime)
+        # Checked once, by Settings (or typed by the caller): Quantize and CpuRuntime members, or their values.
+        int8 = (settings.quantize if quantize is None else quantize) == Quantize.INT8
+        requested = settings.cpu_runtime if runtime is None else runtime
         device, dtype = placement.device, placement.dtype
         setting = "E5_QUANTIZE=int8" if int8 else "E5_CPU_RUNTIME=onnxruntime"
         # Asked only where ONNX Runtime is wanted: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
-        wants_onnx = int8 or requested != "torch"
+        wants_onnx = int8 or requested != CpuRuntime.TORCH
         refusal = onnx_refusal(spec, device, dtype, weights_dir, setting) if wants_onnx else None
-        if refusal and (int8 or requested == "onnxruntime"):
+        if refusal and (int8 or requested == CpuRuntime.ONNXRUNTIME):
             raise QuantizeError(refusal)
-        if requested == "auto" and refusal and device.type == "cpu":
+        if requested == CpuRuntime.AUTO and refusal and device.type == "cpu":
             log.info("%s runs float32 in torch: %s", spec.name, refusal)
-        onnx_float32 = not int8 and (requested == "onnxruntime" or (requested == "auto" and not refusal))
+        onnx_float32 = not int8 and (requested == CpuRuntime.ONNXRUNTIME
+                                     or (requested == CpuRuntime.AUTO and not refusal))
         tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
         model = AutoModel.from_pretrained(
             weights_dir,
@@ -187,14 +189,14 @@ class Encoder:
         encoder = cls(spec, tokenizer, model, placement, settings.token_budget, HeapTrimmer(settings.heap_trim_seconds))
         # With nothing pinned (E5_DTYPE, E5_CPU_RUNTIME, E5_QUANTIZE), the CPU's passes go to whichever runtime
         # and precision measure fastest here, bfloat16 included where this CPU accelerates it.
-        measure = device.type == "cpu" and settings.dtype is None and requested == "auto" and not int8
+        measure = device.type == "cpu" and settings.dtype is None and requested == CpuRuntime.AUTO and not int8
         if int8:
             encoder._switch_to_int8(weights_dir, settings.cache_dir)
         elif onnx_float32:
             try:
                 encoder._switch_to_onnx_float32(weights_dir, settings.cache_dir)
             except Exception as exc:
-                if requested == "onnxruntime":
+                if requested == CpuRuntime.ONNXRUNTIME:
                     raise
                 # E5_CPU_RUNTIME=auto: a build that fails (a read-only cache, say) costs speed, never the service.
                 log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "

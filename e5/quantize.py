@@ -33,7 +33,6 @@ import torch
 
 from .errors import ServiceError
 from .registry import Family, ModelSpec
-from .settings import CPU_RUNTIMES, QUANTIZE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +76,6 @@ class Int8Check:
     texts: int
     min_cosine: float
     mean_cosine: float
-
-
-def quantize_mode(requested: str | None) -> str:
-    """`requested` (E5_QUANTIZE) checked: 'none' (the default, also for None or blank) or 'int8'."""
-    mode = (requested or "").strip().lower() or "none"
-    if mode not in QUANTIZE_MODES:
-        raise QuantizeError(f"E5_QUANTIZE must be one of {', '.join(QUANTIZE_MODES)}, not {requested!r}")
-    return mode
-
-
-def cpu_runtime(requested: str | None) -> str:
-    """`requested` (E5_CPU_RUNTIME) checked: 'auto' (the default, also for None or blank), 'torch' or 'onnxruntime'."""
-    runtime = (requested or "").strip().lower() or "auto"
-    if runtime not in CPU_RUNTIMES:
-        raise QuantizeError(f"E5_CPU_RUNTIME must be one of {', '.join(CPU_RUNTIMES)}, not {requested!r}")
-    return runtime
 
 
 def onnx_refusal(spec: ModelSpec, device: torch.device, dtype: torch.dtype, weights_dir: Path | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
@@ -16,9 +17,31 @@ from .errors import ServiceError
 from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS, Limits
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-QUANTIZE_MODES = ("none", "int8")
-CPU_RUNTIMES = ("auto", "torch", "onnxruntime")
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+class Quantize(str, Enum):
+    """E5_QUANTIZE: float weights, or int8 through ONNX Runtime (CPU, opt-in)."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
+class CpuRuntime(str, Enum):
+    """E5_CPU_RUNTIME: what runs float32 on the CPU; `auto` measures at load where nothing else is pinned."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
+class DType(str, Enum):
+    """E5_DTYPE: the precision the model runs in (unset: per device)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
 VERIFY_LEVELS = ("size", "full")  # what setup checks against a manifest: sizes, or sizes and every byte's sha256
 DEFAULT_BATCH_WAIT_MS = 2.0
 DEFAULT_HEAP_TRIM_SECONDS = 1.0
@@ -35,9 +58,9 @@ class Settings:
     weights_root: Path = PROJECT_ROOT / "weights"  # E5_WEIGHTS_ROOT: where weights/<name>/ live
     allow_download: bool = False  # E5_ALLOW_DOWNLOAD: setup may fetch a missing checkpoint
     device: str | None = None  # E5_DEVICE: cpu, cuda, cuda:1 (default: CUDA when present)
-    dtype: str | None = None  # E5_DTYPE: one of DTYPE_NAMES (default: per device)
-    quantize: str = "none"  # E5_QUANTIZE: one of QUANTIZE_MODES
-    cpu_runtime: str = "auto"  # E5_CPU_RUNTIME: one of CPU_RUNTIMES, for float32 on the CPU
+    dtype: DType | None = None  # E5_DTYPE (default: per device)
+    quantize: Quantize = Quantize.NONE  # E5_QUANTIZE
+    cpu_runtime: CpuRuntime = CpuRuntime.AUTO  # E5_CPU_RUNTIME, for float32 on the CPU
     cache_dir: Path = Path.home() / ".cache" / "e5"  # E5_CACHE_DIR: ONNX builds (float32, int8)
     token_budget: int | None = None  # E5_TOKEN_BUDGET: padded tokens per pass (default: per device)
     dynamic_batching: bool = True  # E5_DYNAMIC_BATCHING
@@ -61,9 +84,9 @@ class Settings:
             weights_root=env.path("E5_WEIGHTS_ROOT") or defaults.weights_root,
             allow_download=env.flag("E5_ALLOW_DOWNLOAD", defaults.allow_download),
             device=env.text("E5_DEVICE"),
-            dtype=env.choice("E5_DTYPE", DTYPE_NAMES, None),
-            quantize=env.choice("E5_QUANTIZE", QUANTIZE_MODES, defaults.quantize, lower=True),
-            cpu_runtime=env.choice("E5_CPU_RUNTIME", CPU_RUNTIMES, defaults.cpu_runtime, lower=True),
+            dtype=env.member("E5_DTYPE", DType, None),
+            quantize=env.member("E5_QUANTIZE", Quantize, defaults.quantize, lower=True),
+            cpu_runtime=env.member("E5_CPU_RUNTIME", CpuRuntime, defaults.cpu_runtime, lower=True),
             cache_dir=env.path("E5_CACHE_DIR") or defaults.cache_dir,
             token_budget=env.positive_int("E5_TOKEN_BUDGET", None, "number of tokens"),
             dynamic_batching=env.flag("E5_DYNAMIC_BATCHING", defaults.dynamic_batching),
@@ -110,6 +133,10 @@ class _Env:
         if value not in choices:
             raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {self.raw(name)!r}")
         return value
+
+    def member(self, name: str, kind: type[Enum], default: Enum | None, lower: bool = False):
+        value = self.choice(name, tuple(member.value for member in kind), None, lower)
+        return default if value is None else kind(value)
 
     def positive_int(self, name: str, default: int | None, what: str = "whole number") -> int | None:
         value = self.raw(name)

@@ -202,9 +202,9 @@ def test_bfloat16_stays_within_its_fidelity_gate_on_the_real_weights(service, e5
     from e5.encoder import Encoder
     from e5.pass_plan import BF16_MIN_COSINE
     from e5.registry import get_spec
-    from e5.settings import Settings
+    from e5.settings import CpuRuntime, DType, Settings
 
-    bf16 = Encoder.load(get_spec(MODEL), e5_small_dir, settings=Settings(dtype="bfloat16", cpu_runtime="torch"))
+    bf16 = Encoder.load(get_spec(MODEL), e5_small_dir, settings=Settings(dtype=DType.BFLOAT16, cpu_runtime=CpuRuntime.TORCH))
     cosine = _fp32_cosines(bf16, service)
     print(f"bfloat16 vs float32 on multilingual-e5-small: min cosine {cosine.min():.6f}, mean {cosine.mean():.6f}")
     assert cosine.min() >= BF16_MIN_COSINE

@@ -14,13 +14,11 @@ from e5.quantize import (
     PROBE_TEXTS,
     OnnxBackbone,
     QuantizeError,
-    cpu_runtime,
     float32_bytes,
     float32_layers_kept,
     onnx_refusal,
-    quantize_mode,
 )
-from e5.settings import Settings
+from e5.settings import CpuRuntime, Quantize, Settings
 from e5.registry import get_spec
 
 
@@ -30,12 +28,9 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_the_mode_comes_from_the_argument_or_the_environment():
-    assert quantize_mode(None) == quantize_mode(Settings.from_env({}).quantize) == "none"
-    assert quantize_mode(Settings.from_env({"E5_QUANTIZE": " INT8 "}).quantize) == "int8"
-    assert quantize_mode("none") == "none"
-    with pytest.raises(QuantizeError, match="E5_QUANTIZE must be one of none, int8, not 'fp4'"):
-        quantize_mode("fp4")
+def test_the_mode_is_checked_once_by_the_settings():
+    assert Settings.from_env({}).quantize is Quantize.NONE == "none"
+    assert Settings.from_env({"E5_QUANTIZE": " INT8 "}).quantize is Quantize.INT8 == "int8"
     with pytest.raises(ValueError, match="E5_QUANTIZE must be one of none, int8, not 'fp4'"):
         Settings.from_env({"E5_QUANTIZE": "fp4"})
 
@@ -66,12 +61,9 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not rebuilt
 
 
-def test_the_cpu_runtime_comes_from_the_argument_or_the_environment():
-    assert cpu_runtime(None) == cpu_runtime(Settings.from_env({}).cpu_runtime) == "auto"
-    assert cpu_runtime(Settings.from_env({"E5_CPU_RUNTIME": " OnnxRuntime "}).cpu_runtime) == "onnxruntime"
-    assert cpu_runtime("torch") == "torch"
-    with pytest.raises(QuantizeError, match="E5_CPU_RUNTIME must be one of auto, torch, onnxruntime, not 'tensorrt'"):
-        cpu_runtime("tensorrt")
+def test_the_cpu_runtime_is_checked_once_by_the_settings():
+    assert Settings.from_env({}).cpu_runtime is CpuRuntime.AUTO
+    assert Settings.from_env({"E5_CPU_RUNTIME": " OnnxRuntime "}).cpu_runtime is CpuRuntime.ONNXRUNTIME
     with pytest.raises(ValueError, match="E5_CPU_RUNTIME must be one of auto, torch, onnxruntime, not 'tensorrt'"):
         Settings.from_env({"E5_CPU_RUNTIME": "tensorrt"})
 
