@@ -22,7 +22,7 @@ from .pass_plan import (
     BF16_MATMUL_GATE, BF16_MIN_COSINE, ONNX_FLOAT32, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, choose_plan, fit_cost,
 )
 from .pooling import pool
-from .quantize import (
+from .onnx_runtime import (
     ONNX_FLOAT32_TOLERANCE,
     PROBE_TEXTS,
     QuantizeError,
@@ -144,7 +144,7 @@ class Encoder:
              settings: Settings | None = None) -> "Encoder":
         """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
 
-        `quantize` is `Quantize.NONE` or `INT8` (CPU, see `e5.quantize`); `runtime` runs float32 on the CPU in
+        `quantize` is `Quantize.NONE` or `INT8` (CPU, see `e5.onnx_runtime`); `runtime` runs float32 on the CPU in
         `CpuRuntime.TORCH`, `ONNXRUNTIME` or `AUTO` (measured at load). Both are checked once, by `Settings`;
         their string values ('int8', 'torch') compare equal and work too. By default `settings` (else the
         environment) decide them, with the device, dtype and token budget.

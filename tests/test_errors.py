@@ -11,7 +11,7 @@ from e5.encoder import TooLongError
 from e5.errors import E5Error, RequestError, ServiceError
 from e5.limits import LimitError
 from e5.prompts import UnknownTaskError
-from e5.quantize import QuantizeError
+from e5.onnx_runtime import QuantizeError
 from e5.registry import UnknownModelError, get_spec
 from e5.service import EmbeddingFailed, EmbeddingRequest, EmbeddingService
 from e5.settings import Settings, SettingsError

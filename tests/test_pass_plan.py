@@ -12,7 +12,7 @@ from e5.encoder import Encoder, bf16_matmul_speedup
 from e5.pass_plan import (
     ONNX_FLOAT32, OVERHEAD_TOKENS_RANGE, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, RuntimeCost, choose_plan, fit_cost,
 )
-from e5.quantize import OnnxBackbone
+from e5.onnx_runtime import OnnxBackbone
 from e5.registry import get_spec
 from e5.settings import Settings
 

@@ -1,7 +1,8 @@
-"""Opt-in int8 on the CPU (`E5_QUANTIZE=int8`), through ONNX Runtime.
+"""ONNX Runtime on the CPU: the fused float32 graph (the CPU default where it serves the model) and opt-in int8.
 
-The recipe, measured on all-MiniLM-L6-v2 on this project's CPU machines (2 cores, AVX-512 VNNI):
-export with eager attention (ONNX Runtime's BERT optimizer cannot fuse an SDPA export), fuse,
+Both are built once from the checkpoint's eager torch model and cached under `E5_CACHE_DIR`; `OnnxBackbone`
+runs one. int8 (`E5_QUANTIZE=int8`): the recipe, measured on all-MiniLM-L6-v2 on this project's CPU
+machines (2 cores, AVX-512 VNNI): export with eager attention (ONNX Runtime's BERT optimizer cannot fuse an SDPA export), fuse,
 then `quantize_dynamic` with per-channel, full-range, signed int8 weights. The FFN output
 projection of the first half of the layers stays float32: its inputs carry a few outlier
 channels (absolute values around 20 against a median near 1) that int8 would flatten. Against

@@ -10,7 +10,7 @@ import torch
 
 from e5.devices import Placement
 from e5.encoder import Encoder
-from e5.quantize import (
+from e5.onnx_runtime import (
     PROBE_TEXTS,
     OnnxBackbone,
     QuantizeError,
