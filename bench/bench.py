@@ -569,7 +569,7 @@ def _crossover(encoders: dict, texts: list[str], rounds: int) -> dict:
         for rows, width in CROSSOVER_SHAPES:
             for name, encoder in runtimes.items():
                 input_ids, mask = encoder._pad([stream[i * width:(i + 1) * width] for i in range(rows)])
-                seconds = pass_seconds(encoder.model, input_ids, mask, calls=3)
+                seconds = pass_seconds(encoder.backbone, input_ids, mask, calls=3)
                 ms.setdefault(f"{rows}x{width}", {}).setdefault(name, []).append(1000 * seconds)
     table = {shape: {name: median(values) for name, values in by.items()} for shape, by in ms.items()}
     print_table(f"runtime crossover: ms per forward pass of rows x tokens (median of 3 calls, of {rounds} rounds); "

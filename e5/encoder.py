@@ -23,15 +23,10 @@ from .pass_plan import (
 )
 from .pooling import pool
 from .onnx_runtime import (
-    ONNX_FLOAT32_TOLERANCE,
-    PROBE_TEXTS,
-    QuantizeError,
-    cosine_check,
-    float32_backbone,
-    int8_backbone,
-    onnx_refusal,
+    ONNX_FLOAT32_TOLERANCE, PROBE_TEXTS, QuantizeError, cosine_check, float32_backbone, int8_backbone, onnx_refusal,
 )
 from .registry import ModelSpec
+from .runtimes import ONNX_INT8, TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
 from .settings import CpuRuntime, Quantize, Settings
 from .weights import WeightsError, weights_problem
 
@@ -106,21 +101,23 @@ def position_capacity(spec: ModelSpec, config) -> int:
 
 
 class Encoder:
-    """A loaded checkpoint: tokenizer, model and the registry entry that says how to use them."""
+    """A loaded checkpoint: tokenizer, the runtime(s) that run its model, and the registry entry that says
+    how to use them."""
 
     def __init__(self, spec: ModelSpec, tokenizer, model, placement: Placement, token_budget: int | None = None,
                  heap: HeapTrimmer | None = None):
         self.spec = spec
         self.heap = heap  # gives the activations' freed heap back to the OS now and then (see e5.memory)
         self.tokenizer = tokenizer
-        self.model = model
         self.placement = placement
-        self.int8_check = None  # an `Int8Check` when E5_QUANTIZE=int8 swapped in the int8 model
-        self.onnx_max_abs_diff = None  # E5_CPU_RUNTIME=onnxruntime: largest difference to torch on the probes
-        # CPU, precision chosen by measurement (`plan_passes`): which runtime serves which passes. `model`
-        # runs the small passes (all of them without a `large_model`), `large_model` the passes above the split.
+        # What runs the model (`e5.runtimes.Backbone`): `backbone` the small passes (all of them without a
+        # `large_backbone`), `large_backbone` the passes above the split a measured plan (`plan_passes`) found.
+        self.backbone: Backbone = TorchBackbone(model)
+        self.large_backbone: Backbone | None = None
         self.plan: PassPlan | None = None
-        self.large_model = None
+        self.choice: RuntimeChoice | None = None  # what `choose_runtime` decided at load, and why
+        self.int8_check = None  # with E5_QUANTIZE=int8: the int8 vectors' cosine to float32 on the probe texts
+        self.onnx_max_abs_diff = None  # with ONNX Runtime float32: its largest difference to torch on the probes
         self.bf16_min_cosine: float | None = None  # when a bfloat16 model serves: its cosine to float32 on the probes
         self.dimensions = int(model.config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
@@ -154,19 +151,15 @@ class Encoder:
         check_weights_dir(weights_dir, settings)
         placement = placement or choose_placement(settings.device, settings.dtype)
         # Checked once, by Settings (or typed by the caller): Quantize and CpuRuntime members, or their values.
-        int8 = (settings.quantize if quantize is None else quantize) == Quantize.INT8
-        requested = settings.cpu_runtime if runtime is None else runtime
+        quantize = settings.quantize if quantize is None else quantize
+        runtime = settings.cpu_runtime if runtime is None else runtime
         device, dtype = placement.device, placement.dtype
-        setting = "E5_QUANTIZE=int8" if int8 else "E5_CPU_RUNTIME=onnxruntime"
-        # Asked only where ONNX Runtime is wanted: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
-        wants_onnx = int8 or requested != CpuRuntime.TORCH
-        refusal = onnx_refusal(spec, device, dtype, weights_dir, setting) if wants_onnx else None
-        if refusal and (int8 or requested == CpuRuntime.ONNXRUNTIME):
-            raise QuantizeError(refusal)
-        if requested == CpuRuntime.AUTO and refusal and device.type == "cpu":
-            log.info("%s runs float32 in torch: %s", spec.name, refusal)
-        onnx_float32 = not int8 and (requested == CpuRuntime.ONNXRUNTIME
-                                     or (requested == CpuRuntime.AUTO and not refusal))
+        setting = "E5_QUANTIZE=int8" if quantize == Quantize.INT8 else "E5_CPU_RUNTIME=onnxruntime"
+        # Asked only where ONNX Runtime may serve: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
+        refusal = (onnx_refusal(spec, device, dtype, weights_dir, setting)
+                   if quantize == Quantize.INT8 or runtime != CpuRuntime.TORCH else None)
+        choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal)
+        onnx = choice.runtime != TORCH
         tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
         model = AutoModel.from_pretrained(
             weights_dir,
@@ -175,34 +168,35 @@ class Encoder:
             use_safetensors=True,
             dtype=placement.dtype,
             # ONNX Runtime fuses attention only in an eager export; the float32 maths is the same.
-            attn_implementation="eager" if int8 or onnx_float32 else "sdpa",
+            attn_implementation="eager" if onnx else "sdpa",
             # Straight from safetensors onto the GPU in its dtype: no float32 copy in host memory.
             device_map=str(placement.device) if placement.device.type == "cuda" else None,
         )
         model.to(placement.device).eval()
         encoder = cls(spec, tokenizer, model, placement, settings.token_budget, HeapTrimmer(settings.heap_trim_seconds))
-        # With nothing pinned (E5_DTYPE, E5_CPU_RUNTIME, E5_QUANTIZE), the CPU's passes go to whichever runtime
-        # and precision measure fastest here, bfloat16 included where this CPU accelerates it.
-        measure = device.type == "cpu" and settings.dtype is None and requested == CpuRuntime.AUTO and not int8
-        if int8:
+        encoder.choice = choice
+        log.info("%s: %s (%s)", spec.name, choice.runtime, choice.reason)
+        if choice.runtime == ONNX_INT8:
             encoder._switch_to_int8(weights_dir, settings.cache_dir)
-        elif onnx_float32:
+        elif choice.runtime == ONNX_FLOAT32:
             try:
                 encoder._switch_to_onnx_float32(weights_dir, settings.cache_dir)
             except Exception as exc:
-                if requested == CpuRuntime.ONNXRUNTIME:
+                if not choice.fallback_to_torch:
                     raise
                 # E5_CPU_RUNTIME=auto: a build that fails (a read-only cache, say) costs speed, never the service.
                 log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "
                             "(E5_CPU_RUNTIME=torch skips the attempt)", spec.name, exc)
-        if measure:
+        # With nothing pinned (E5_DTYPE, E5_CPU_RUNTIME, E5_QUANTIZE), the CPU's passes go to whichever runtime
+        # and precision measure fastest here, bfloat16 included where this CPU accelerates it.
+        if choice.measure:
             encoder.plan_passes(model)
         return encoder
 
     def _switch_to_int8(self, weights_dir: Path, cache_dir: Path) -> None:
         """Swap the float32 model for its int8 ONNX build, and measure what that costs in accuracy."""
         reference = self.embed(PROBE_TEXTS)[0]
-        self.model = int8_backbone(self.spec, weights_dir, self.model, cache_dir)
+        self.backbone = int8_backbone(self.spec, weights_dir, self.backbone.model, cache_dir)
         self.int8_check = cosine_check(self.embed(PROBE_TEXTS)[0], reference)
         log.warning("%s runs in int8 (E5_QUANTIZE=int8): cosine to float32 on %d probe texts min %.4f, mean %.4f",
                     self.spec.name, self.int8_check.texts, self.int8_check.min_cosine, self.int8_check.mean_cosine)
@@ -210,11 +204,11 @@ class Encoder:
     def _switch_to_onnx_float32(self, weights_dir: Path, cache_dir: Path) -> None:
         """Swap the torch model for its fused float32 ONNX build once its vectors match torch's on the probes."""
         reference = self.embed(PROBE_TEXTS)[0]
-        torch_model = self.model
-        self.model = float32_backbone(self.spec, weights_dir, torch_model, cache_dir)
+        torch_backbone = self.backbone
+        self.backbone = float32_backbone(self.spec, weights_dir, torch_backbone.model, cache_dir)
         difference = float((self.embed(PROBE_TEXTS)[0] - reference).abs().max())
         if not difference <= ONNX_FLOAT32_TOLERANCE:  # also catches NaN
-            self.model = torch_model
+            self.backbone = torch_backbone
             raise QuantizeError(f"the float32 ONNX build of {self.spec.name} differs from torch by {difference:.1e} "
                                 f"on the probe texts (at most {ONNX_FLOAT32_TOLERANCE:.0e} is allowed)")
         self.onnx_max_abs_diff = difference
@@ -229,21 +223,22 @@ class Encoder:
         faster than float32 here and its vectors stay within `BF16_MIN_COSINE` of float32 on the probe texts.
         Runtimes the plan does not use are dropped, so at most two copies of the weights stay.
         """
-        default = ONNX_FLOAT32 if self.onnx_max_abs_diff is not None else TORCH_FLOAT32
-        candidates = {default: self.model}
-        if self.model is not torch_model:
+        default = self.backbone.name  # the float32 runtime loaded: ONNX Runtime, else torch
+        candidates: dict[str, Backbone] = {default: self.backbone}
+        if default != TORCH_FLOAT32:
             torch_model.set_attn_implementation("sdpa")  # eager attention was for the ONNX export only
-            candidates[TORCH_FLOAT32] = torch_model
+            candidates[TORCH_FLOAT32] = TorchBackbone(torch_model)
         notes = []
         speedup = bf16_matmul_speedup()
         if speedup < BF16_MATMUL_GATE:
             notes.append(f"bfloat16 not tried: a bf16 matmul runs at {speedup:.2f}x float32 on this CPU "
                          f"(at least {BF16_MATMUL_GATE}x needed, as AMX gives)")
         else:
-            bf16 = copy.deepcopy(torch_model).to(torch.bfloat16)
-            bf16.set_attn_implementation("sdpa")
+            bf16_model = copy.deepcopy(torch_model).to(torch.bfloat16)
+            bf16_model.set_attn_implementation("sdpa")
+            bf16 = TorchBackbone(bf16_model)
             cosine = float(torch.nn.functional.cosine_similarity(
-                self._probe_vectors(bf16), self._probe_vectors(self.model), dim=1).min())
+                self._probe_vectors(bf16), self._probe_vectors(self.backbone), dim=1).min())
             if cosine >= BF16_MIN_COSINE:
                 candidates[TORCH_BFLOAT16] = bf16
                 self.bf16_min_cosine = cosine
@@ -256,8 +251,8 @@ class Encoder:
                  for name in candidates]
         plan = choose_plan(costs, default, small[0].numel(), large[0].numel())
         self.plan = replace(plan, reason="; ".join([plan.reason, *notes]))
-        self.model = candidates[plan.small]
-        self.large_model = candidates[plan.large] if plan.large else None
+        self.backbone = candidates[plan.small]
+        self.large_backbone = candidates[plan.large] if plan.large else None
         if TORCH_BFLOAT16 not in plan.runtimes:
             self.bf16_min_cosine = None
         log.warning("%s on the CPU: %s. Why: %s%s", self.spec.name, plan.describe(), self.plan.reason,
@@ -273,28 +268,25 @@ class Encoder:
         batch = [(stream * (1 + 8 * width // len(stream)))[i * width: (i + 1) * width] for i in range(8)]
         return self._pad(rows[:1]), self._pad(batch)
 
-    def _probe_vectors(self, model) -> torch.Tensor:
+    def _probe_vectors(self, backbone: Backbone) -> torch.Tensor:
         input_ids, mask = self._pad(self._encode(PROBE_TEXTS))
         with torch.inference_mode():
-            return pool(model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask, self.spec.pooling)
+            return pool(backbone(input_ids, mask), mask, self.spec.pooling)
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The names of the runtimes that serve passes: one, or two where a measured plan splits them."""
+        return [b.name for b in (self.backbone, self.large_backbone) if b is not None]
 
     @property
     def runtime(self) -> str:
-        """What runs the model: 'torch', 'onnxruntime' (float32), 'onnxruntime int8', or a measured plan's words."""
-        if self.int8_check is not None:
-            return "onnxruntime int8"
-        if self.plan is not None:
-            return self.plan.describe()
-        return "onnxruntime" if self.onnx_max_abs_diff is not None else "torch"
+        """What runs the model, in words: 'torch float32', 'onnxruntime int8', or a measured plan's description."""
+        return self.plan.describe() if self.plan is not None else self.backbone.name
 
     @property
     def precision(self) -> str:
         """The precision vectors are computed in: 'int8', 'float32', 'bfloat16' ... (a plan may name two)."""
-        if self.int8_check is not None:
-            return "int8"
-        if self.plan is not None:
-            return " and ".join(dict.fromkeys(name.split()[-1] for name in self.plan.runtimes))
-        return str(self.placement.dtype).removeprefix("torch.")
+        return " and ".join(dict.fromkeys(name.split()[-1] for name in self.runtimes))
 
     @property
     def pass_overhead_tokens(self) -> int | None:
@@ -303,13 +295,13 @@ class Encoder:
             return None
         if self.plan is not None:
             return self.plan.overhead_tokens
-        return CPU_PASS_OVERHEAD_TOKENS["torch" if self.runtime == "torch" else "onnxruntime"]
+        return CPU_PASS_OVERHEAD_TOKENS["torch" if self.backbone.name.startswith("torch") else "onnxruntime"]
 
-    def model_for(self, rows: int, width: int):
-        """The model that runs a pass of `rows` x `width` padded tokens."""
-        if self.large_model is not None and self.plan.runtime_for(rows * width) == self.plan.large:
-            return self.large_model
-        return self.model
+    def backbone_for(self, rows: int, width: int) -> Backbone:
+        """The runtime that runs a pass of `rows` x `width` padded tokens."""
+        if self.large_backbone is not None and self.plan.runtime_for(rows * width) == self.plan.large:
+            return self.large_backbone
+        return self.backbone
 
     def _tokenizer_adds_eos(self) -> bool:
         eos = self.tokenizer.eos_token_id
@@ -456,8 +448,7 @@ class Encoder:
         """Pool one batch; when the device runs out of memory, halve the batch and retry each half."""
         try:
             input_ids, mask = self._pad([ids[i] for i in batch])
-            model = self.model_for(*input_ids.shape)
-            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            hidden = self.backbone_for(*input_ids.shape)(input_ids, mask)
             return [(batch, pool(hidden, mask, self.spec.pooling))]
         except Exception as exc:
             if not is_out_of_memory(exc) or len(batch) == 1:
@@ -489,13 +480,14 @@ class Encoder:
         return self.embed_ids(tokens.ids), tokens
 
 
-def pass_seconds(model, input_ids: torch.Tensor, mask: torch.Tensor, calls: int, warm_up: bool = True) -> float:
-    """The median seconds of `calls` forward passes of `model` on one padded batch (after one warm-up call)."""
+def pass_seconds(backbone: Backbone, input_ids: torch.Tensor, mask: torch.Tensor, calls: int,
+                 warm_up: bool = True) -> float:
+    """The median seconds of `calls` forward passes of `backbone` on one padded batch (after one warm-up call)."""
     timings = []
     with torch.inference_mode():
         for _ in range(calls + warm_up):
             started = time.perf_counter()
-            model(input_ids=input_ids, attention_mask=mask)
+            backbone(input_ids, mask)
             timings.append(time.perf_counter() - started)
     timings = sorted(timings[warm_up:])
     return timings[len(timings) // 2]

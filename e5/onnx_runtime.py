@@ -27,7 +27,6 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -195,9 +194,9 @@ def build_float32(model, out_path: Path) -> Path:
 
 
 class OnnxBackbone:
-    """An ONNX Runtime session behind the call the encoder makes: `model(input_ids=, attention_mask=)`."""
+    """A `e5.runtimes.Backbone` in ONNX Runtime: one session over a fused graph, float32 or int8 (`name`)."""
 
-    def __init__(self, path: Path, config, threads: int):
+    def __init__(self, path: Path, config, threads: int, name: str):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -210,14 +209,15 @@ class OnnxBackbone:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.config = config
         self.path = path
+        self.name = name
         self._inputs = {i.name for i in self.session.get_inputs()}
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
         (hidden,) = self.session.run(["last_hidden_state"], feeds)
-        return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
+        return torch.from_numpy(hidden)
 
 
 def int8_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path) -> OnnxBackbone:
@@ -236,7 +236,7 @@ def _cached_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir:
     if not path.is_file():
         log.info("onnx: building %s", path)
         build(eager_model, path)
-    return OnnxBackbone(path, eager_model.config, torch.get_num_threads())
+    return OnnxBackbone(path, eager_model.config, torch.get_num_threads(), f"onnxruntime {precision}")
 
 
 def cosine_check(int8_vectors: torch.Tensor, float32_vectors: torch.Tensor) -> Int8Check:

@@ -32,9 +32,10 @@ SLOW_PASS_LOG = "[fault] slow pass"
 class _FaultyForward(torch.nn.Module):
     """Wraps a backbone; decodes each row to find the markers, then behaves as the marker says."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, slow_seconds: float):
+    def __init__(self, backbone, tokenizer, slow_seconds: float):
         super().__init__()
-        self.model = model
+        self.backbone = backbone
+        self.name, self.config = backbone.name, backbone.config
         self.tokenizer = tokenizer
         self.slow_seconds = slow_seconds
 
@@ -46,11 +47,12 @@ class _FaultyForward(torch.nn.Module):
         if any(OUT_OF_MEMORY_MARKER in row for row in rows) or (
                 len(rows) > 1 and any(WIDE_OUT_OF_MEMORY_MARKER in row for row in rows)):
             raise torch.OutOfMemoryError(f"CUDA out of memory on {len(rows)} rows (injected)")
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.backbone(input_ids, attention_mask)
 
 
 class FaultyPredictor(Predictor):
     def setup(self) -> None:
         super().setup()
         encoder = self.service.encoder
-        encoder.model = _FaultyForward(encoder.model, encoder.tokenizer, float(os.environ.get("E5_FAULT_SLOW_S", "3")))
+        encoder.backbone = _FaultyForward(encoder.backbone, encoder.tokenizer,
+                                          float(os.environ.get("E5_FAULT_SLOW_S", "3")))

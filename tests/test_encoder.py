@@ -251,22 +251,23 @@ def test_weights_must_be_safetensors(tmp_path, checkpoints):
 class _OutOfMemoryAbove:
     """Stands in for a model on a small GPU: batches of more than `max_rows` texts raise CUDA's OOM."""
 
-    def __init__(self, model, max_rows: int):
-        self.model, self.max_rows, self.rows_seen = model, max_rows, []
+    def __init__(self, backbone, max_rows: int):
+        self.backbone, self.max_rows, self.rows_seen = backbone, max_rows, []
+        self.name, self.config = backbone.name, backbone.config
 
     def __call__(self, input_ids, attention_mask):
         self.rows_seen.append(input_ids.shape[0])
         if input_ids.shape[0] > self.max_rows:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.backbone(input_ids, attention_mask)
 
 
 def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(encoders, monkeypatch):
     enc = encoders["bert"]
     texts = [f"passage: the fox number {i} " + "eat " * (i % 5) for i in range(11)]
     expected = enc.embed(texts)[0]
-    faulty = _OutOfMemoryAbove(enc.model, max_rows=3)
-    monkeypatch.setattr(enc, "model", faulty)
+    faulty = _OutOfMemoryAbove(enc.backbone, max_rows=3)
+    monkeypatch.setattr(enc, "backbone", faulty)
     got = enc.embed(texts)[0]
     assert faulty.rows_seen == [11, 5, 2, 3, 6, 3, 3]  # halved until each part fits
     assert (got - expected).abs().max().item() <= 1e-5
@@ -274,7 +275,7 @@ def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(encoders, mon
 
 def test_out_of_memory_on_a_single_text_is_raised(encoders, monkeypatch):
     enc = encoders["bert"]
-    monkeypatch.setattr(enc, "model", _OutOfMemoryAbove(enc.model, max_rows=0))
+    monkeypatch.setattr(enc, "backbone", _OutOfMemoryAbove(enc.backbone, max_rows=0))
     with pytest.raises(torch.OutOfMemoryError):
         enc.embed(["passage: a", "passage: b"])
 
@@ -287,7 +288,8 @@ def test_other_errors_are_not_retried(encoders, monkeypatch):
         calls.append(input_ids.shape[0])
         raise ValueError("not a memory problem")
 
-    monkeypatch.setattr(enc, "model", broken)
+    broken.name = enc.backbone.name
+    monkeypatch.setattr(enc, "backbone", broken)
     with pytest.raises(ValueError, match="not a memory problem"):
         enc.embed(["passage: a", "passage: b", "passage: c"])
     assert calls == [3]
@@ -313,7 +315,7 @@ def test_remote_code_in_a_checkpoint_is_never_run(tmp_path, checkpoints):
     except Exception as exc:  # refusing the checkpoint is fine too; running its code is not
         print(f"refused: {exc}")
     else:
-        assert type(encoder.model).__module__.startswith("transformers.")
+        assert type(encoder.backbone.model).__module__.startswith("transformers.")
     assert not ran.exists()
 
 

@@ -46,7 +46,7 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     spec = get_spec(model)
     fp32 = Encoder.load(spec, checkpoints[family], quantize="none", runtime="torch")
     int8 = Encoder.load(spec, checkpoints[family], quantize="int8")
-    assert isinstance(int8.model, OnnxBackbone)
+    assert isinstance(int8.backbone, OnnxBackbone) and int8.runtime == "onnxruntime int8" == int8.choice.runtime
     built = list(cache.glob("*.onnx"))
     assert len(built) == 1
     check = int8.int8_check
@@ -71,16 +71,17 @@ def test_the_cpu_runtime_is_checked_once_by_the_settings():
 @pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
 def test_float32_on_the_cpu_runs_in_onnx_runtime_by_default(family, model, checkpoints, cache):
     encoder = Encoder.load(get_spec(model), checkpoints[family])
-    assert encoder.runtime == "onnxruntime" and isinstance(encoder.model, OnnxBackbone)
-    assert Encoder.load(get_spec(model), checkpoints[family], runtime="torch").runtime == "torch"
+    assert encoder.runtime == "onnxruntime float32" and isinstance(encoder.backbone, OnnxBackbone)
+    assert Encoder.load(get_spec(model), checkpoints[family], runtime="torch").runtime == "torch float32"
 
 
 def test_auto_keeps_torch_where_onnx_runtime_cannot_serve(checkpoints, cache):
     mistral = Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"])
-    assert mistral.runtime == "torch" and not cache.exists()
+    assert mistral.runtime == "torch float32" and not cache.exists()
+    assert mistral.choice.reason.startswith("torch float32, as ONNX Runtime cannot: ")
     bf16 = Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=Placement(torch.device("cpu"),
                                                                                             torch.bfloat16))
-    assert bf16.runtime == "torch" and not cache.exists()
+    assert bf16.runtime == "torch bfloat16" and not cache.exists()
 
 
 def _safetensors_header(path, tensors: dict[str, list[int]]) -> None:
@@ -107,7 +108,7 @@ def test_auto_falls_back_to_torch_when_the_build_fails(checkpoints, tmp_path, mo
     monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path / "cache"))
     with caplog.at_level("WARNING", logger="e5.encoder"):
         encoder = Encoder.load(spec, checkpoints["bert"])
-    assert encoder.runtime == "torch" and not isinstance(encoder.model, OnnxBackbone)
+    assert encoder.runtime == "torch float32" and not isinstance(encoder.backbone, OnnxBackbone)
     assert "the ONNX Runtime float32 build failed" in caplog.text and "runs in torch instead" in caplog.text
     reference = Encoder.load(spec, checkpoints["bert"], runtime="torch")
     texts = ["passage: the protein", "query: how much"]
@@ -120,7 +121,7 @@ def test_a_float32_build_that_disagrees_with_torch_is_not_served(checkpoints, ca
     monkeypatch.setattr("e5.encoder.ONNX_FLOAT32_TOLERANCE", -1.0)  # no difference passes now
     spec = get_spec("multilingual-e5-small")
     fallen_back = Encoder.load(spec, checkpoints["xlm-roberta"])
-    assert fallen_back.runtime == "torch" and not isinstance(fallen_back.model, OnnxBackbone)
+    assert fallen_back.runtime == "torch float32" and not isinstance(fallen_back.backbone, OnnxBackbone)
     with pytest.raises(QuantizeError, match="float32 ONNX build of multilingual-e5-small differs from torch by"):
         Encoder.load(spec, checkpoints["xlm-roberta"], runtime="onnxruntime")
 
@@ -130,7 +131,7 @@ def test_onnx_runtime_float32_gives_torchs_vectors(family, model, checkpoints, c
     spec = get_spec(model)
     torch_encoder = Encoder.load(spec, checkpoints[family], runtime="torch")
     onnx = Encoder.load(spec, checkpoints[family], runtime="onnxruntime")
-    assert isinstance(onnx.model, OnnxBackbone) and len(list(cache.glob("*-float32-*.onnx"))) == 1
+    assert isinstance(onnx.backbone, OnnxBackbone) and len(list(cache.glob("*-float32-*.onnx"))) == 1
     assert onnx.onnx_max_abs_diff <= 1e-5
     texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40, "query: 南瓜"]
     batched = onnx.embed(texts)[0]

@@ -14,7 +14,7 @@ from e5.pass_plan import (
 )
 from e5.onnx_runtime import OnnxBackbone
 from e5.registry import get_spec
-from e5.settings import Settings
+from e5.settings import CpuRuntime, DType, Settings
 
 ORT, TORCH, BF16 = ONNX_FLOAT32, TORCH_FLOAT32, TORCH_BFLOAT16
 
@@ -92,7 +92,7 @@ def test_the_default_cpu_load_measures_and_keeps_only_the_runtimes_it_uses(check
     assert auto.plan is not None and set(auto.plan.runtimes) <= {ORT, TORCH, BF16}
     assert f"on the CPU: {auto.plan.describe()}. Why: " in caplog.text and "tok/s at 512" in caplog.text
     assert auto.runtime == auto.plan.describe() and auto.pass_overhead_tokens == auto.plan.overhead_tokens
-    assert (auto.large_model is None) == (auto.plan.large is None)
+    assert (auto.large_backbone is None) == (auto.plan.large is None)
     texts = ["query: how much protein", "passage: " + "a longer text about protein and grams " * 12]
     reference = encoders["xlm-roberta"].embed(texts)[0]  # float32, E5_DTYPE pinned by conftest
     ours = auto.embed(texts)[0]
@@ -103,7 +103,7 @@ def test_the_default_cpu_load_measures_and_keeps_only_the_runtimes_it_uses(check
 
 
 def test_a_pinned_setting_skips_the_measurement(checkpoints):
-    for pinned in (dict(dtype="float32"), dict(cpu_runtime="torch"), dict(cpu_runtime="onnxruntime")):
+    for pinned in (dict(dtype=DType.FLOAT32), dict(cpu_runtime=CpuRuntime.TORCH), dict(cpu_runtime=CpuRuntime.ONNXRUNTIME)):
         assert _auto(checkpoints, **pinned).plan is None, pinned
 
 
@@ -127,10 +127,11 @@ def test_a_two_runtime_plan_sends_each_pass_to_its_runtime(checkpoints, monkeypa
     monkeypatch.setattr(encoder_module, "choose_plan",
                         lambda costs, default, small, large: PassPlan(ORT, BF16, 40, "forced", 150))
     auto = _auto(checkpoints)
-    assert isinstance(auto.model, OnnxBackbone) and next(auto.large_model.parameters()).dtype == torch.bfloat16
-    assert auto.model_for(1, 40) is auto.model and auto.model_for(2, 21) is auto.large_model
+    assert isinstance(auto.backbone, OnnxBackbone) and next(auto.large_backbone.model.parameters()).dtype == torch.bfloat16
+    assert auto.backbone_for(1, 40) is auto.backbone and auto.backbone_for(2, 21) is auto.large_backbone
+    assert auto.runtimes == ["onnxruntime float32", "torch bfloat16"]
     assert auto.precision == "float32 and bfloat16" and auto.bf16_min_cosine >= 0.99
-    float32 = _auto(checkpoints, dtype="float32")
+    float32 = _auto(checkpoints, dtype=DType.FLOAT32)
     short, long = ["query: protein"], ["passage: " + "protein grams women day " * 20]
     assert (auto.embed(short)[0] - float32.embed(short)[0]).abs().max() <= 1e-5  # ONNX Runtime, exact
     cosine = torch.nn.functional.cosine_similarity(auto.embed(long)[0], float32.embed(long)[0])

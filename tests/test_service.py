@@ -195,7 +195,8 @@ def test_a_failed_pass_is_told_plainly_without_internals(encoders, monkeypatch, 
         raise exc
 
     encoder = encoders["bert"]
-    monkeypatch.setattr(encoder, "model", failing_model)
+    failing_model.name = encoder.backbone.name  # a runtime (e5.runtimes.Backbone) that fails every pass
+    monkeypatch.setattr(encoder, "backbone", failing_model)
     service = EmbeddingService(encoder)
     with pytest.raises(EmbeddingFailed) as sync_err:
         service.handle(EmbeddingRequest(texts=["a", "b"]))

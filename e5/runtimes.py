@@ -1,0 +1,82 @@
+"""The runtimes a model runs in, behind one interface, and the one function that chooses among them.
+
+A `Backbone` takes padded token ids and their attention mask and returns the last hidden states; the
+encoder pools them. `TorchBackbone` runs a Hugging Face model (float32, bfloat16 or float16, CPU or CUDA);
+`e5.onnx_runtime.OnnxBackbone` runs the checkpoint's fused ONNX graph (float32 or int8, CPU). Each says
+what it is in `name` ("torch float32", "onnxruntime int8"), which is how the encoder reports what runs.
+
+`choose_runtime` turns the settings and what ONNX Runtime can do here into the runtime to load and the
+reason, in one pure function; on the CPU with nothing pinned it asks for the load-time measurement
+(`Encoder.plan_passes`, `e5.pass_plan`) that then splits the passes between the runtimes that are fastest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .onnx_runtime import QuantizeError
+from .pass_plan import ONNX_FLOAT32
+from .settings import CpuRuntime, Quantize
+
+TORCH = "torch"  # in the dtype the placement chose: its backbone is named "torch float32", "torch bfloat16" ...
+ONNX_INT8 = "onnxruntime int8"
+
+
+class Backbone(Protocol):
+    """Token ids and attention mask in ([rows, width] each), last hidden states out ([rows, width, hidden])."""
+
+    name: str
+    config: object
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchBackbone:
+    """A Hugging Face model in torch, in the dtype and on the device it was loaded with."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.name = f"torch {str(next(model.parameters()).dtype).removeprefix('torch.')}"
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What `Encoder.load` loads: `runtime` (TORCH, ONNX_FLOAT32 or ONNX_INT8), whether to time the CPU's
+    candidates at load (`measure`), whether a failed ONNX build may fall back to torch, and why."""
+
+    runtime: str
+    measure: bool
+    fallback_to_torch: bool
+    reason: str
+
+
+def choose_runtime(device_type: str, dtype_pinned: bool, quantize: Quantize, cpu_runtime: CpuRuntime,
+                   onnx_refusal: str | None) -> RuntimeChoice:
+    """The runtime for a model on `device_type`, given E5_QUANTIZE, E5_CPU_RUNTIME, whether E5_DTYPE is set,
+    and `onnx_refusal`, why ONNX Runtime cannot serve the model here (None when it can).
+
+    `QuantizeError` when an ONNX runtime is insisted on (int8, or E5_CPU_RUNTIME=onnxruntime) and cannot serve.
+    """
+    if quantize == Quantize.INT8:
+        if onnx_refusal:
+            raise QuantizeError(onnx_refusal)
+        return RuntimeChoice(ONNX_INT8, False, False, "E5_QUANTIZE=int8")
+    if cpu_runtime == CpuRuntime.ONNXRUNTIME:
+        if onnx_refusal:
+            raise QuantizeError(onnx_refusal)
+        return RuntimeChoice(ONNX_FLOAT32, False, False, "E5_CPU_RUNTIME=onnxruntime")
+    if cpu_runtime == CpuRuntime.TORCH:
+        return RuntimeChoice(TORCH, False, False, "E5_CPU_RUNTIME=torch")
+    if device_type != "cpu":
+        return RuntimeChoice(TORCH, False, False, f"torch on {device_type}")
+    measure = not dtype_pinned  # E5_DTYPE pins the precision: nothing to measure among
+    if onnx_refusal:
+        return RuntimeChoice(TORCH, measure, False, f"torch float32, as ONNX Runtime cannot: {onnx_refusal}")
+    return RuntimeChoice(ONNX_FLOAT32, measure, True, "ONNX Runtime float32 where it serves the model (the CPU default)")
