@@ -24,11 +24,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .chunking import LongTexts, group_rows, weighted_means
-from .encoder import Encoder
+from .encoder import Encoder, Tokenized
 from .errors import RequestError
 from .limits import LimitError, Limits
 from .pooling import l2_normalize
-from .prompts import InputType, format_text, resolve_task
+from .prepare import Rows, rows_for
+from .prompts import InputType, resolve_task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -281,51 +282,39 @@ def embed_records(encoder: Encoder, settings: JobSettings, records: list[Record]
             problems.append(problem)
         else:
             good.append(record)
-    style, task, kind = encoder.spec.prompt_style, resolve_task(settings.task), InputType(settings.input_type)
-    if settings.long_texts != LongTexts.TRUNCATE.value:
-        return _embed_windows(encoder, settings, good, lambda text: format_text(text, kind, style, task)), problems
-    tokens = encoder.tokenize([format_text(r.text, kind, style, task) for r in good], truncate=True)
-    keep = list(range(len(good)))
-    if not settings.truncate:
-        # Truncated ids for every row, and which ones were cut: one bad row is skipped instead of failing
-        # the chunk as `tokenize(truncate=False)` would.
-        keep = [i for i in keep if not tokens.truncated[i]]
-        problems += [f"{good[i].where}: " + encoder.too_long_message(settings.text_field, "--no-truncate")
-                     for i in range(len(good)) if tokens.truncated[i]]
-    ids = [tokens.ids[i] for i in keep]
-    vectors = encoder.embed_ids(ids)
-    if settings.normalize:
-        vectors = l2_normalize(vectors)
-    return pa.Table.from_arrays(
-        [pa.array([good[i].id for i in keep], type=pa.string()), _embedding_column(vectors),
-         pa.array([len(row) for row in ids], type=pa.int32())],
-        schema=output_schema(encoder.dimensions)), problems
-
-
-def _embed_windows(encoder: Encoder, settings: JobSettings, good: list[Record], prompt) -> pa.Table:
-    """long_texts chunks (a row per window) or mean (a row per text, the token-weighted mean of its windows)."""
-    windows = [encoder.windows(record.text, prompt, settings.chunk_overlap) for record in good]
-    rows = [window for text in windows for window in text]
-    owners = [i for i, text in enumerate(windows) for _ in text]
-    lengths = [len(window.ids) for window in rows]
-    vectors = encoder.embed_ids([window.ids for window in rows])
-    if settings.long_texts == LongTexts.MEAN.value:
-        groups = group_rows(owners, len(good))
+    mode, kind = LongTexts(settings.long_texts), InputType(settings.input_type)
+    # Cut with truncate on whatever --no-truncate says: an over-long row is then skipped alone, where
+    # tokenising with truncate off would fail the whole chunk.
+    rows = rows_for(encoder, [r.text for r in good], [kind] * len(good), [r.where for r in good],
+                    resolve_task(settings.task), mode, truncate=True, overlap=settings.chunk_overlap)
+    if not settings.truncate and rows.truncated:
+        cut = set(rows.truncated)
+        problems += [f"{r.where}: " + encoder.too_long_message(settings.text_field, "--no-truncate")
+                     for r in good if r.where in cut]
+        keep = [i for i, record in enumerate(good) if record.where not in cut]
+        good = [good[i] for i in keep]
+        rows = Rows(Tokenized([rows.tokens.ids[i] for i in keep], [rows.tokens.counted_lengths[i] for i in keep],
+                              [False] * len(keep)), list(range(len(keep))), [rows.spans[i] for i in keep], [])
+    vectors = encoder.embed_ids(rows.tokens.ids)
+    lengths = [len(row) for row in rows.tokens.ids]
+    if mode is LongTexts.MEAN:
+        groups = group_rows(rows.owners, len(good))
         vectors = weighted_means(vectors, groups, lengths)
         lengths = [sum(lengths[row] for row in group) for group in groups]
-        ids = [record.id for record in good]
-    else:
-        ids = [good[i].id for i in owners]
     if settings.normalize:
         vectors = l2_normalize(vectors)
-    columns = {"id": pa.array(ids, type=pa.string()), "embedding": _embedding_column(vectors),
-               "token_count": pa.array(lengths, type=pa.int32())}
-    if settings.long_texts == LongTexts.CHUNKS.value:
-        columns["chunk"] = pa.array([n for text in windows for n in range(len(text))], type=pa.int32())
-        columns["start"] = pa.array([window.start for window in rows], type=pa.int64())
-        columns["end"] = pa.array([window.end for window in rows], type=pa.int64())
+    per_row = mode is LongTexts.CHUNKS
+    columns = {"id": pa.array([good[i].id for i in rows.owners] if per_row else [r.id for r in good], type=pa.string()),
+               "embedding": _embedding_column(vectors), "token_count": pa.array(lengths, type=pa.int32())}
+    if per_row:
+        first = {}  # each text's first row: its windows are consecutive rows, numbered from 0
+        for row, owner in enumerate(rows.owners):
+            first.setdefault(owner, row)
+        columns["chunk"] = pa.array([row - first[owner] for row, owner in enumerate(rows.owners)], type=pa.int32())
+        columns["start"] = pa.array([start for start, _ in rows.spans], type=pa.int64())
+        columns["end"] = pa.array([end for _, end in rows.spans], type=pa.int64())
     schema = output_schema(encoder.dimensions, settings.long_texts)
-    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema), problems
 
 
 def _embedding_column(vectors) -> pa.FixedSizeListArray:

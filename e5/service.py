@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .chunking import LongTexts, Window, best_per_group, group_rows, weighted_means
+from .chunking import LongTexts, best_per_group, group_rows, weighted_means
 from .devices import describe
 from .encoder import Encoder, Tokenized, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
@@ -20,7 +20,8 @@ from .engine import BatchingEngine
 from .errors import RequestError, ServiceError
 from .limits import Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
-from .prompts import InputType, format_text, resolve_task
+from .prepare import Rows, rows_for
+from .prompts import InputType, resolve_task
 from .settings import Settings
 from .weights import find_checkpoint
 
@@ -135,21 +136,19 @@ def _passage_input(request: EmbeddingRequest) -> tuple[str, str | None]:
 
 @dataclass
 class PreparedRequest:
-    """A validated request: its inputs' labels, and the tokenised, prompted rows the model embeds for them.
-
-    Each input (`query`, the passage, `texts[i]`) is one row, or with long_texts chunks or mean one row per
-    window of it: `owners[row]` is the input a row belongs to and `spans[row]` its characters in that input.
-    """
+    """A validated request: its inputs' labels (`query`, the passage, `texts[i]`), and the prompted token rows
+    the model embeds for them (`e5.prepare.Rows`: one per input, or per window with long_texts chunks or mean)."""
 
     labels: list[str]
-    tokens: Tokenized
+    rows: Rows
     text_count: int
     normalize: bool
     encoding: EncodingFormat = EncodingFormat.FLOAT
     long_texts: LongTexts = LongTexts.TRUNCATE
-    owners: list[int] | None = None  # None: one row per input, in order
-    spans: list[tuple[int, int]] | None = None
-    truncated: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> Tokenized:
+        return self.rows.tokens
 
 
 class EmbeddingService:
@@ -211,7 +210,6 @@ class EmbeddingService:
         long_texts = _parse_long_texts(request.long_texts)
         task = resolve_task(request.task)
 
-        style = self.encoder.spec.prompt_style
         labels: list[str] = []
         inputs: list[tuple[str, InputType]] = []
         for (label, text), kind in zip(singles, (InputType.QUERY, InputType.PASSAGE)):
@@ -221,40 +219,11 @@ class EmbeddingService:
         for i, text in enumerate(texts):
             labels.append(f"texts[{i}]")
             inputs.append((text, input_type))
-
-        if long_texts is LongTexts.TRUNCATE:
-            tokens = self.encoder.tokenize([format_text(text, kind, style, task) for text, kind in inputs],
-                                           truncate=request.truncate, labels=labels)
-            owners = spans = None
-            truncated = [label for label, cut in zip(labels, tokens.truncated) if cut]
-        else:
-            tokens, owners, spans, truncated = self._windows(labels, inputs, task, request.truncate, long_texts)
-        self.limits.check_tokens(tokens.token_count)
-        return PreparedRequest(labels, tokens, len(texts), request.normalize, encoding, long_texts, owners, spans,
-                               truncated)
-
-    def _windows(self, labels: list[str], inputs: list[tuple[str, InputType]], task, truncate: bool,
-                 mode: LongTexts) -> tuple[Tokenized, list[int], list[tuple[int, int]], list[str]]:
-        """Rows for long_texts chunks or mean: a query as `truncate` says, every other input as its windows."""
-        style = self.encoder.spec.prompt_style
-        ids: list[list[int]] = []
-        owners: list[int] = []
-        spans: list[tuple[int, int]] = []
-        truncated: list[str] = []
-        for owner, (label, (text, kind)) in enumerate(zip(labels, inputs)):
-            if label == "query":
-                query = self.encoder.tokenize([format_text(text, kind, style, task)], truncate, [label])
-                windows = [Window(0, len(text), query.ids[0])]
-                truncated += [label] if query.truncated[0] else []
-            else:
-                windows = self.encoder.windows(text, lambda part, kind=kind: format_text(part, kind, style, task),
-                                               self.chunk_overlap)
-                self.limits.check_windows(label, len(windows), len(ids) + len(windows), mode.value)
-            ids += [window.ids for window in windows]
-            owners += [owner] * len(windows)
-            spans += [(window.start, window.end) for window in windows]
-        lengths = [len(row) for row in ids]
-        return Tokenized(ids, lengths, [False] * len(ids)), owners, spans, truncated
+        rows = rows_for(self.encoder, [text for text, _ in inputs], [kind for _, kind in inputs], labels, task,
+                        long_texts, request.truncate, self.chunk_overlap, self.limits,
+                        cut_only=frozenset({0} if request.query is not None else ()))
+        self.limits.check_tokens(rows.tokens.token_count)
+        return PreparedRequest(labels, rows, len(texts), request.normalize, encoding, long_texts)
 
     def _check_limits(self, singles: tuple[tuple[str, str | None], ...], texts: list[str]) -> None:
         # Before any prompting or tokenising, so a megabyte paste costs nothing.
@@ -272,7 +241,7 @@ class EmbeddingService:
         """
         labels, encoding = prepared.labels, prepared.encoding
         texts_at = len(labels) - prepared.text_count
-        owners = prepared.owners if prepared.owners is not None else list(range(len(labels)))
+        owners = prepared.rows.owners
         groups = group_rows(owners, len(labels))
         per_input = weighted_means(raw, groups, [len(row) for row in prepared.tokens.ids])
         by_label = {label: i for i, label in enumerate(labels)}
@@ -290,7 +259,7 @@ class EmbeddingService:
             model=self.model_name,
             dimensions=self.encoder.dimensions,
             token_count=prepared.tokens.token_count,
-            truncated=list(prepared.truncated),
+            truncated=list(prepared.rows.truncated),
         )
         singles = [(at, name) for at, name in ((query_at, "query_embedding"), (passage_at, "passage_embedding"))
                    if at is not None]
@@ -310,8 +279,8 @@ class EmbeddingService:
                 response.embeddings = matrix
         if chunked:
             response.chunk_text = np.asarray([owners[row] - texts_at for row in text_rows], dtype=np.int64)
-            response.chunk_start = np.asarray([prepared.spans[row][0] for row in text_rows], dtype=np.int64)
-            response.chunk_end = np.asarray([prepared.spans[row][1] for row in text_rows], dtype=np.int64)
+            response.chunk_start = np.asarray([prepared.rows.spans[row][0] for row in text_rows], dtype=np.int64)
+            response.chunk_end = np.asarray([prepared.rows.spans[row][1] for row in text_rows], dtype=np.int64)
         if query_at is not None and (passage_at is not None or prepared.text_count):
             row_scores = cosine_scores(raw[groups[query_at][0]][None], raw)[0]
             if passage_at is not None:
