@@ -429,6 +429,8 @@ class Encoder:
             for rows, vectors in self._forward_splitting(batch, ids):
                 order.extend(rows)
                 pooled.append(vectors)
+            if self.heap is not None:
+                self.heap.trim_if_grown()  # rising shapes grow the heap a pass at a time (see e5.memory)
         # Results stay on the device until every batch is queued: one copy back, no sync per batch.
         gathered = torch.cat(pooled).cpu()
         out = torch.empty_like(gathered)
