@@ -48,6 +48,17 @@ def library_vectors(encoder: Encoder, texts: list[str]) -> np.ndarray:
     return encoder.embed(formatted)[0].numpy()
 
 
+def _kill_after_three_parts(job: subprocess.Popen, out: Path) -> None:
+    """SIGKILL an embed-file command as soon as three parts of `out` are durable (within 300 s)."""
+    deadline = time.monotonic() + 300
+    while len(list(parts_dir(out).glob("part-*.parquet"))) < 3:
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no three parts within 300 s"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+
+
 def run_cli(*args, **env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "e5", "embed-file", *args], cwd=REPO_ROOT,
                             env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -268,13 +279,7 @@ def test_killed_with_sigkill_and_resumed_every_id_once_equal_to_sentence_transfo
     args = (str(source), "--out", str(out), "--model", DEMO_MODEL, "--chunk-rows", str(chunk))
 
     first = run_cli(*args)
-    deadline = time.monotonic() + 300
-    while len(list(parts_dir(out).glob("part-*.parquet"))) < 3:
-        assert first.poll() is None, first.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no three parts within 300 s"
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    _kill_after_three_parts(first, out)
     assert not out.exists()
     parts = sorted(parts_dir(out).glob("part-*.parquet"))
     assert 3 <= len(parts) < 10
@@ -336,13 +341,7 @@ def test_chunked_embed_file_killed_and_resumed_writes_every_window_once(tmp_path
     out, chunk = tmp_path / "out.parquet", 10
     args = (str(source), "--out", str(out), "--model", DEMO_MODEL, "--chunk-rows", str(chunk), "--long-texts", "chunks")
     first = run_cli(*args)
-    deadline = time.monotonic() + 300
-    while len(list(parts_dir(out).glob("part-*.parquet"))) < 3:
-        assert first.poll() is None, first.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no three parts within 300 s"
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    _kill_after_three_parts(first, out)
     second = run_cli(*args, "--no-progress")
     _, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-3000:]
