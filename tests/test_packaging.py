@@ -40,11 +40,11 @@ def test_cog_yaml_names_the_cuda_of_the_pinned_torch_and_the_sdk_the_tests_serve
     assert config["build"]["sdk_version"] == _pin(REPO_ROOT / "tests" / "requirements.txt", "cog")
 
 
-def test_the_readme_names_the_driver_the_image_needs():
+def test_the_deployment_page_names_the_driver_the_image_needs():
     from e5.devices import minimum_driver
 
     cuda = _cog_yaml()["build"]["cuda"]
-    assert f"NVIDIA driver >= {minimum_driver(cuda)}" in (REPO_ROOT / "README.md").read_text()
+    assert f"NVIDIA driver >= {minimum_driver(cuda)}" in (REPO_ROOT / "docs" / "deployment.md").read_text()
 
 
 def test_every_runtime_requirement_is_pinned_and_torch_is_2_13():
@@ -59,15 +59,16 @@ def test_tests_install_the_runtime_pins_and_ci_runs_the_readme_command():
     assert "bash tests/run" in (REPO_ROOT / "README.md").read_text()
 
 
-def test_the_readme_lists_every_checkpoint_and_task_preset():
+def test_the_readme_lists_every_checkpoint_and_the_usage_page_every_task_preset():
     from e5.prompts import TASK_PRESETS
     from e5.registry import MODELS
 
     readme = (REPO_ROOT / "README.md").read_text()
     for name in MODELS:
         assert f"`{name}`" in readme
+    usage = (REPO_ROOT / "docs" / "usage.md").read_text()
     for preset in TASK_PRESETS.values():
-        assert f"| `{preset.name}` | {preset.instruction} |" in readme
+        assert f"| `{preset.name}` | {preset.instruction} |" in usage
 
 
 def test_run_allows_concurrent_predictions_and_serve_reads_the_same_number(tmp_path):
