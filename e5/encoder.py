@@ -354,11 +354,9 @@ class Encoder:
             if len(text) > bound:
                 encoding = self._head(text)
                 counted[i] = len(encoding.ids) + self.max_tokens - self.content_room
-                if counted[i] <= self.max_tokens:
-                    ids[i] = self._with_specials(encoding)
-                else:
+                if counted[i] > self.max_tokens:
                     encoding.truncate(self.content_room)  # a per-call object: nothing shared changes
-                    ids[i] = self._with_specials(encoding)
+                ids[i] = self._with_specials(encoding)
         over = [i for i, n in enumerate(counted) if n > self.max_tokens]
         if over and not truncate:
             raise TooLongError(self.too_long_message(labels[over[0]] if labels else f"texts[{over[0]}]"))
