@@ -24,7 +24,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import Server  # noqa: E402
+from harness import Server  # noqa: E402
 
 FORMATS = ("float", "base64", "ubinary", "npy")
 NPY_HEADER = 128  # numpy's .npy header for a 2-D float32 array is padded to 128 bytes

@@ -1,0 +1,1 @@
+"""One module per benchmark section; `bench/bench.py` runs them."""
