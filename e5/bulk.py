@@ -198,7 +198,7 @@ def _read_text(path: Path, text_field: str, id_field: str, start: int) -> Iterat
 def _read_csv(path: Path, text_field: str, id_field: str, start: int) -> Iterator[Record]:
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
-        _require_column(path, reader.fieldnames or [], text_field)
+        require_column(path, reader.fieldnames or [], text_field)
         line = reader.line_num + 1
         for position, row in enumerate(reader):
             # A quoted field may span lines: name the line the record starts on.
@@ -210,7 +210,7 @@ def _read_csv(path: Path, text_field: str, id_field: str, start: int) -> Iterato
 def _read_parquet(path: Path, text_field: str, id_field: str, start: int) -> Iterator[Record]:
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
-    _require_column(path, names, text_field)
+    require_column(path, names, text_field)
     columns = [text_field] + ([id_field] if id_field in names and id_field != text_field else [])
     position = 0
     for batch in parquet.iter_batches(batch_size=DEFAULT_CHUNK_ROWS, columns=columns):
@@ -224,7 +224,8 @@ def _read_parquet(path: Path, text_field: str, id_field: str, start: int) -> Ite
         position += batch.num_rows
 
 
-def _require_column(path: Path, names: list[str], text_field: str) -> None:
+def require_column(path: Path, names: list[str], text_field: str) -> None:
+    """The file's columns hold the text column, or the caller hears which columns there are."""
     if text_field not in names:
         raise BulkError(f"{path.name} has no column {text_field!r} (it has {', '.join(map(repr, names))}); "
                         "name the text column with --text-field")

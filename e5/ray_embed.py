@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .bulk import DEFAULT_CHUNK_ROWS, MISSING, BulkError, Record, detect_format, embed_records, job_settings
+from .bulk import (DEFAULT_CHUNK_ROWS, MISSING, BulkError, Record, detect_format, embed_records, job_settings,
+                   require_column)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Passed on to the actors, which may start on another machine with another environment.
@@ -105,9 +106,7 @@ def embed_file_ray(input_path: str, out: str, model: str | None = None, fmt: str
         raise BulkError(f"--ray needs an id column, and {Path(input_path).name} has no {id_field!r} "
                         f"(it has {', '.join(map(repr, names))}); name it with --id-field, or embed without --ray "
                         "(which numbers the lines)")
-    if text_field not in names:
-        raise BulkError(f"{Path(input_path).name} has no column {text_field!r} (it has {', '.join(map(repr, names))}); "
-                        "name the text column with --text-field")
+    require_column(Path(input_path), names, text_field)
     kwargs = {"model": model, "input_type": input_type, "task": task, "normalize": normalize, "truncate": truncate,
               "text_field": text_field, "id_field": id_field, "input_path": str(input_path), "fmt": fmt,
               "long_texts": long_texts}
