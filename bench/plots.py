@@ -79,7 +79,7 @@ def plot_library(section: dict, path: Path, machine: str, model: str) -> Path:
     axis.invert_yaxis()
     axis.set_xlabel(f"tokens/s as a multiple of {section['peer']}")
     axis.set_xlim(0, max(ratios) * 1.45)
-    axis.set_title(f"{model} in process, {section['texts']} texts ({machine})", fontsize=10)
+    fig.suptitle(f"{model} in process, {section['texts']} texts\n({machine})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

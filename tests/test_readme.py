@@ -91,3 +91,16 @@ def test_every_docs_link_in_the_readme_names_a_page_that_exists():
     pages = set(re.findall(r"\]\((docs/[^)#]+)", README))
     assert pages and all((REPO_ROOT / page).is_file() for page in pages), pages
     assert len(README.splitlines()) <= 250
+
+
+def test_every_relative_link_and_image_in_docs_names_a_file_that_exists():
+    """The docs' links between pages and to the performance page's plots (drawn by bench/plots.py)."""
+    missing, checked = [], 0
+    for page in sorted((REPO_ROOT / "docs").glob("*.md")):
+        for target in re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", page.read_text()):
+            checked += 1
+            if not (page.parent / target).exists():
+                missing.append(f"{page.name}: {target}")
+    assert checked and not missing, missing
+    assert {"img/served.png", "img/library.png"} <= set(re.findall(r"\]\((img/[^)]+)\)",
+                                                                  (REPO_ROOT / "docs" / "performance.md").read_text()))
