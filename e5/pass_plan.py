@@ -1,7 +1,8 @@
 """Which runtime runs each forward pass on the CPU, chosen from timings taken on this machine.
 
 Each candidate runtime (ONNX Runtime float32, torch float32, torch bfloat16) is timed at load on two
-probe passes, one short query and a batch, which fits its cost as `fixed + per_token x padded tokens`.
+probe passes, one short query and the largest batch the encoder cuts (rows of full width), which fits its
+cost as `fixed + per_token x padded tokens`.
 Small passes go to the runtime that is cheapest for the short query, large ones to the cheapest for the
 batch, split where their two cost lines cross. The default runtime keeps a pass shape unless another is
 at least `SWITCH_MARGIN` faster there, so timing noise never swaps runtimes (or costs a second copy of

@@ -90,7 +90,11 @@ def test_the_default_cpu_load_measures_and_keeps_only_the_runtimes_it_uses(check
     with caplog.at_level(logging.WARNING, logger="e5.encoder"):
         auto = _auto(checkpoints)
     assert auto.plan is not None and set(auto.plan.runtimes) <= {ORT, TORCH, BF16}
-    assert f"on the CPU: {auto.plan.describe()}. Why: " in caplog.text and "tok/s at 512" in caplog.text
+    # The batch probe is the largest pass the encoder cuts by default: the CPU budget in rows of full width.
+    (_, _), (batch, mask) = auto._probe_passes()
+    width = min(512, auto.max_tokens)
+    assert batch.shape == (2048 // width, width) and bool(mask.all())
+    assert f"on the CPU: {auto.plan.describe()}. Why: " in caplog.text and f"tok/s at {batch.numel()}" in caplog.text
     assert auto.runtime == auto.plan.describe() and auto.pass_overhead_tokens == auto.plan.overhead_tokens
     assert (auto.large_backbone is None) == (auto.plan.large is None)
     texts = ["query: how much protein", "passage: " + "a longer text about protein and grams " * 12]
