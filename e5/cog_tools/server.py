@@ -135,17 +135,31 @@ class ServerProcess:
         """What the server wrote so far (empty without a log file)."""
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the whole process group: coglet and its Python worker."""
-        total = 0
+    def _group_stats(self) -> list[tuple[int, list[str]]]:
+        """(pid, the fields of /proc/PID/stat after the command name) of each process in the server's group."""
+        stats = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if int(fields[2]) == self.proc.pid:  # field 5 of stat, the process group
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24, rss in pages
-        return total
+                stats.append((int(stat.parent.name), fields))
+        return sorted(stats)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the whole process group: coglet and its Python worker."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        return sum(int(fields[21]) * page for _, fields in self._group_stats())  # field 24, rss in pages
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the whole process group has used so far: coglet and its Python worker."""
+        ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in self._group_stats())  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def group_pids(self) -> list[int]:
+        """The processes of the server's group: coglet, and its Python worker."""
+        return [pid for pid, _ in self._group_stats()]
 
     def stop(self) -> None:
         """SIGTERM to the group (in-flight predictions finish), SIGKILL after 20 s."""
