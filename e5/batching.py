@@ -1,6 +1,9 @@
-"""Cutting texts into batches by a budget of padded tokens rather than a fixed count."""
+"""Cutting texts into forward passes by a budget of tokens rather than a fixed count: one `PassPolicy` that the
+encoder states and the batching engine applies."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # Padded tokens (rows × longest row) per forward pass. On two CPU cores, MiniLM-L6 over mixed
 # lengths ran fastest at 1-2k (about 1.2x sentence-transformers, against 0.9x at 8k); the GPU
@@ -14,6 +17,36 @@ DEFAULT_MAX_BATCH = 256
 # ran 1.6x slower than the same texts as 4 passes sorted by length. On a GPU (None) passes are only cut by
 # the budget: there a pass's fixed cost is far larger, and it has not been measured.
 CPU_PASS_OVERHEAD_TOKENS = {"onnxruntime": 16, "torch": 48}
+
+
+@dataclass(frozen=True)
+class PassPolicy:
+    """How rows of token ids are cut into forward passes, stated by the encoder (`Encoder.pass_policy`) and
+    applied in one place, the batching engine (or `Encoder.embed_ids` for a direct caller).
+
+    `overhead_tokens` is what one more pass costs in padded tokens of work: on the CPU, where batching saves no
+    per-token time, passes are cut where padding costs more than that, and the budget counts the tokens texts
+    hold; None (a GPU) cuts by the budget of padded tokens alone.
+    """
+
+    token_budget: int
+    max_rows: int = DEFAULT_MAX_BATCH
+    overhead_tokens: int | None = None
+
+    def chunks(self, lengths: list[int]) -> list[list[int]]:
+        """One request's rows, shortest first, in chunks of at most the budget of padded tokens: what it gives
+        each pass it takes part in."""
+        return token_budget_batches(lengths, self.token_budget, self.max_rows)
+
+    def passes(self, lengths: list[int]) -> list[list[int]]:
+        """Rows to run now cut into the passes to run them in (on the CPU, also where padding costs more than
+        a pass)."""
+        return token_budget_batches(lengths, self.token_budget, self.max_rows, self.overhead_tokens)
+
+    def fits(self, rows: int, width: int, tokens: int) -> bool:
+        """Whether a joined pass of `rows` rows, the widest `width` tokens, `tokens` in all, keeps the budget."""
+        size = tokens if self.overhead_tokens is not None else rows * width
+        return size <= self.token_budget and rows <= self.max_rows
 
 
 def default_token_budget(device_type: str, configured: int | None = None) -> int:

@@ -23,12 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .chunking import LongTexts, group_rows, weighted_means
-from .encoder import Encoder, Tokenized
+from .chunking import LongTexts
+from .encoder import Encoder
+from .tokenizer import Tokenized
 from .errors import RequestError
 from .limits import LimitError, Limits
 from .pooling import l2_normalize
-from .prepare import Rows, rows_for
+from .prepare import Rows, TextInput, rows_for
 from .prompts import InputType, resolve_task
 
 if TYPE_CHECKING:
@@ -286,22 +287,23 @@ def embed_records(encoder: Encoder, settings: JobSettings, records: list[Record]
     mode, kind = LongTexts(settings.long_texts), InputType(settings.input_type)
     # Cut with truncate on whatever --no-truncate says: an over-long row is then skipped alone, where
     # tokenising with truncate off would fail the whole chunk.
-    rows = rows_for(encoder, [r.text for r in good], [kind] * len(good), [r.where for r in good],
+    tokenizer = encoder.text_tokenizer
+    rows = rows_for(tokenizer, [TextInput(r.where, r.text, kind) for r in good], encoder.spec.prompt_style,
                     resolve_task(settings.task), mode, truncate=True, overlap=settings.chunk_overlap)
     if not settings.truncate and rows.truncated:
         cut = set(rows.truncated)
-        problems += [f"{r.where}: " + encoder.too_long_message(settings.text_field, "--no-truncate")
+        problems += [f"{r.where}: " + tokenizer.too_long_message(settings.text_field, "--no-truncate")
                      for r in good if r.where in cut]
         keep = [i for i, record in enumerate(good) if record.where not in cut]
         good = [good[i] for i in keep]
         rows = Rows(Tokenized([rows.tokens.ids[i] for i in keep], [rows.tokens.counted_lengths[i] for i in keep],
-                              [False] * len(keep)), list(range(len(keep))), [rows.spans[i] for i in keep], [])
+                              [False] * len(keep)), list(range(len(keep))), [rows.spans[i] for i in keep], [],
+                    len(keep))
     vectors = encoder.embed_ids(rows.tokens.ids)
     lengths = [len(row) for row in rows.tokens.ids]
     if mode is LongTexts.MEAN:
-        groups = group_rows(rows.owners, len(good))
-        vectors = weighted_means(vectors, groups, lengths)
-        lengths = [sum(lengths[row] for row in group) for group in groups]
+        vectors = rows.per_input(vectors)
+        lengths = [sum(lengths[row] for row in group) for group in rows.groups()]
     if settings.normalize:
         vectors = l2_normalize(vectors)
     per_row = mode is LongTexts.CHUNKS

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
-
+import numpy as np
 import torch
-from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from .batching import CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, default_token_budget, token_budget_batches
-from .chunking import Window, default_overlap, next_start, window_end
+from .batching import CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, PassPolicy, default_token_budget
 from .devices import Placement, choose_placement
-from .errors import RequestError
 from .memory import HeapTrimmer
 from .pass_plan import (
     BF16_MATMUL_GATE, BF16_MIN_COSINE, ONNX_FLOAT32, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, choose_plan, fit_cost,
@@ -28,6 +25,7 @@ from .onnx_runtime import (
 from .registry import ModelSpec
 from .runtimes import ONNX_INT8, TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
 from .settings import CpuRuntime, Quantize, Settings
+from .tokenizer import TextTokenizer, Tokenized, TooLongError
 from .weights import WeightsError, weights_problem
 
 log = logging.getLogger(__name__)
@@ -40,53 +38,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-# A token covers 3-5 characters of text in the E5 tokenizers' languages (one for CJK): a head of 8 characters
-# per token the model reads nearly always holds more tokens than it reads; when it does not (long tokens,
-# runs of [UNK]) the head doubles until it does or the whole text is read.
-FIRST_CUT_CHARS_PER_TOKEN = 8
-# Tokens past the limit that a head must hold: the head's last word may tokenise differently from the same
-# word in the whole text when the head has no whitespace to end at.
-HEAD_MARGIN_TOKENS = 16
 # The widest rows of the load-time runtime plan's batch probe (`Encoder._probe_passes`).
 PROBE_BATCH_WIDTH = 512
-
-
-class TooLongError(RequestError):
-    """An input over the model's token limit when truncation is off."""
-
-
-@dataclass(frozen=True)
-class Tokenized:
-    """Token ids ready for the model, one list per text, plus what truncation did."""
-
-    ids: list[list[int]]
-    # Tokens counted per text: all of them for a text within the limit, a number past the limit for a
-    # longer one (it is tokenised only a little past what the model reads).
-    counted_lengths: list[int]
-    truncated: list[bool]
-
-    @property
-    def token_count(self) -> int:
-        """Tokens that the model actually reads."""
-        return sum(len(row) for row in self.ids)
 
 
 def check_weights_dir(path: Path, settings: Settings | None = None) -> None:
     """Raise `WeightsError` unless `path` holds a config and safetensors weights (see `weights_problem`)."""
     if (problem := weights_problem(path, settings)) is not None:
         raise WeightsError(problem)
-
-
-def private_tokenizer(tokenizer) -> Tokenizer:
-    """A copy of `tokenizer`'s Rust tokenizer that never truncates or pads, owned by one encoder.
-
-    Hugging Face's per-call `truncation=`/`max_length=` reconfigure the shared Rust tokenizer, which races
-    between threads; this copy is configured once here and only read afterwards.
-    """
-    rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    rust.no_truncation()
-    rust.no_padding()
-    return rust
 
 
 # Architectures whose positions start after the padding id (multilingual-e5-small is a BERT with an
@@ -114,6 +73,11 @@ class Encoder:
         self.placement = placement
         # What runs the model (`e5.runtimes.Backbone`): `backbone` the small passes (all of them without a
         # `large_backbone`), `large_backbone` the passes above the split a measured plan (`plan_passes`) found.
+        if getattr(model, "pooler", None) is not None:
+            # E5 pools the token states itself: BERT's pooler (a dense layer and tanh per row) would run on
+            # every pass for nothing (4% of the worker's CPU serving single passages). Dropped after loading,
+            # so the checkpoint's pooler weights load as expected and the load report stays quiet.
+            model.pooler = None
         self.backbone: Backbone = TorchBackbone(model)
         self.large_backbone: Backbone | None = None
         self.plan: PassPlan | None = None
@@ -123,16 +87,10 @@ class Encoder:
         self.bf16_min_cosine: float | None = None  # when a bfloat16 model serves: its cosine to float32 on the probes
         self.dimensions = int(model.config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
-        eos = tokenizer.eos_token_id
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
-        if spec.append_eos and eos is None:
-            raise WeightsError(f"{spec.name} needs an EOS token but the tokenizer defines none")
-        # Transformers 5 tokenizers no longer append EOS for e5-mistral; learn once
-        # whether this one does, so EOS ends up there exactly once either way.
-        self._append_eos = spec.append_eos and not self._tokenizer_adds_eos()
-        self._rust = private_tokenizer(tokenizer)
-        self._specials = self._rust.num_special_tokens_to_add(False)
         self.max_tokens = min(spec.max_tokens, position_capacity(spec, model.config))
+        # What prepare and bulk tokenise with; the encoder itself only runs passes of token ids.
+        self.text_tokenizer = TextTokenizer(tokenizer, spec, self.max_tokens)
+        self._pad_id = self.text_tokenizer.pad_id
         if self.dimensions != spec.dimensions:
             log.warning("%s: weights have %d dimensions, the registry says %d",
                         spec.name, self.dimensions, spec.dimensions)
@@ -271,7 +229,7 @@ class Encoder:
         the plan sent long passes to ONNX Runtime, which then embedded 64 texts of 16-500 tokens at 0.86x
         torch's speed.
         """
-        rows = self._encode(PROBE_TEXTS)
+        rows = self.text_tokenizer.encode(PROBE_TEXTS)
         stream = [token for row in rows for token in row]
         width = min(PROBE_BATCH_WIDTH, self.max_tokens)
         count = max(1, min(self.token_budget, CPU_TOKEN_BUDGET) // width)
@@ -279,7 +237,7 @@ class Encoder:
         return self._pad(rows[:1]), self._pad(batch)
 
     def _probe_vectors(self, backbone: Backbone) -> torch.Tensor:
-        input_ids, mask = self._pad(self._encode(PROBE_TEXTS))
+        input_ids, mask = self._pad(self.text_tokenizer.encode(PROBE_TEXTS))
         with torch.inference_mode():
             return pool(backbone(input_ids, mask), mask, self.spec.pooling)
 
@@ -299,13 +257,14 @@ class Encoder:
         return " and ".join(dict.fromkeys(name.split()[-1] for name in self.runtimes))
 
     @property
-    def pass_overhead_tokens(self) -> int | None:
-        """What one more forward pass costs here in padded tokens (None on a GPU: passes are cut by budget only)."""
-        if self.placement.device.type != "cpu":
-            return None
-        if self.plan is not None:
-            return self.plan.overhead_tokens
-        return CPU_PASS_OVERHEAD_TOKENS["torch" if self.backbone.name.startswith("torch") else "onnxruntime"]
+    def pass_policy(self) -> PassPolicy:
+        """How this encoder's passes are cut: its token budget and, on the CPU, what one more pass costs in padded
+        tokens (measured by the plan, else per runtime); on a GPU passes are cut by the budget only."""
+        overhead = None
+        if self.placement.device.type == "cpu":
+            overhead = (self.plan.overhead_tokens if self.plan is not None else
+                        CPU_PASS_OVERHEAD_TOKENS["torch" if isinstance(self.backbone, TorchBackbone) else "onnxruntime"])
+        return PassPolicy(self.token_budget, overhead_tokens=overhead)
 
     def backbone_for(self, rows: int, width: int) -> Backbone:
         """The runtime that runs a pass of `rows` x `width` padded tokens."""
@@ -313,139 +272,38 @@ class Encoder:
             return self.large_backbone
         return self.backbone
 
-    def _tokenizer_adds_eos(self) -> bool:
-        eos = self.tokenizer.eos_token_id
-        ids = self.tokenizer("a", add_special_tokens=True)["input_ids"]
-        return eos is not None and bool(ids) and ids[-1] == eos
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        rows = [encoding.ids for encoding in self._rust.encode_batch(texts, add_special_tokens=True)]
-        if self._append_eos:
-            rows = [row + [self.tokenizer.eos_token_id] for row in rows]
-        return rows
-
-    @property
-    def content_room(self) -> int:
-        """How many of a text's own tokens fit beside the special tokens (and the appended EOS)."""
-        return self.max_tokens - self._specials - (1 if self._append_eos else 0)
-
-    def _with_specials(self, encoding) -> list[int]:
-        """`encoding` (content tokens only) as the model reads it: special tokens added, EOS appended where due."""
-        row = self._rust.post_process(encoding, None, add_special_tokens=True).ids
-        return row + [self.tokenizer.eos_token_id] if self._append_eos else row
-
-    def _head(self, text: str):
-        """The content encoding of `text`, or of a head of it whose first `content_room` + 1 tokens are the
-        whole text's: a text is tokenised only as far as the model can read it (a 100,000-character text
-        costs what its first few thousand characters cost)."""
-        room = self.content_room
-        cut = room * FIRST_CUT_CHARS_PER_TOKEN
-        while cut < len(text):
-            head = text[:cut]
-            # End the head at a whitespace, so its last word is whole and its tokens are the text's own.
-            space = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"))
-            encoding = self._rust.encode(head[:space] if space > cut // 2 else head, add_special_tokens=False)
-            if len(encoding.ids) > room + HEAD_MARGIN_TOKENS:
-                return encoding
-            cut *= 2  # a text of long tokens: read twice as far
-        return self._rust.encode(text, add_special_tokens=False)
-
-    def tokenize(self, texts: list[str], truncate: bool = True, labels: list[str] | None = None) -> Tokenized:
-        """Token ids for each text, cut to the model's limit, or `TooLongError` naming the first over-long one.
-
-        A text longer than the model could read is tokenised only up to a little past the limit, so
-        `counted_lengths` says the whole text's token count for texts within the limit and a count past the
-        limit for the others. Safe to call from many threads at once: the tokenizer is never reconfigured.
-        """
-        bound = self.content_room * FIRST_CUT_CHARS_PER_TOKEN
-        ids = self._encode([text if len(text) <= bound else "" for text in texts])
-        counted = [len(row) for row in ids]
-        for i, text in enumerate(texts):
-            if len(text) > bound:
-                encoding = self._head(text)
-                counted[i] = len(encoding.ids) + self.max_tokens - self.content_room
-                if counted[i] > self.max_tokens:
-                    encoding.truncate(self.content_room)  # a per-call object: nothing shared changes
-                ids[i] = self._with_specials(encoding)
-        over = [i for i, n in enumerate(counted) if n > self.max_tokens]
-        if over and not truncate:
-            raise TooLongError(self.too_long_message(labels[over[0]] if labels else f"texts[{over[0]}]"))
-        for i in over:
-            if len(ids[i]) > self.max_tokens:  # tokenised whole (within the first cut's bound): cut it now
-                encoding = self._rust.encode(texts[i], add_special_tokens=False)
-                encoding.truncate(self.content_room)
-                ids[i] = self._with_specials(encoding)
-        return Tokenized(ids, counted, [n > self.max_tokens for n in counted])
-
-    def windows(self, text: str, prompt: Callable[[str], str], overlap: int | None = None) -> list[Window]:
-        """`text` as overlapping windows of at most the model's limit, prompt and special tokens included.
-
-        Windows fall on token boundaries (on word starts where the window allows: `window_end`, `next_start`)
-        and cover every token of the text; neighbours share about `overlap` tokens (default an eighth of a
-        window, at most half). Each window's ids are its own span of the text tokenised with `prompt`, as a
-        whole text of that content would be. A text within the limit is one window, the whole text.
-        """
-        whole = self.tokenize([prompt(text)])
-        if not whole.truncated[0]:
-            return [Window(0, len(text), whole.ids[0])]
-        room = self.max_tokens - len(self._encode([prompt("")])[0])
-        if room < 1:
-            raise TooLongError(f"the prompt alone fills the {self.max_tokens} tokens of {self.spec.name}")
-        overlap = max(0, min(default_overlap(room) if overlap is None else overlap, room // 2))
-        # The whole text once (E5_MAX_CHARS bounds it), for its offsets and word starts; then window by window.
-        encoding = self._rust.encode(text, add_special_tokens=False)
-        offsets, words = encoding.offsets, encoding.word_ids
-        del encoding
-        starts_word = [i == 0 or words[i] != words[i - 1] or text[offsets[i][0] - 1: offsets[i][0]].isspace()
-                       for i in range(len(offsets))]
-        windows: list[Window] = []
-        a = 0
-        while a < len(offsets):
-            b = window_end(starts_word, a, room)
-            while True:
-                start, end = offsets[a][0], offsets[b - 1][1]
-                while start < end and text[start].isspace():
-                    start += 1
-                row = self._encode([prompt(text[start:end])])[0]
-                # A span can tokenise a little longer alone than inside the text: shorten it by the excess.
-                if len(row) <= self.max_tokens or b - a == 1:
-                    break
-                b = window_end(starts_word, a, b - a - (len(row) - self.max_tokens))
-            if len(row) > self.max_tokens:
-                raise TooLongError(f"characters {start}-{end} of a text tokenise past the {self.max_tokens}-token "
-                                   f"limit of {self.spec.name} even alone")
-            windows.append(Window(start, end, row))
-            if b >= len(offsets):
-                break
-            a = next_start(starts_word, a, b, overlap)
-        return windows
-
-    def too_long_message(self, label: str, hint: str = "shorten it or set truncate=true") -> str:
-        """What a caller is told about a text over the model's limit when it is not to be cut."""
-        return f"{label} has more than the {self.max_tokens} tokens that {self.spec.name} accepts; {hint}"
+    def embed_ids(self, ids: list[list[int]], token_budget: int | None = None) -> torch.Tensor:
+        """Pooled float32 vectors (not normalised) for token id lists, in the given order, on the CPU, in the
+        passes the encoder's `pass_policy` cuts (with `token_budget` in place of its budget, if given)."""
+        policy = self.pass_policy
+        if token_budget is not None:
+            policy = replace(policy, token_budget=token_budget)
+        return self.run_passes(ids, policy.passes([len(row) for row in ids]))
 
     @torch.inference_mode()
-    def embed_ids(self, ids: list[list[int]], token_budget: int | None = None) -> torch.Tensor:
-        """Pooled float32 vectors (not normalised) for token id lists, in the given order, on the CPU."""
+    def run_passes(self, ids: list[list[int]], passes: list[list[int]]) -> torch.Tensor:
+        """Pooled float32 vectors of `ids` in their order, on the CPU, running exactly `passes` (lists of row
+        indices); a pass the device has no memory for is halved and retried."""
         if not ids:
             return torch.empty((0, self.dimensions), dtype=torch.float32)
         self.check_fits(ids)
         order: list[int] = []
         pooled: list[torch.Tensor] = []
-        for batch in token_budget_batches([len(row) for row in ids], token_budget or self.token_budget,
-                                          pass_overhead_tokens=self.pass_overhead_tokens):
+        for batch in passes:
             for rows, vectors in self._forward_splitting(batch, ids):
                 order.extend(rows)
                 pooled.append(vectors)
             if self.heap is not None:
                 self.heap.trim_if_grown()  # rising shapes grow the heap a pass at a time (see e5.memory)
-        # Results stay on the device until every batch is queued: one copy back, no sync per batch.
-        gathered = torch.cat(pooled).cpu()
-        out = torch.empty_like(gathered)
-        out[torch.tensor(order)] = gathered
+        # Results stay on the device until every pass is queued: one copy back, no sync per pass.
+        vectors = (torch.cat(pooled) if len(pooled) > 1 else pooled[0]).cpu()
+        if order != list(range(len(ids))):
+            ordered = torch.empty_like(vectors)
+            ordered[torch.tensor(order)] = vectors
+            vectors = ordered
         if self.heap is not None:
             self.heap.trim_if_due()
-        return out
+        return vectors
 
     def check_fits(self, ids: list[list[int]]) -> None:
         """`TooLongError` unless every row fits the model's position table: no out-of-range index reaches a device."""
@@ -471,18 +329,23 @@ class Encoder:
         return self._forward_splitting(batch[:half], ids) + self._forward_splitting(batch[half:], ids)
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        # Right padding keeps every text at the positions it has when embedded alone.
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[r, : len(row)] = 1
+        # Right padding keeps every text at the positions it has when embedded alone. Built in one go: the
+        # mask from the lengths, the ids dropped into its true cells in row order, no tensor per row.
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        mask_array = np.arange(int(lengths.max())) < lengths[:, None]
+        ids_array = np.full(mask_array.shape, self._pad_id, dtype=np.int64)
+        ids_array[mask_array] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
+                                            count=int(lengths.sum()))
+        input_ids, mask = torch.from_numpy(ids_array), torch.from_numpy(mask_array.astype(np.int64))
         device = self.placement.device
         if device.type == "cuda":
             # Pinned host memory lets the copy run asynchronously with the previous batch.
             return input_ids.pin_memory().to(device, non_blocking=True), mask.pin_memory().to(device, non_blocking=True)
         return input_ids, mask
+
+    def tokenize(self, texts: list[str], truncate: bool = True, labels: list[str] | None = None) -> Tokenized:
+        """`TextTokenizer.tokenize` of this encoder's tokenizer: ids cut to the model's limit."""
+        return self.text_tokenizer.tokenize(texts, truncate, labels)
 
     def embed(self, texts: list[str], truncate: bool = True) -> tuple[torch.Tensor, Tokenized]:
         """Embed already-formatted texts; returns float32 vectors and the tokenisation."""

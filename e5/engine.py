@@ -28,7 +28,6 @@ from typing import Iterator
 
 import torch
 
-from .batching import DEFAULT_MAX_BATCH, token_budget_batches
 from .encoder import Encoder, is_out_of_memory
 from .memory import HeapTrimmer
 from .settings import DEFAULT_BATCH_WAIT_MS
@@ -87,11 +86,32 @@ class _LoopSink:
             pass
 
 
+def _deliver(results: list[tuple[_ThreadSink | _LoopSink, torch.Tensor]]) -> None:
+    """Each sink's result, with one wake-up per event loop for all its futures rather than one per future: at
+    32 clients of one text each, a pass finishes many requests awaited on coglet's one loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, torch.Tensor]]] = {}
+    for sink, value in results:
+        if isinstance(sink, _LoopSink):
+            by_loop.setdefault(sink.loop, []).append((sink.future, value))
+        else:
+            sink.set_result(value)
+    for loop, futures in by_loop.items():
+        def settle(futures=futures) -> None:
+            for future, value in futures:
+                if not future.done():
+                    future.set_result(value)
+
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the callers' loop has closed: nobody is waiting any more
+            pass
+
+
 @dataclass(eq=False)
 class _Job:
     ids: list[list[int]]
     sink: _ThreadSink | _LoopSink
-    chunks: deque[list[int]]  # row indices of each pass still to run, from `token_budget_batches`
+    chunks: deque[list[int]]  # row indices of each chunk still to run, from `PassPolicy.chunks`
     vectors: torch.Tensor | None = None
     in_flight: int = 0  # chunks taken into a pass whose result has not been stored yet
     started: bool = False
@@ -112,9 +132,8 @@ class BatchingEngine:
         self.max_wait = max_wait_ms / 1000
         # With dynamic batching off each pass serves one request: the baseline the benchmark compares to.
         self.dynamic = dynamic
-        self.token_budget = encoder.token_budget
-        # Where the encoder cuts a joined pass by padding (the CPU), the budget counts the tokens texts hold.
-        self._budget_counts_padding = getattr(encoder, "pass_overhead_tokens", None) is None
+        # The encoder states how its passes are cut; the engine is the one place that applies it.
+        self.policy = encoder.pass_policy
         self._rotation: deque[_Job] = deque()  # waiting and running jobs; the head gives the next pass's first chunk
         self._arriving = 0
         self._closed = False
@@ -148,7 +167,7 @@ class BatchingEngine:
         return future
 
     def _enqueue(self, ids: list[list[int]], sink) -> None:
-        chunks = deque(token_budget_batches([len(row) for row in ids], self.token_budget))
+        chunks = deque(self.policy.chunks([len(row) for row in ids]))
         job = _Job(ids, sink, chunks)
         with self._cond:
             if self._closed:
@@ -209,7 +228,7 @@ class BatchingEngine:
     def _wait_for_arrivals(self) -> None:
         # Only while requests are known to be on their way and the next pass is not yet full.
         deadline = time.monotonic() + self.max_wait
-        while self._arriving and sum(job.chunk_tokens() for job in self._rotation) < self.token_budget:
+        while self._arriving and sum(job.chunk_tokens() for job in self._rotation) < self.policy.token_budget:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -241,8 +260,7 @@ class BatchingEngine:
             chunk = job.chunks[0]
             grown_rows, grown_width = rows + len(chunk), max(width, len(job.ids[chunk[-1]]))
             grown_tokens = tokens + job.chunk_tokens()
-            size = grown_rows * grown_width if self._budget_counts_padding else grown_tokens
-            if size > self.token_budget or grown_rows > DEFAULT_MAX_BATCH:
+            if not self.policy.fits(grown_rows, grown_width, grown_tokens):
                 continue
             rows, width, tokens = grown_rows, grown_width, grown_tokens
             joined.append((job, chunk))
@@ -256,9 +274,14 @@ class BatchingEngine:
                 for job, _ in parts:
                     self._fail(job, exc)
 
+    def _embed(self, ids: list[list[int]]) -> torch.Tensor:
+        """The rows of one turn of the rotation, in the passes the policy cuts them into (on the CPU, a joined
+        pass is cut again where padding costs more than a pass)."""
+        return self.encoder.run_passes(ids, self.policy.passes([len(row) for row in ids]))
+
     def _run(self, parts: list[tuple[_Job, list[int]]]) -> None:
         try:
-            vectors = self.encoder.embed_ids([job.ids[i] for job, chunk in parts for i in chunk])
+            vectors = self._embed([job.ids[i] for job, chunk in parts for i in chunk])
         except Exception as exc:
             if len(parts) == 1:
                 self._fail(parts[0][0], exc)
@@ -266,26 +289,31 @@ class BatchingEngine:
             log.warning("a shared pass of %d requests failed (%s); retrying them one by one", len(parts), exc)
             for job, chunk in parts:
                 try:
-                    self._store(job, chunk, self.encoder.embed_ids([job.ids[i] for i in chunk]))
+                    if self._store(job, chunk, self._embed([job.ids[i] for i in chunk])):
+                        _deliver([(job.sink, job.vectors)])
                 except Exception as single_exc:
                     self._fail(job, single_exc)
             return
-        start = 0
+        start, finished = 0, []
         for job, chunk in parts:
-            self._store(job, chunk, vectors[start : start + len(chunk)])
+            if self._store(job, chunk, vectors[start : start + len(chunk)]):
+                finished.append((job.sink, job.vectors))
             start += len(chunk)
+        _deliver(finished)
 
-    def _store(self, job: _Job, chunk: list[int], vectors: torch.Tensor) -> None:
+    def _store(self, job: _Job, chunk: list[int], vectors: torch.Tensor) -> bool:
+        """Keep a chunk's vectors; True when they were the job's last, its result now ready to deliver."""
         if job.failed:
-            return
-        if job.vectors is None:
-            job.vectors = torch.empty((len(job.ids), vectors.shape[1]), dtype=vectors.dtype)
-        job.vectors[torch.tensor(chunk)] = vectors
+            return False
+        if job.vectors is None and len(chunk) == len(job.ids) and chunk == list(range(len(chunk))):
+            job.vectors = vectors  # the whole job in one chunk, in order (a single text): nothing to gather
+        else:
+            if job.vectors is None:
+                job.vectors = torch.empty((len(job.ids), vectors.shape[1]), dtype=vectors.dtype)
+            job.vectors[torch.tensor(chunk)] = vectors
         with self._cond:
             job.in_flight -= 1
-            finished = not job.chunks and not job.in_flight
-        if finished:
-            job.sink.set_result(job.vectors)
+            return not job.chunks and not job.in_flight
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         with self._cond:

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .chunking import LongTexts, best_per_group, group_rows, weighted_means
+from .chunking import LongTexts
 from .devices import describe
-from .encoder import Encoder, Tokenized, is_out_of_memory
+from .encoder import Encoder, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
 from .engine import BatchingEngine
 from .errors import RequestError, ServiceError
 from .limits import Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
-from .prepare import Rows, rows_for
+from .prepare import Rows, TextInput, rows_for
 from .prompts import InputType, resolve_task
 from .settings import Settings
+from .tokenizer import Tokenized
 from .weights import find_checkpoint
 
 log = logging.getLogger(__name__)
@@ -134,14 +135,17 @@ def _passage_input(request: EmbeddingRequest) -> tuple[str, str | None]:
     return "document", request.document
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreparedRequest:
-    """A validated request: its inputs' labels (`query`, the passage, `texts[i]`), and the prompted token rows
-    the model embeds for them (`e5.prepare.Rows`: one per input, or per window with long_texts chunks or mean)."""
+    """A validated request: its inputs in order (the query, the passage, then `texts`) and where each role
+    stands among them, and the prompted token rows the model embeds for them (`e5.prepare.Rows`: one per input,
+    or per window with long_texts chunks or mean)."""
 
-    labels: list[str]
+    inputs: list[TextInput]
     rows: Rows
-    text_count: int
+    query: int | None  # the query's index among the inputs
+    passage: int | None  # the passage's (sent as `passage` or `document`)
+    texts: range  # the inputs of `texts`
     normalize: bool
     encoding: EncodingFormat = EncodingFormat.FLOAT
     long_texts: LongTexts = LongTexts.TRUNCATE
@@ -210,20 +214,21 @@ class EmbeddingService:
         long_texts = _parse_long_texts(request.long_texts)
         task = resolve_task(request.task)
 
-        labels: list[str] = []
-        inputs: list[tuple[str, InputType]] = []
-        for (label, text), kind in zip(singles, (InputType.QUERY, InputType.PASSAGE)):
-            if text is not None:
-                labels.append(label)
-                inputs.append((text, kind))
-        for i, text in enumerate(texts):
-            labels.append(f"texts[{i}]")
-            inputs.append((text, input_type))
-        rows = rows_for(self.encoder, [text for text, _ in inputs], [kind for _, kind in inputs], labels, task,
-                        long_texts, request.truncate, self.chunk_overlap, self.limits,
-                        cut_only=frozenset({0} if request.query is not None else ()))
+        inputs: list[TextInput] = []
+        query = passage_at = None
+        if request.query is not None:
+            query = len(inputs)
+            inputs.append(TextInput("query", request.query, InputType.QUERY, windowed=False))
+        if passage is not None:
+            passage_at = len(inputs)
+            inputs.append(TextInput(passage_label, passage, InputType.PASSAGE))
+        first_text = len(inputs)
+        inputs += [TextInput(f"texts[{i}]", text, input_type) for i, text in enumerate(texts)]
+        rows = rows_for(self.encoder.text_tokenizer, inputs, self.encoder.spec.prompt_style, task, long_texts,
+                        request.truncate, self.chunk_overlap, self.limits)
         self.limits.check_tokens(rows.tokens.token_count)
-        return PreparedRequest(labels, rows, len(texts), request.normalize, encoding, long_texts)
+        return PreparedRequest(inputs, rows, query, passage_at, range(first_text, len(inputs)), request.normalize,
+                               encoding, long_texts)
 
     def _check_limits(self, singles: tuple[tuple[str, str | None], ...], texts: list[str]) -> None:
         # Before any prompting or tokenising, so a megabyte paste costs nothing.
@@ -239,38 +244,26 @@ class EmbeddingService:
 
         An input of several windows has the token-weighted mean of their vectors and the best of their scores.
         """
-        labels, encoding = prepared.labels, prepared.encoding
-        texts_at = len(labels) - prepared.text_count
-        owners = prepared.rows.owners
-        groups = group_rows(owners, len(labels))
-        per_input = weighted_means(raw, groups, [len(row) for row in prepared.tokens.ids])
-        by_label = {label: i for i, label in enumerate(labels)}
-        query_at = by_label.get("query")
-        # The passage keeps the name it was sent under (`document` is its other name), so errors name it.
-        passage_at = by_label.get("passage", by_label.get("document"))
-        chunked = prepared.long_texts is LongTexts.CHUNKS and prepared.text_count > 0
-        text_rows = [row for group in groups[texts_at:] for row in group]
-        rows = raw[text_rows] if chunked else per_input[texts_at:]
+        rows, encoding, texts = prepared.rows, prepared.encoding, prepared.texts
+        per_input = rows.per_input(raw)
+        chunked = prepared.long_texts is LongTexts.CHUNKS and len(texts) > 0
+        text_rows = rows.rows_of(texts) if chunked else None
 
         def returned(vectors: torch.Tensor) -> np.ndarray:
             return as_float32(l2_normalize(vectors) if prepared.normalize else vectors)
 
-        response = EmbeddingResponse(
-            model=self.model_name,
-            dimensions=self.encoder.dimensions,
-            token_count=prepared.tokens.token_count,
-            truncated=list(prepared.rows.truncated),
-        )
-        singles = [(at, name) for at, name in ((query_at, "query_embedding"), (passage_at, "passage_embedding"))
-                   if at is not None]
-        for at, name in singles:
-            vector = returned(per_input[at][None])
+        response = EmbeddingResponse(model=self.model_name, dimensions=self.encoder.dimensions,
+                                     token_count=prepared.tokens.token_count, truncated=list(rows.truncated))
+        for at, name in ((prepared.query, "query_embedding"), (prepared.passage, "passage_embedding")):
+            if at is None:
+                continue
+            vector = returned(per_input[at: at + 1])
             if encoding.as_text:
                 setattr(response, name + "_base64", vectors_to_text(vector, encoding)[0])
             else:
                 setattr(response, name, vector[0])
-        if prepared.text_count:
-            matrix = returned(rows)
+        if texts:
+            matrix = returned(raw[text_rows] if chunked else per_input[texts.start: texts.stop])
             if encoding.as_text:
                 response.embeddings_base64 = vectors_to_text(matrix, encoding)
             elif encoding is EncodingFormat.NPY:
@@ -278,15 +271,17 @@ class EmbeddingService:
             else:
                 response.embeddings = matrix
         if chunked:
-            response.chunk_text = np.asarray([owners[row] - texts_at for row in text_rows], dtype=np.int64)
-            response.chunk_start = np.asarray([prepared.rows.spans[row][0] for row in text_rows], dtype=np.int64)
-            response.chunk_end = np.asarray([prepared.rows.spans[row][1] for row in text_rows], dtype=np.int64)
-        if query_at is not None and (passage_at is not None or prepared.text_count):
-            row_scores = cosine_scores(raw[groups[query_at][0]][None], raw)[0]
-            if passage_at is not None:
-                response.score = float(best_per_group(row_scores, [groups[passage_at]])[0])
-            if prepared.text_count:
-                response.scores = as_float32(best_per_group(row_scores, groups[texts_at:]))
+            response.chunk_text = np.asarray([rows.owners[row] - texts.start for row in text_rows], dtype=np.int64)
+            response.chunk_start = np.asarray([rows.spans[row][0] for row in text_rows], dtype=np.int64)
+            response.chunk_end = np.asarray([rows.spans[row][1] for row in text_rows], dtype=np.int64)
+        if prepared.query is not None and (prepared.passage is not None or texts):
+            query_row = rows.rows_of(range(prepared.query, prepared.query + 1))[0]  # a query is never windowed
+            row_scores = cosine_scores(raw[query_row: query_row + 1], raw)[0]
+            if prepared.passage is not None:
+                passage = prepared.passage
+                response.score = float(rows.best_per_input(row_scores, range(passage, passage + 1))[0])
+            if texts:
+                response.scores = as_float32(rows.best_per_input(row_scores, texts))
                 if chunked:
                     response.chunk_scores = as_float32(row_scores[text_rows])
         return response

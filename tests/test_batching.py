@@ -79,11 +79,11 @@ def test_mixed_lengths_are_cut_where_padding_costs_more_than_a_pass():
 def test_the_cpu_runs_cut_passes_by_padding_and_the_gpu_by_budget_only(checkpoints):
     spec = get_spec("e5-small-v2")
     torch_cpu = Encoder.load(spec, checkpoints["bert"], runtime="torch")
-    assert torch_cpu.pass_overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["torch"]
+    assert torch_cpu.pass_policy.overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["torch"]
     onnx_cpu = Encoder.load(spec, checkpoints["bert"], runtime="onnxruntime")
-    assert onnx_cpu.pass_overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["onnxruntime"]
+    assert onnx_cpu.pass_policy.overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["onnxruntime"]
     torch_cpu.placement = Placement(torch.device("cuda"), torch.float16)  # only the device type is read
-    assert torch_cpu.pass_overhead_tokens is None
+    assert torch_cpu.pass_policy.overhead_tokens is None
 
 
 def test_budget_defaults_per_device_and_env_override():

@@ -95,7 +95,7 @@ def test_the_default_cpu_load_measures_and_keeps_only_the_runtimes_it_uses(check
     width = min(512, auto.max_tokens)
     assert batch.shape == (2048 // width, width) and bool(mask.all())
     assert f"on the CPU: {auto.plan.describe()}. Why: " in caplog.text and f"tok/s at {batch.numel()}" in caplog.text
-    assert auto.runtime == auto.plan.describe() and auto.pass_overhead_tokens == auto.plan.overhead_tokens
+    assert auto.runtime == auto.plan.describe() and auto.pass_policy.overhead_tokens == auto.plan.overhead_tokens
     assert (auto.large_backbone is None) == (auto.plan.large is None)
     texts = ["query: how much protein", "passage: " + "a longer text about protein and grams " * 12]
     reference = encoders["xlm-roberta"].embed(texts)[0]  # float32, E5_DTYPE pinned by conftest

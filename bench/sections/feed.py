@@ -16,7 +16,6 @@ model's serving on a GPU: what fraction of the GPU's limit the host keeps fed.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -52,6 +51,8 @@ PHASE_RULES = [
                          "selectors.py", "concurrent/"), None),
 ]
 OTHER_PHASE = "HTTP/coglet and the rest"
+# A thread whose innermost frame is one of these is waiting, not working: its samples are left out.
+WAITING = {"wait", "select", "result", "acquire", "sleep", "_wait_idle", "_wait_for_arrivals"}
 
 
 def _zero_work_checkpoint(dims: int, layers: int, root: Path) -> Path:
@@ -92,6 +93,7 @@ def _measured(server, inputs: list, clients: int, count: int) -> dict:
 def _phase(frames: list[str]) -> str:
     for frame in reversed(frames):  # leaf first
         function, _, where = frame.partition(" (")
+        function = function.rpartition(".")[2]  # py-spy names methods Class.method
         for phase, paths, functions in PHASE_RULES:
             if any(p in where for p in paths) and (functions is None or function in functions):
                 return phase
@@ -103,8 +105,10 @@ def phases_of_raw_profile(text: str) -> dict[str, float]:
     counts: Counter = Counter()
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            counts[_phase(stack.split(";"))] += int(count)
+        frames = [frame for frame in stack.split(";") if frame.strip()]
+        if not count.isdigit() or not frames or frames[-1].split(" (")[0].rpartition(".")[2] in WAITING:
+            continue  # no Python frame (coglet's own threads), or a thread waiting
+        counts[_phase(frames)] += int(count)
     total = sum(counts.values()) or 1
     return {phase: n / total for phase, n in counts.most_common()} | {"samples": float(sum(counts.values()))}
 
@@ -238,6 +242,3 @@ def bench_feed(args) -> dict:
                   + ", ".join(f"{phase} {100 * share:.0f}%" for phase, share in shares.items()))
     return results
 
-
-if __name__ == "__main__":  # a profile read again: python bench/sections/feed.py profile.txt
-    print(json.dumps(phases_of_raw_profile(Path(sys.argv[1]).read_text()), indent=2))
