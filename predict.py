@@ -1,5 +1,6 @@
 """Cog predictor: translates Cog inputs to `e5.EmbeddingService` and its response back."""
 
+import dataclasses
 import tempfile
 import weakref
 from typing import Optional
@@ -35,6 +36,11 @@ class Output(BaseModel):
     chunk_scores: Optional[list[float]] = None
     # encoding_format=npy: the rows as one float32 .npy file of shape [rows, dimensions].
     embeddings_file: Optional[Path] = None
+
+    def model_dump(self) -> dict:
+        """The fields as they are. coglet turns an output into JSON from its model_dump() where it has one, else
+        from dataclasses.asdict(), which deep-copies every vector first (docs/development.md, coglet)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
 class Predictor(BaseRunner):

@@ -1,22 +1,34 @@
-"""JsonArray: the same JSON as a list of floats, through coglet's own output path, without the walk."""
+"""JsonArray: the shortest JSON numbers that read back as the same float32 values, through coglet's own output
+path, without the walk."""
 
 import dataclasses
 import json
 
 import numpy as np
 
-from e5.cog_output import JsonArray, for_cog
+from e5.cog_output import JsonArray, for_cog, shortest_float32_values
 from predict import Output
 
-# float32 values whose decimal forms are long or odd, so a changed value would show in the JSON.
-AWKWARD = np.array([0.1, -0.333333343267, 1e-38, 3.4028234663852886e38, -0.0, 1.17549435e-38], dtype="<f4")
+# float32 values whose decimal forms are long or odd (tiny, subnormal, the largest, signed zero).
+AWKWARD = np.array([0.1, -0.333333343267, 1e-38, 3.4028234663852886e38, -0.0, 1.17549435e-38, 1e-45, 7.0,
+                    123456.79, -2.5e-7, 0.0320999994874], dtype="<f4")
 
 
-def test_json_of_a_json_array_equals_the_json_of_its_list():
-    matrix = np.random.default_rng(0).standard_normal((3, 5)).astype("<f4")
-    for array in (AWKWARD, matrix):
-        assert json.dumps(for_cog(array).tolist()) == json.dumps(array.tolist())
-    assert for_cog(matrix).tolist() == tuple(map(tuple, matrix.tolist()))
+def _read_back(array) -> np.ndarray:
+    return np.asarray(json.loads(json.dumps(for_cog(array).tolist())), dtype="<f4")
+
+
+def test_json_of_a_json_array_reads_back_as_the_same_float32_values_in_the_fewest_digits():
+    matrix = np.random.default_rng(0).standard_normal((64, 384)).astype("<f4") / 20
+    for array in (AWKWARD, matrix, np.random.default_rng(1).uniform(-1e6, 1e6, 4096).astype("<f4")):
+        assert np.array_equal(_read_back(array).view(np.uint32), array.view(np.uint32))  # bit for bit, -0.0 too
+        # Each number is the shortest decimal that names its float32, as numpy prints a float32.
+        shortest = [float(str(value)) for value in array.reshape(-1) if 1e-13 <= abs(value) < 1e14]
+        kept = shortest_float32_values(array).reshape(-1)
+        assert [float(v) for v in kept if 1e-13 <= abs(v) < 1e14] == shortest
+    assert json.dumps(for_cog(AWKWARD[[0, 1, 7, 10]]).tolist()) == "[0.1, -0.33333334, 7.0, 0.0321]"
+    assert len(json.dumps(for_cog(matrix).tolist())) < 0.7 * len(json.dumps(matrix.tolist()))
+    assert for_cog(matrix[:2]).tolist() == tuple(map(tuple, shortest_float32_values(matrix[:2]).tolist()))
 
 
 def test_for_cog_wraps_arrays_without_copying_and_leaves_the_rest():
@@ -27,10 +39,13 @@ def test_for_cog_wraps_arrays_without_copying_and_leaves_the_rest():
         assert for_cog(value) is value
 
 
-def test_the_output_dataclass_keeps_the_array_type_through_asdict():
-    # coglet turns an output dataclass into a dict with dataclasses.asdict, which deep-copies array fields.
-    out = Output(model="m", dimensions=6, token_count=3, truncated=[], query_embedding=for_cog(AWKWARD),
+def test_the_output_hands_coglet_its_fields_as_they_are_without_copying_the_vectors():
+    # coglet takes an output's model_dump() where it has one; dataclasses.asdict would deep-copy every array.
+    out = Output(model="m", dimensions=11, token_count=3, truncated=[], query_embedding=for_cog(AWKWARD),
                  embeddings=for_cog(np.stack([AWKWARD, AWKWARD])), scores=for_cog(AWKWARD[:2]))
-    fields = dataclasses.asdict(out)
-    assert all(isinstance(fields[name], JsonArray) for name in ("query_embedding", "embeddings", "scores"))
-
+    fields = out.model_dump()
+    assert list(fields) == [field.name for field in dataclasses.fields(Output)]
+    assert all(fields[name] is getattr(out, name) for name in ("query_embedding", "embeddings", "scores"))
+    assert json.loads(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in fields.items()})) \
+        == json.loads(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
+                                  for k, v in dataclasses.asdict(out).items()}))
