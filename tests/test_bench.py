@@ -46,6 +46,7 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     assert all(r["giant"]["rss_peak_mb"] >= r["giant"]["rss_before_mb"] > 100 for r in giant.values())
 
     assert set(report["gpu"]["models"]) == {"e5-small-v2@128", "e5-small-v2@512"}
+    assert all(0 < p["cpu_seconds"] and 0 < p["wall_seconds"] for p in report["gpu"]["passes"].values())
 
 
 def test_the_size_measurement_runs_and_every_format_carries_the_same_vectors(server, tmp_path):

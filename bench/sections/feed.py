@@ -25,13 +25,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness import Server, converted_e5_small, median, print_table, send_load, texts_for
+from harness import BEFORE, Server, converted_e5_small, median, print_table, send_load, texts_for
 
 # The server CPU that the feed figures are scaled to: the two cores of the machines this project is tested on.
 FEED_CORES = 2
 # e5-large-v2 at its bf16 limit on an A40 (149.7 TFLOP/s dense bf16 / 0.62 GFLOP per token at 128 tokens).
 A40_E5_LARGE_TOKENS_PER_SECOND = 243_000
 BATCH_TEXTS = 64
+NOW, FLOOR = "now", "cog floor"
 SINGLE_CLIENTS, BATCH_CLIENTS = 32, 8
 
 # Where a sample of the worker's Python stack is counted, by the innermost frame that matches a rule:
@@ -55,12 +56,12 @@ OTHER_PHASE = "HTTP/coglet and the rest"
 WAITING = {"wait", "select", "result", "acquire", "sleep", "_wait_idle", "_wait_for_arrivals"}
 
 
-def _zero_work_checkpoint(dims: int, layers: int, root: Path) -> Path:
-    """multilingual-e5-small's tokenizer and 250k vocabulary under a random BERT `dims` wide with `layers` layers
-    (none: next to no model work; 12 or 24 with dims / 64 heads: the shape of a real e5-small or e5-large)."""
+def _zero_work_checkpoint(dims: int, layers: int, root: Path, source: Path) -> Path:
+    """multilingual-e5-small's tokenizer and 250k vocabulary (from `source`) under a random BERT `dims` wide with
+    `layers` layers (none: next to no model work; 12 or 24 with dims / 64 heads: a real e5-small's or e5-large's
+    shape)."""
     from transformers import BertConfig, BertModel
 
-    source = converted_e5_small()
     path = root / f"feed-{dims}x{layers}"
     path.mkdir(parents=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -172,7 +173,8 @@ def bench_feed(args) -> dict:
     configs = _configs(args.feed_configs)
     single_count = max(args.min_requests, args.feed_single_requests)
     batch_count = max(2 * BATCH_CLIENTS, args.feed_batch_requests)
-    tokenizer = AutoTokenizer.from_pretrained(converted_e5_small())
+    source = Path(args.feed_tokenizer) if args.feed_tokenizer else converted_e5_small()
+    tokenizer = AutoTokenizer.from_pretrained(source)
     passages = texts_for(tokenizer, 16, 128, seed=11, count=512)
     batches = [passages[i: i + BATCH_TEXTS] for i in range(0, len(passages), BATCH_TEXTS)]
     loads = {f"{SINGLE_CLIENTS} clients x 1 passage": ([{"texts": [t]} for t in passages], SINGLE_CLIENTS,
@@ -185,25 +187,27 @@ def bench_feed(args) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for dims, layers in configs:
-            path = _zero_work_checkpoint(dims, layers, Path(root))
+            path = _zero_work_checkpoint(dims, layers, Path(root), source)
             env = {"E5_MODEL": "multilingual-e5-small", "E5_WEIGHTS_DIR": str(path), "E5_CPU_RUNTIME": "torch",
                    "E5_CACHE_DIR": str(Path(root) / "cache")}
-            servers = {"e5": Server("feed", env, serve_args=(), startup_seconds=300),
-                       "cog floor": Server("no-op", {"NOOP_DIMS": str(dims), "NOOP_OUTPUT": "json-array"}, noop=True)}
-            runs: dict[str, list[dict]] = {}
+            servers = {NOW: Server("feed", env, serve_args=(), startup_seconds=300)}
+            if args.baseline:
+                servers[BEFORE] = Server(BEFORE, env, serve_args=(), startup_seconds=300, repo=args.baseline_tree)
+            servers[FLOOR] = Server("no-op", {"NOOP_DIMS": str(dims), "NOOP_OUTPUT": "json-array"}, noop=True)
+            runs: dict[tuple[str, str], list[dict]] = {}
             profile = None
+            single = next(iter(loads))
             try:
                 for server in servers.values():
-                    send_load(server.base, loads[next(iter(loads))][0], 4, 40)  # warm-up
-                for _ in range(args.rounds):
-                    for name, (inputs, clients, count) in loads.items():
-                        runs.setdefault(name, []).append(_measured(servers["e5"], inputs, clients, count))
-                    inputs, clients, count = loads[next(iter(loads))]
-                    runs.setdefault("cog floor", []).append(_measured(servers["cog floor"], inputs, clients, count))
+                    send_load(server.base, loads[single][0], 4, 40)  # warm-up
+                for _ in range(args.rounds):  # the servers take turns within each round
+                    for load, (inputs, clients, count) in loads.items():
+                        for name, server in servers.items():
+                            if name != FLOOR or load == single:
+                                runs.setdefault((load, name), []).append(_measured(server, inputs, clients, count))
                 if not args.quick or args.feed_profile:
-                    inputs, clients, count = loads[next(iter(loads))]
                     keep = Path(args.out).with_suffix(f".feed-{dims}x{layers}.profile.txt")
-                    profile = _profiled(servers["e5"], inputs, clients, count, keep)
+                    profile = _profiled(servers[NOW], *loads[single], keep)
             finally:
                 for server in servers.values():
                     server.stop()
@@ -211,29 +215,34 @@ def bench_feed(args) -> dict:
             level = results["configs"][f"{dims}x{layers}"] = {"dims": dims, "layers": layers, "loads": {},
                                                                "in_process_tokens_per_second": in_process,
                                                                "profile": profile}
-            for name, level_runs in runs.items():
+            for (load, name), level_runs in runs.items():
                 for run in level_runs:
                     for reason, failed in run["failure_reasons"].items():
-                        print(f"FAILED {failed}x at {dims} dims, {name}: {reason}")
+                        print(f"FAILED {failed}x at {dims} dims, {load}, {name}: {reason}")
                 keys = ("tokens_per_second", "requests_per_second", "cpu_us_per_token", "cpu_ms_per_request",
                         "feed_tokens_per_second", "failures", "p50_ms")
                 med = {key: median([r[key] for r in level_runs if r[key] is not None] or [0]) for key in keys}
-                level["loads"][name] = {**med, "rounds": level_runs}
-                floor = name == "cog floor"
-                rows.append([dims, layers, name, f"{med['tokens_per_second']:,.0f}" if not floor else "",
-                             f"{med['cpu_us_per_token']:.1f}" if not floor else "",
+                if name == BEFORE:  # CPU per request before over now, round by round (the same round's drift)
+                    med["before_over_now"] = median([b["cpu_ms_per_request"] / n["cpu_ms_per_request"]
+                                                     for b, n in zip(level_runs, runs[(load, NOW)])])
+                level["loads"].setdefault(load, {})[name] = {**med, "rounds": level_runs}
+                work = name != FLOOR
+                rows.append([dims, layers, load, name, f"{med['tokens_per_second']:,.0f}" if work else "",
+                             f"{med['cpu_us_per_token']:.1f}" if work else "",
                              f"{med['cpu_ms_per_request']:.2f}",
-                             f"{med['feed_tokens_per_second']:,.0f}" if not floor else "",
+                             f"{med['feed_tokens_per_second']:,.0f}" if work else "",
                              f"{100 * med['feed_tokens_per_second'] / A40_E5_LARGE_TOKENS_PER_SECOND:.0f}%"
-                             if not floor else "", int(med["failures"])])
-            rows.append([dims, layers, "in process, EmbeddingService.handle, 256 passages", f"{in_process:,.0f}",
-                         "", "", "", "", 0])
+                             if work else "", f"{med['before_over_now']:.2f}x" if name == BEFORE else "",
+                             int(med["failures"])])
+            rows.append([dims, layers, "256 passages in process", "EmbeddingService.handle", f"{in_process:,.0f}",
+                         "", "", "", "", "", 0])
     print_table(f"feed: the server's own CPU (coglet + worker, /proc) under load, checkpoints with the real "
                 f"multilingual tokenizer (layers 0: next to no model work); 'feed' is tokens per {FEED_CORES} cores "
                 f"of server CPU, 'of A40' its share of e5-large's {A40_E5_LARGE_TOKENS_PER_SECOND:,} tok/s on an A40; "
-                f"'cog floor' a no-op predictor returning one vector as a JsonArray; median of {args.rounds}",
-                ["dims", "layers", "load", "served tok/s", "CPU us/token", "CPU ms/request",
-                 f"feed ({FEED_CORES} cores)", "of A40", "failed"], rows)
+                f"'{FLOOR}' a no-op predictor returning one vector as a JsonArray; 'before/now' the CPU per request "
+                f"of --baseline over this tree's, from the same rounds; median of {args.rounds}",
+                ["dims", "layers", "load", "server", "served tok/s", "CPU us/token", "CPU ms/request",
+                 f"feed ({FEED_CORES} cores)", "of A40", "before/now", "failed"], rows)
     for key, level in results["configs"].items():
         if level["profile"]:
             shares = {k: v for k, v in level["profile"].items() if k != "samples"}

@@ -65,6 +65,27 @@ def _word_level_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
 
 
+def _pass_cpu_and_wall(encoder: Encoder, device: torch.device, vocab: int, rows: int, length: int,
+                       calls: int) -> tuple[float, float]:
+    """Median CPU seconds the calling thread spends issuing one forward pass and pooling (kernel launches:
+    the GPU runs them asynchronously), and median wall seconds to the pass's end."""
+    from e5.pooling import pool
+
+    input_ids = torch.randint(3, vocab, (rows, length), device=device)
+    mask = torch.ones_like(input_ids)
+    cpu, wall = [], []
+    with torch.inference_mode():
+        for call in range(calls + 3):
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            pool(encoder.backbone(input_ids, mask), mask, encoder.spec.pooling)
+            issued = time.thread_time() - cpu_started
+            _sync(device)
+            if call >= 3:  # after warm-up
+                cpu.append(issued)
+                wall.append(time.perf_counter() - started)
+    return median(cpu), median(wall)
+
+
 def bench_gpu(args) -> dict:
     from transformers import AutoModel
 
@@ -74,7 +95,7 @@ def bench_gpu(args) -> dict:
     dtype = cuda_dtype(torch.cuda.get_device_capability(device)) if device.type == "cuda" else torch.float32
     peak = _matmul_rate(device, dtype, 8192 if device.type == "cuda" else 512)
     tiny = device.type != "cuda" or args.quick
-    rows, results = [], {}
+    rows, results, launches, passes = [], {}, [], {}
     for name, config in _full_size_configs(tiny).items():
         with torch.device(device):
             model = AutoModel.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
@@ -90,6 +111,12 @@ def bench_gpu(args) -> dict:
             results[f"{name}@{length}"] = {"tokens_per_second": rate, "flops_per_token": flops,
                                            "share_of_matmul_peak": share}
             rows.append([name, length, f"{rate:,.0f}", f"{rate * flops / 1e12:,.1f}", f"{100 * share:.0f}%"])
+        for rows_per_pass in (1, 64):
+            cpu, wall = _pass_cpu_and_wall(encoder, device, config.vocab_size, rows_per_pass, 128,
+                                           calls=5 if tiny else 30)
+            passes[f"{name}@{rows_per_pass}x128"] = {"cpu_seconds": cpu, "wall_seconds": wall}
+            launches.append([name, f"{rows_per_pass} x 128", f"{1000 * cpu:.2f}", f"{1000 * wall:.2f}",
+                             f"{100 * cpu / wall:.0f}%"])
         del model, encoder
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -97,4 +124,8 @@ def bench_gpu(args) -> dict:
     print_table(f"gpu: {name}, {dtype}, random-initialised configs, measured {dtype} matmul peak "
                 f"{peak / 1e12:,.1f} TFLOP/s, median of {args.rounds}",
                 ["model", "length", "tok/s", "TFLOP/s", "of peak"], rows)
-    return {"device": name, "dtype": str(dtype), "matmul_peak_flops": peak, "models": results}
+    print_table("gpu: one forward pass and its pooling, the host CPU time that issues it (kernel launches) "
+                "against its wall time to the end of the pass; a share near 100% is a pass the host, not the GPU, "
+                f"paces; median of {5 if tiny else 30}", ["model", "pass", "host CPU ms", "wall ms", "CPU/wall"],
+                launches)
+    return {"device": name, "dtype": str(dtype), "matmul_peak_flops": peak, "models": results, "passes": passes}
