@@ -41,13 +41,14 @@ PHASE_RULES = [
     ("pool", ("e5/pooling.py",), None),
     ("model", ("transformers/", "torch/nn/", "e5/runtimes.py", "e5/onnx_runtime.py", "onnxruntime/"), None),
     ("tokenise", ("e5/tokenizer.py", "e5/encoder.py", "tokenizers/"),
-     {"tokenize", "_encode", "_head", "windows", "encode", "encode_batch", "_with_specials", "rows"}),
-    ("respond", ("e5/service.py", "e5/respond.py", "e5/encoding.py", "e5/cog_output.py", "e5/chunking.py"),
-     {"respond", "collapse", "returned", "vectors_to_text", "as_float32", "for_cog", "json_floats", "tolist",
-      "weighted_means", "best_per_group", "group_rows", "to_output", "_npy_file", "model_dump"}),
+     {"tokenize", "encode", "encode_batch", "_head", "_with_specials", "windows"}),
+    ("respond", ("e5/service.py", "e5/prepare.py", "e5/encoding.py", "e5/cog_output.py", "e5/chunking.py",
+                 "predict.py"),
+     {"respond", "returned", "vectors_to_text", "as_float32", "matrix_to_npy", "for_cog", "tolist",
+      "short_float32_values", "per_input", "best_per_input", "rows_of", "weighted_means", "best_per_group",
+      "group_rows", "_npy_file", "model_dump"}),
     ("output encoding", ("json/", "dataclasses.py", "copy.py"), None),
-    ("prepare", ("e5/service.py", "e5/prepare.py", "e5/request.py", "e5/limits.py", "e5/prompts.py", "predict.py"),
-     None),
+    ("prepare", ("e5/service.py", "e5/prepare.py", "e5/limits.py", "e5/prompts.py", "predict.py"), None),
     ("engine hand-off", ("e5/engine.py", "e5/encoder.py", "e5/batching.py", "asyncio/", "threading.py",
                          "selectors.py", "concurrent/"), None),
 ]
@@ -74,7 +75,7 @@ def _zero_work_checkpoint(dims: int, layers: int, root: Path, source: Path) -> P
 
 
 def _worker_pid(server) -> int | None:
-    """The Python worker of a coglet server: the busiest process of its group other than coglet itself."""
+    """The Python worker of a coglet server: the newest process of its group other than coglet itself."""
     pids = [pid for pid in server.group_pids() if pid != server.proc.pid]
     return pids[-1] if pids else None
 
