@@ -1,4 +1,4 @@
-"""Loading a checkpoint and turning texts into pooled vectors."""
+"""Loading a checkpoint, and running the forward passes that turn token ids into pooled vectors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import copy
 import itertools
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
