@@ -303,7 +303,7 @@ def embed_records(encoder: Encoder, settings: JobSettings, records: list[Record]
     lengths = [len(row) for row in rows.tokens.ids]
     if mode is LongTexts.MEAN:
         vectors = rows.per_input(vectors)
-        lengths = [sum(lengths[row] for row in group) for group in rows.groups()]
+        lengths = [sum(lengths[row] for row in group) for group in rows.groups]
     if settings.normalize:
         vectors = l2_normalize(vectors)
     per_row = mode is LongTexts.CHUNKS

@@ -76,35 +76,34 @@ class _LoopSink:
         self._settle(asyncio.Future.set_exception, exc)
 
     def _settle(self, method, value) -> None:
-        def settle() -> None:
-            if not self.future.done():
-                method(self.future, value)
+        _settle_on_loop(self.loop, [(method, self.future, value)])
 
-        try:
-            self.loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the caller's loop has closed: nobody is waiting any more
-            pass
+
+def _settle_on_loop(loop: asyncio.AbstractEventLoop, settlements: list[tuple]) -> None:
+    """Run each `(method, future, value)` on `loop` with one thread-safe wake-up for all of them; a future
+    already done (cancelled) is left alone."""
+    def settle() -> None:
+        for method, future, value in settlements:
+            if not future.done():
+                method(future, value)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the callers' loop has closed: nobody is waiting any more
+        pass
 
 
 def _deliver(results: list[tuple[_ThreadSink | _LoopSink, torch.Tensor]]) -> None:
     """Each sink's result, with one wake-up per event loop for all its futures rather than one per future: at
     32 clients of one text each, a pass finishes many requests awaited on coglet's one loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, torch.Tensor]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
     for sink, value in results:
         if isinstance(sink, _LoopSink):
-            by_loop.setdefault(sink.loop, []).append((sink.future, value))
+            by_loop.setdefault(sink.loop, []).append((asyncio.Future.set_result, sink.future, value))
         else:
             sink.set_result(value)
-    for loop, futures in by_loop.items():
-        def settle(futures=futures) -> None:
-            for future, value in futures:
-                if not future.done():
-                    future.set_result(value)
-
-        try:
-            loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the callers' loop has closed: nobody is waiting any more
-            pass
+    for loop, settlements in by_loop.items():
+        _settle_on_loop(loop, settlements)
 
 
 @dataclass(eq=False)

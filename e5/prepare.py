@@ -12,6 +12,7 @@ prompt, cut and window alike, and both collapse windows to one vector per input 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -50,22 +51,22 @@ class Rows:
         """Each input is one row, in order: no windows to collapse."""
         return len(self.owners) == self.inputs
 
+    @cached_property
     def groups(self) -> list[list[int]]:
-        """For each input, its rows."""
+        """For each input, its rows (worked out once: respond asks for them for vectors and for scores)."""
         return [[i] for i in range(self.inputs)] if self.one_per_input else group_rows(self.owners, self.inputs)
 
     def per_input(self, vectors: torch.Tensor) -> torch.Tensor:
         """One vector per input: its row itself, or the token-weighted mean of its windows' vectors."""
         if self.one_per_input:
             return vectors
-        return weighted_means(vectors, self.groups(), [len(row) for row in self.tokens.ids])
+        return weighted_means(vectors, self.groups, [len(row) for row in self.tokens.ids])
 
     def best_per_input(self, scores: torch.Tensor, inputs: range) -> torch.Tensor:
         """The score of each input in `inputs` from its rows' `scores`: its best window's (MaxP)."""
         if self.one_per_input:
             return scores[inputs.start: inputs.stop]
-        groups = self.groups()
-        return best_per_group(scores, [groups[i] for i in inputs])
+        return best_per_group(scores, [self.groups[i] for i in inputs])
 
     def rows_of(self, inputs: range) -> list[int]:
         """The rows of the inputs in `inputs`, in order."""

@@ -215,9 +215,9 @@ class EmbeddingService:
         task = resolve_task(request.task)
 
         inputs: list[TextInput] = []
-        query = passage_at = None
+        query_at = passage_at = None
         if request.query is not None:
-            query = len(inputs)
+            query_at = len(inputs)
             inputs.append(TextInput("query", request.query, InputType.QUERY, windowed=False))
         if passage is not None:
             passage_at = len(inputs)
@@ -227,7 +227,7 @@ class EmbeddingService:
         rows = rows_for(self.encoder.text_tokenizer, inputs, self.encoder.spec.prompt_style, task, long_texts,
                         request.truncate, self.chunk_overlap, self.limits)
         self.limits.check_tokens(rows.tokens.token_count)
-        return PreparedRequest(inputs, rows, query, passage_at, range(first_text, len(inputs)), request.normalize,
+        return PreparedRequest(inputs, rows, query_at, passage_at, range(first_text, len(inputs)), request.normalize,
                                encoding, long_texts)
 
     def _check_limits(self, singles: tuple[tuple[str, str | None], ...], texts: list[str]) -> None:
