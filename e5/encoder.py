@@ -1,30 +1,25 @@
-"""Loading a checkpoint, and running the forward passes that turn token ids into pooled vectors."""
+"""Running the forward passes that turn token ids into pooled vectors (`e5.loader` builds the encoder)."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
 
 from .batching import CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, PassPolicy, default_token_budget
-from .devices import Placement, choose_placement
+from .devices import Placement
 from .memory import HeapTrimmer
-from .pass_plan import (
-    BF16_MATMUL_GATE, BF16_MIN_COSINE, ONNX_FLOAT32, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, choose_plan, fit_cost,
-)
+from .onnx_runtime import PROBE_TEXTS
+from .pass_plan import PassPlan
+from .pass_timing import Measurements
+from .plan_cache import LoadRecord
 from .pooling import pool
-from .onnx_runtime import (
-    ONNX_FLOAT32_TOLERANCE, PROBE_TEXTS, QuantizeError, cosine_check, float32_backbone, int8_backbone, onnx_refusal,
-)
 from .registry import ModelSpec
-from .runtimes import ONNX_INT8, TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
+from .runtimes import Backbone, RuntimeChoice, TorchBackbone
 from .settings import CpuRuntime, Quantize, Settings
 from .tokenizer import TextTokenizer, Tokenized, TooLongError
 from .weights import WeightsError, weights_problem
@@ -39,7 +34,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-# The widest rows of the load-time runtime plan's batch probe (`Encoder._probe_passes`).
+# The widest rows of the load-time runtime plan's batch probe (`Encoder.probe_passes`).
 PROBE_BATCH_WIDTH = 512
 
 
@@ -66,29 +61,27 @@ class Encoder:
     """A loaded checkpoint: tokenizer, the runtime(s) that run its model, and the registry entry that says
     how to use them."""
 
-    def __init__(self, spec: ModelSpec, tokenizer, model, placement: Placement, token_budget: int | None = None,
-                 heap: HeapTrimmer | None = None):
+    def __init__(self, spec: ModelSpec, tokenizer, backbone: Backbone, placement: Placement,
+                 token_budget: int | None = None, heap: HeapTrimmer | None = None):
         self.spec = spec
         self.heap = heap  # gives the activations' freed heap back to the OS now and then (see e5.memory)
         self.tokenizer = tokenizer
         self.placement = placement
         # What runs the model (`e5.runtimes.Backbone`): `backbone` the small passes (all of them without a
-        # `large_backbone`), `large_backbone` the passes above the split a measured plan (`plan_passes`) found.
-        if getattr(model, "pooler", None) is not None:
-            # E5 pools the token states itself: BERT's pooler (a dense layer and tanh per row) would run on
-            # every pass for nothing (4% of the worker's CPU serving single passages). Dropped after loading,
-            # so the checkpoint's pooler weights load as expected and the load report stays quiet.
-            model.pooler = None
-        self.backbone: Backbone = TorchBackbone(model)
+        # `large_backbone`), `large_backbone` the passes above the split of a measured plan (`use_plan`).
+        self.backbone: Backbone = backbone
         self.large_backbone: Backbone | None = None
         self.plan: PassPlan | None = None
+        # What the loader (e5.loader) chose and measured, for logs, the load report and tests.
         self.choice: RuntimeChoice | None = None  # what `choose_runtime` decided at load, and why
+        self.record: LoadRecord | None = None  # the CPU's measured (or cached) plan and checks
         self.int8_check = None  # with E5_QUANTIZE=int8: the int8 vectors' cosine to float32 on the probe texts
         self.onnx_max_abs_diff = None  # with ONNX Runtime float32: its largest difference to torch on the probes
         self.bf16_min_cosine: float | None = None  # when a bfloat16 model serves: its cosine to float32 on the probes
-        self.dimensions = int(model.config.hidden_size)
+        config = backbone.config
+        self.dimensions = int(config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
-        self.max_tokens = min(spec.max_tokens, position_capacity(spec, model.config))
+        self.max_tokens = min(spec.max_tokens, position_capacity(spec, config))
         # What prepare and bulk tokenise with; the encoder itself only runs passes of token ids.
         self.text_tokenizer = TextTokenizer(tokenizer, spec, self.max_tokens)
         self._pad_id = self.text_tokenizer.pad_id
@@ -99,130 +92,25 @@ class Encoder:
     @classmethod
     def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None,
              quantize: Quantize | None = None, runtime: CpuRuntime | None = None,
-             settings: Settings | None = None) -> "Encoder":
-        """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
+             settings: Settings | None = None, measurements: Measurements | None = None) -> "Encoder":
+        """`e5.loader.load_encoder`: the checkpoint in `weights_dir`, in the runtime(s) chosen for this machine."""
+        from .loader import load_encoder
 
-        `quantize` is `Quantize.NONE` or `INT8` (CPU, see `e5.onnx_runtime`); `runtime` runs float32 on the CPU in
-        `CpuRuntime.TORCH`, `ONNXRUNTIME` or `AUTO` (measured at load). Both are checked once, by `Settings`;
-        their string values ('int8', 'torch') compare equal and work too. By default `settings` (else the
-        environment) decide them, with the device, dtype and token budget.
-        """
-        settings = settings or Settings.from_env()
-        weights_dir = Path(weights_dir)
-        check_weights_dir(weights_dir, settings)
-        placement = placement or choose_placement(settings.device, settings.dtype)
-        # Checked once, by Settings (or typed by the caller): Quantize and CpuRuntime members, or their values.
-        quantize = settings.quantize if quantize is None else quantize
-        runtime = settings.cpu_runtime if runtime is None else runtime
-        device, dtype = placement.device, placement.dtype
-        setting = "E5_QUANTIZE=int8" if quantize == Quantize.INT8 else "E5_CPU_RUNTIME=onnxruntime"
-        # Asked only where ONNX Runtime may serve: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
-        refusal = (onnx_refusal(spec, device, dtype, weights_dir, setting)
-                   if quantize == Quantize.INT8 or runtime != CpuRuntime.TORCH else None)
-        choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal)
-        onnx = choice.runtime != TORCH
-        tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
-        model = AutoModel.from_pretrained(
-            weights_dir,
-            local_files_only=True,
-            trust_remote_code=False,
-            use_safetensors=True,
-            dtype=placement.dtype,
-            # ONNX Runtime fuses attention only in an eager export; the float32 maths is the same.
-            attn_implementation="eager" if onnx else "sdpa",
-            # Straight from safetensors onto the GPU in its dtype: no float32 copy in host memory.
-            device_map=str(placement.device) if placement.device.type == "cuda" else None,
-        )
-        model.to(placement.device).eval()
-        encoder = cls(spec, tokenizer, model, placement, settings.token_budget, HeapTrimmer(settings.heap_trim_seconds))
-        encoder.choice = choice
-        log.info("%s: %s (%s)", spec.name, choice.runtime, choice.reason)
-        if choice.runtime == ONNX_INT8:
-            encoder._switch_to_int8(weights_dir, settings.cache_dir)
-        elif choice.runtime == ONNX_FLOAT32:
-            try:
-                encoder._switch_to_onnx_float32(weights_dir, settings.cache_dir)
-            except Exception as exc:
-                if not choice.fallback_to_torch:
-                    raise
-                # E5_CPU_RUNTIME=auto: a build that fails (a read-only cache, say) costs speed, never the service.
-                log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "
-                            "(E5_CPU_RUNTIME=torch skips the attempt)", spec.name, exc)
-        # With nothing pinned (E5_DTYPE, E5_CPU_RUNTIME, E5_QUANTIZE), the CPU's passes go to whichever runtime
-        # and precision measure fastest here, bfloat16 included where this CPU accelerates it.
-        if choice.measure:
-            encoder.plan_passes(model)
-        return encoder
+        return load_encoder(spec, weights_dir, settings, placement, quantize, runtime, measurements)
 
-    def _switch_to_int8(self, weights_dir: Path, cache_dir: Path) -> None:
-        """Swap the float32 model for its int8 ONNX build, and measure what that costs in accuracy."""
-        reference = self.embed(PROBE_TEXTS)[0]
-        self.backbone = int8_backbone(self.spec, weights_dir, self.backbone.model, cache_dir)
-        self.int8_check = cosine_check(self.embed(PROBE_TEXTS)[0], reference)
-        log.warning("%s runs in int8 (E5_QUANTIZE=int8): cosine to float32 on %d probe texts min %.4f, mean %.4f",
-                    self.spec.name, self.int8_check.texts, self.int8_check.min_cosine, self.int8_check.mean_cosine)
-
-    def _switch_to_onnx_float32(self, weights_dir: Path, cache_dir: Path) -> None:
-        """Swap the torch model for its fused float32 ONNX build once its vectors match torch's on the probes."""
-        reference = self.embed(PROBE_TEXTS)[0]
-        torch_backbone = self.backbone
-        self.backbone = float32_backbone(self.spec, weights_dir, torch_backbone.model, cache_dir)
-        difference = float((self.embed(PROBE_TEXTS)[0] - reference).abs().max())
-        if not difference <= ONNX_FLOAT32_TOLERANCE:  # also catches NaN
-            self.backbone = torch_backbone
-            raise QuantizeError(f"the float32 ONNX build of {self.spec.name} differs from torch by {difference:.1e} "
-                                f"on the probe texts (at most {ONNX_FLOAT32_TOLERANCE:.0e} is allowed)")
-        self.onnx_max_abs_diff = difference
-        log.info("%s runs float32 in ONNX Runtime: largest difference to torch on %d probe texts %.1e",
-                 self.spec.name, len(PROBE_TEXTS), self.onnx_max_abs_diff)
-
-    def plan_passes(self, torch_model) -> PassPlan:
-        """Time each runtime this CPU can serve the model in on two probe passes and keep what `choose_plan` picks.
-
-        The candidates: the float32 runtime loaded (ONNX Runtime, else torch), torch float32 (`torch_model`,
-        when ONNX Runtime serves), and torch bfloat16 where a bf16 matmul runs `BF16_MATMUL_GATE` times
-        faster than float32 here and its vectors stay within `BF16_MIN_COSINE` of float32 on the probe texts.
-        Runtimes the plan does not use are dropped, so at most two copies of the weights stay.
-        """
-        default = self.backbone.name  # the float32 runtime loaded: ONNX Runtime, else torch
-        candidates: dict[str, Backbone] = {default: self.backbone}
-        if default != TORCH_FLOAT32:
-            torch_model.set_attn_implementation("sdpa")  # eager attention was for the ONNX export only
-            candidates[TORCH_FLOAT32] = TorchBackbone(torch_model)
-        notes = []
-        speedup = bf16_matmul_speedup()
-        if speedup < BF16_MATMUL_GATE:
-            notes.append(f"bfloat16 not tried: a bf16 matmul runs at {speedup:.2f}x float32 on this CPU "
-                         f"(at least {BF16_MATMUL_GATE}x needed, as AMX gives)")
+    def use_plan(self, plan: PassPlan | None, backbones: dict[str, Backbone]) -> None:
+        """Serve passes as `plan` splits them between `backbones` (by runtime name); one backbone without a plan."""
+        self.plan = plan
+        if plan is None:
+            (self.backbone,) = backbones.values()
+            self.large_backbone = None
         else:
-            bf16_model = copy.deepcopy(torch_model).to(torch.bfloat16)
-            bf16_model.set_attn_implementation("sdpa")
-            bf16 = TorchBackbone(bf16_model)
-            cosine = float(torch.nn.functional.cosine_similarity(
-                self._probe_vectors(bf16), self._probe_vectors(self.backbone), dim=1).min())
-            if cosine >= BF16_MIN_COSINE:
-                candidates[TORCH_BFLOAT16] = bf16
-                self.bf16_min_cosine = cosine
-            else:
-                notes.append(f"bfloat16 refused: min cosine to float32 on the probe texts {cosine:.6f}, "
-                             f"below {BF16_MIN_COSINE}")
-        small, large = self._probe_passes()
-        timings = _alternating_timings(candidates, {"small": small, "large": large})
-        costs = [fit_cost(name, (small[0].numel(), timings[name]["small"]), (large[0].numel(), timings[name]["large"]))
-                 for name in candidates]
-        plan = choose_plan(costs, default, small[0].numel(), large[0].numel())
-        self.plan = replace(plan, reason="; ".join([plan.reason, *notes]))
-        self.backbone = candidates[plan.small]
-        self.large_backbone = candidates[plan.large] if plan.large else None
-        if TORCH_BFLOAT16 not in plan.runtimes:
-            self.bf16_min_cosine = None
-        log.warning("%s on the CPU: %s. Why: %s%s", self.spec.name, plan.describe(), self.plan.reason,
-                    f"; bfloat16 min cosine to float32 on the probe texts {self.bf16_min_cosine:.6f}"
-                    if self.bf16_min_cosine is not None else "")
-        return self.plan
+            self.backbone = backbones[plan.small]
+            self.large_backbone = backbones[plan.large] if plan.large else None
 
-    def _probe_passes(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """A short query alone, and the largest pass the encoder cuts by default: the CPU's token budget (a larger
+    def probe_passes(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The load-time plan's two probe passes: a short query alone, and the largest pass the encoder cuts by
+        default: the CPU's token budget (a larger
         E5_TOKEN_BUDGET is not probed beyond it) in rows of the model's full width (at most `PROBE_BATCH_WIDTH`).
 
         Full width, because how runtimes compare changes with it: on an AMD EPYC (no AMX) ONNX Runtime float32
@@ -237,7 +125,9 @@ class Encoder:
         batch = [(stream * (1 + count * width // len(stream)))[i * width: (i + 1) * width] for i in range(count)]
         return self._pad(rows[:1]), self._pad(batch)
 
-    def _probe_vectors(self, backbone: Backbone) -> torch.Tensor:
+    def probe_vectors(self, backbone: Backbone | None = None) -> torch.Tensor:
+        """Pooled vectors of `PROBE_TEXTS` from `backbone` (default: the encoder's own), for the load-time checks."""
+        backbone = backbone or self.backbone
         input_ids, mask = self._pad(self.text_tokenizer.encode(PROBE_TEXTS))
         with torch.inference_mode():
             return pool(backbone(input_ids, mask), mask, self.spec.pooling)
@@ -352,52 +242,3 @@ class Encoder:
         """Embed already-formatted texts; returns float32 vectors and the tokenisation."""
         tokens = self.tokenize(texts, truncate=truncate)
         return self.embed_ids(tokens.ids), tokens
-
-
-def pass_seconds(backbone: Backbone, input_ids: torch.Tensor, mask: torch.Tensor, calls: int,
-                 warm_up: bool = True) -> float:
-    """The median seconds of `calls` forward passes of `backbone` on one padded batch (after one warm-up call)."""
-    timings = []
-    with torch.inference_mode():
-        for _ in range(calls + warm_up):
-            started = time.perf_counter()
-            backbone(input_ids, mask)
-            timings.append(time.perf_counter() - started)
-    timings = sorted(timings[warm_up:])
-    return timings[len(timings) // 2]
-
-
-def _alternating_timings(models: dict, passes: dict, rounds: int = 3) -> dict[str, dict[str, float]]:
-    """Median seconds of each model on each probe pass, the models taking turns in every round so that the
-    machine's drift (up to 30% here) falls on all of them alike; short passes take the median of 3 calls."""
-    for model in models.values():  # warm-up: first calls allocate and plan
-        for input_ids, mask in passes.values():
-            pass_seconds(model, input_ids, mask, calls=1)
-    seconds: dict[str, dict[str, list[float]]] = {name: {shape: [] for shape in passes} for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            for shape, (input_ids, mask) in passes.items():
-                calls = 3 if input_ids.numel() < 64 else 1
-                seconds[name][shape].append(pass_seconds(model, input_ids, mask, calls=calls, warm_up=False))
-    return {name: {shape: sorted(v)[len(v) // 2] for shape, v in by.items()} for name, by in seconds.items()}
-
-
-def bf16_matmul_speedup(rows: int = 256, inner: int = 384, cols: int = 1536, calls: int = 5) -> float:
-    """How many times faster a bfloat16 matmul of an encoder layer's shape runs than float32 on this CPU.
-
-    About 3-5x with AMX (550-1,076 against 174-201 GFLOP/s at 2 threads); below 1 on CPUs without bf16
-    units (AMD EPYC 7003, AVX2), where a bfloat16 model ran 7x slower than float32.
-    """
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(rows, inner, generator=generator), torch.randn(inner, cols, generator=generator)
-
-    def best(x: torch.Tensor, y: torch.Tensor) -> float:
-        x @ y  # warm-up
-        timings = []
-        for _ in range(calls):
-            started = time.perf_counter()
-            x @ y
-            timings.append(time.perf_counter() - started)
-        return min(timings)
-
-    return best(a, b) / best(a.bfloat16(), b.bfloat16())

@@ -22,9 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,17 +29,17 @@ import numpy as np
 import torch
 
 from .errors import ServiceError
+from .onnx_build import MODEL_FILE, build_in_subprocess, float32_layers_kept  # noqa: F401 (re-exported)
 from .registry import Family, ModelSpec
 
 log = logging.getLogger(__name__)
 
 INT8_FAMILIES = (Family.BERT, Family.XLM_ROBERTA)
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 # Protobuf caps one ONNX file at 2 GiB; the graph itself needs a little room beside the weights.
 ONNX_FILE_LIMIT = 2**31 - 2**26
 # Largest difference to torch's vectors on the probe texts that the float32 ONNX build may show.
 ONNX_FLOAT32_TOLERANCE = 1e-4
-_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 # Texts of everyday length and topic for the self-check at load time.
 PROBE_TEXTS = [
@@ -123,76 +120,6 @@ def _cache_key(weights_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def float32_layers_kept(num_layers: int) -> list[int]:
-    """Layers whose FFN output projection stays float32: the first half (0, 1, 2 of MiniLM's 6)."""
-    return list(range((num_layers + 1) // 2))
-
-
-class _LastHiddenState(torch.nn.Module):
-    """Keyword arguments only: transformers 5 models take positional tensors for other parameters."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
-
-
-def _export_fused(model, tmp: Path) -> Path:
-    """Export an eager-attention float32 model to ONNX and fuse it (attention, layer norms, GELU) in `tmp`."""
-    from onnxruntime.transformers import optimizer
-
-    config = model.config
-    exported, fused = tmp / "float32.onnx", tmp / "fused.onnx"
-    sample = torch.ones(2, 8, dtype=torch.long)
-    with warnings.catch_warnings():
-        # The tracer warns about Python-level branches on shapes; the graph is checked against torch
-        # after every load, so the warnings would only alarm setup logs.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _LastHiddenState(model), (sample, torch.ones_like(sample), torch.zeros_like(sample)), str(exported),
-            dynamo=False, opset_version=17, do_constant_folding=True, input_names=list(_INPUTS),
-            output_names=["last_hidden_state"],
-            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in (*_INPUTS, "last_hidden_state")})
-    optimized = optimizer.optimize_model(str(exported), model_type="bert",
-                                         num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
-    log.info("onnx: fused operators %s", optimized.get_fused_operator_statistics())
-    optimized.save_model_to_file(str(fused))
-    return fused
-
-
-def build_int8(model, out_path: Path) -> Path:
-    """Export an eager-attention float32 model to ONNX, fuse it and quantise it to `out_path`."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        fused = _export_fused(model, Path(tmp))
-        keep = [f"/model/encoder/layer.{i}/output/dense/MatMul"
-                for i in float32_layers_kept(model.config.num_hidden_layers)]
-        names = {node.name for node in onnx.load(str(fused)).graph.node}
-        missing = [name for name in keep if name not in names]
-        if missing:  # never quantise the sensitive layers by accident because a name changed
-            raise QuantizeError(f"int8 export: expected nodes not found in the graph: {', '.join(missing)}")
-        partial = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(fused), str(partial), per_channel=True, reduce_range=False,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=keep,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        os.replace(partial, out_path)  # atomic: a half-written model is never picked up
-    return out_path
-
-
-def build_float32(model, out_path: Path) -> Path:
-    """Export an eager-attention float32 model to ONNX and fuse it, unquantised, to `out_path`."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        os.replace(_export_fused(model, Path(tmp)), out_path)  # atomic, as for int8
-    return out_path
-
-
 class OnnxBackbone:
     """A `e5.runtimes.Backbone` in ONNX Runtime: one session over a fused graph, float32 or int8 (`name`)."""
 
@@ -220,23 +147,31 @@ class OnnxBackbone:
         return torch.from_numpy(hidden)
 
 
-def int8_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path) -> OnnxBackbone:
-    """The int8 model for `weights_dir`, built from `eager_model` once (about 10 s for MiniLM), then kept in `cache_dir`."""
-    return _cached_backbone(spec, weights_dir, eager_model, cache_dir, "int8", build_int8)
+def build_dir(spec: ModelSpec, weights_dir: Path, cache_dir: Path, precision: str) -> Path:
+    """Where the `precision` ONNX build of `weights_dir` lives in `cache_dir` (a directory; see e5.onnx_build)."""
+    return cache_dir / f"{spec.name}-{precision}-{_cache_key(weights_dir)}"
 
 
-def float32_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path) -> OnnxBackbone:
-    """The fused float32 ONNX model for `weights_dir`, built from `eager_model` once, then kept in `cache_dir`."""
-    return _cached_backbone(spec, weights_dir, eager_model, cache_dir, "float32", build_float32)
+def onnx_backbones(spec: ModelSpec, weights_dir: Path, config, cache_dir: Path,
+                   precisions: tuple[str, ...]) -> dict[str, "OnnxBackbone"]:
+    """The ONNX models of `weights_dir` in `precisions` ("float32", "int8"), by runtime name; those not yet in
+    `cache_dir` are built in one child process first (about 15 s for multilingual-e5-small)."""
+    paths = {precision: build_dir(spec, weights_dir, cache_dir, precision) for precision in precisions}
+    missing = {precision: path for precision, path in paths.items() if not (path / MODEL_FILE).is_file()}
+    if missing:
+        cache_dir.mkdir(parents=True, exist_ok=True)  # an unusable cache fails here, not in the child
+        log.info("onnx: building %s", ", ".join(map(str, missing.values())))
+        build_in_subprocess(weights_dir, missing, torch.get_num_threads())
+    return {f"onnxruntime {precision}": onnx_model(spec, weights_dir, config, cache_dir, precision)
+            for precision in precisions}
 
 
-def _cached_backbone(spec: ModelSpec, weights_dir: Path, eager_model, cache_dir: Path, precision: str,
-                     build) -> OnnxBackbone:
-    path = cache_dir / f"{spec.name}-{precision}-{_cache_key(weights_dir)}.onnx"
+def onnx_model(spec: ModelSpec, weights_dir: Path, config, cache_dir: Path, precision: str) -> "OnnxBackbone":
+    """The `precision` build of `weights_dir` already in `cache_dir`; FileNotFoundError when it is not there."""
+    path = build_dir(spec, weights_dir, cache_dir, precision) / MODEL_FILE
     if not path.is_file():
-        log.info("onnx: building %s", path)
-        build(eager_model, path)
-    return OnnxBackbone(path, eager_model.config, torch.get_num_threads(), f"onnxruntime {precision}")
+        raise FileNotFoundError(f"no {precision} ONNX build at {path}")
+    return OnnxBackbone(path, config, torch.get_num_threads(), f"onnxruntime {precision}")
 
 
 def cosine_check(int8_vectors: torch.Tensor, float32_vectors: torch.Tensor) -> Int8Check:

@@ -61,7 +61,8 @@ class Settings:
     dtype: DType | None = None  # E5_DTYPE (default: per device)
     quantize: Quantize = Quantize.NONE  # E5_QUANTIZE
     cpu_runtime: CpuRuntime = CpuRuntime.AUTO  # E5_CPU_RUNTIME, for float32 on the CPU
-    cache_dir: Path = Path.home() / ".cache" / "e5"  # E5_CACHE_DIR: ONNX builds (float32, int8)
+    cache_dir: Path = Path.home() / ".cache" / "e5"  # E5_CACHE_DIR: ONNX builds and the CPU's measured plans
+    remeasure: bool = False  # E5_REMEASURE: measure the CPU's plan at this boot even where one is cached
     token_budget: int | None = None  # E5_TOKEN_BUDGET: padded tokens per pass (default: per device)
     dynamic_batching: bool = True  # E5_DYNAMIC_BATCHING
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS  # E5_BATCH_WAIT_MS
@@ -88,6 +89,7 @@ class Settings:
             quantize=env.member("E5_QUANTIZE", Quantize, defaults.quantize, lower=True),
             cpu_runtime=env.member("E5_CPU_RUNTIME", CpuRuntime, defaults.cpu_runtime, lower=True),
             cache_dir=env.path("E5_CACHE_DIR") or defaults.cache_dir,
+            remeasure=env.flag("E5_REMEASURE", defaults.remeasure),
             token_budget=env.positive_int("E5_TOKEN_BUDGET", None, "number of tokens"),
             dynamic_batching=env.flag("E5_DYNAMIC_BATCHING", defaults.dynamic_batching),
             batch_wait_ms=env.milliseconds("E5_BATCH_WAIT_MS", defaults.batch_wait_ms),

@@ -18,6 +18,7 @@ from e5.onnx_runtime import (
     float32_layers_kept,
     onnx_refusal,
 )
+from e5.pass_timing import Measurements
 from e5.settings import CpuRuntime, Quantize, Settings
 from e5.registry import get_spec
 
@@ -47,8 +48,8 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     fp32 = Encoder.load(spec, checkpoints[family], quantize="none", runtime="torch")
     int8 = Encoder.load(spec, checkpoints[family], quantize="int8")
     assert isinstance(int8.backbone, OnnxBackbone) and int8.runtime == "onnxruntime int8" == int8.choice.runtime
-    built = list(cache.glob("*.onnx"))
-    assert len(built) == 1
+    built = sorted(path / "model.onnx" for path in cache.glob("*-int8-*"))
+    assert len(built) == 1 and len(list(cache.glob("*-float32-*"))) == 1  # int8 is timed against float32
     check = int8.int8_check
     assert check.texts == len(PROBE_TEXTS) and -1 <= check.min_cosine <= check.mean_cosine <= 1
     texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40]
@@ -58,7 +59,7 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.8
     mtime = built[0].stat().st_mtime_ns
     Encoder.load(spec, checkpoints[family], quantize="int8")
-    assert [p.stat().st_mtime_ns for p in cache.glob("*.onnx")] == [mtime]  # reused, not rebuilt
+    assert [p.stat().st_mtime_ns for p in built] == [mtime]  # reused, not rebuilt
 
 
 def test_the_cpu_runtime_is_checked_once_by_the_settings():
@@ -106,7 +107,7 @@ def test_auto_falls_back_to_torch_when_the_build_fails(checkpoints, tmp_path, mo
     spec = get_spec("e5-small-v2")
     (tmp_path / "cache").write_text("a file where the cache directory should be")
     monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path / "cache"))
-    with caplog.at_level("WARNING", logger="e5.encoder"):
+    with caplog.at_level("WARNING", logger="e5.loader"):
         encoder = Encoder.load(spec, checkpoints["bert"])
     assert encoder.runtime == "torch float32" and not isinstance(encoder.backbone, OnnxBackbone)
     assert "the ONNX Runtime float32 build failed" in caplog.text and "runs in torch instead" in caplog.text
@@ -117,13 +118,13 @@ def test_auto_falls_back_to_torch_when_the_build_fails(checkpoints, tmp_path, mo
         Encoder.load(spec, checkpoints["bert"], runtime="onnxruntime")
 
 
-def test_a_float32_build_that_disagrees_with_torch_is_not_served(checkpoints, cache, monkeypatch):
-    monkeypatch.setattr("e5.encoder.ONNX_FLOAT32_TOLERANCE", -1.0)  # no difference passes now
+def test_a_float32_build_that_disagrees_with_torch_is_not_served(checkpoints, cache):
+    strict = Measurements(onnx_float32_tolerance=-1.0)  # no difference passes now
     spec = get_spec("multilingual-e5-small")
-    fallen_back = Encoder.load(spec, checkpoints["xlm-roberta"])
+    fallen_back = Encoder.load(spec, checkpoints["xlm-roberta"], measurements=strict)
     assert fallen_back.runtime == "torch float32" and not isinstance(fallen_back.backbone, OnnxBackbone)
     with pytest.raises(QuantizeError, match="float32 ONNX build of multilingual-e5-small differs from torch by"):
-        Encoder.load(spec, checkpoints["xlm-roberta"], runtime="onnxruntime")
+        Encoder.load(spec, checkpoints["xlm-roberta"], runtime="onnxruntime", measurements=strict)
 
 
 @pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
@@ -131,7 +132,7 @@ def test_onnx_runtime_float32_gives_torchs_vectors(family, model, checkpoints, c
     spec = get_spec(model)
     torch_encoder = Encoder.load(spec, checkpoints[family], runtime="torch")
     onnx = Encoder.load(spec, checkpoints[family], runtime="onnxruntime")
-    assert isinstance(onnx.backbone, OnnxBackbone) and len(list(cache.glob("*-float32-*.onnx"))) == 1
+    assert isinstance(onnx.backbone, OnnxBackbone) and len(list(cache.glob("*-float32-*/model.onnx"))) == 1
     assert onnx.onnx_max_abs_diff <= 1e-5
     texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40, "query: 南瓜"]
     batched = onnx.embed(texts)[0]

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-import e5.encoder as encoder_module
-from e5.encoder import Encoder, bf16_matmul_speedup
+from e5.encoder import Encoder
+from e5.pass_timing import Measurements, bf16_matmul_speedup
 from e5.pass_plan import (
     ONNX_FLOAT32, OVERHEAD_TOKENS_RANGE, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, RuntimeCost, choose_plan, fit_cost,
 )
@@ -81,20 +81,23 @@ def test_bf16_matmul_speedup_is_a_positive_ratio():
     assert bf16_matmul_speedup(rows=16, inner=32, cols=32, calls=2) > 0
 
 
-def _auto(checkpoints, family="xlm-roberta", **kwargs) -> Encoder:
-    """An encoder loaded with nothing pinned, as the service loads one on the CPU by default."""
-    return Encoder.load(get_spec("multilingual-e5-small"), checkpoints[family], settings=Settings(**kwargs))
+def _auto(checkpoints, measurements: Measurements | None = None, family="xlm-roberta", **kwargs) -> Encoder:
+    """An encoder loaded with nothing pinned, as the service loads one on the CPU by default, measured at this
+    load (not read from the plan cache)."""
+    settings = Settings(cache_dir=Settings.from_env().cache_dir, remeasure=True, **kwargs)
+    return Encoder.load(get_spec("multilingual-e5-small"), checkpoints[family], settings=settings,
+                        measurements=measurements)
 
 
 def test_the_default_cpu_load_measures_and_keeps_only_the_runtimes_it_uses(checkpoints, encoders, caplog):
-    with caplog.at_level(logging.WARNING, logger="e5.encoder"):
+    with caplog.at_level(logging.WARNING, logger="e5.loader"):
         auto = _auto(checkpoints)
     assert auto.plan is not None and set(auto.plan.runtimes) <= {ORT, TORCH, BF16}
     # The batch probe is the largest pass the encoder cuts by default: the CPU budget in rows of full width.
-    (_, _), (batch, mask) = auto._probe_passes()
+    (_, _), (batch, mask) = auto.probe_passes()
     width = min(512, auto.max_tokens)
     assert batch.shape == (2048 // width, width) and bool(mask.all())
-    assert f"on the CPU: {auto.plan.describe()}. Why: " in caplog.text and f"tok/s at {batch.numel()}" in caplog.text
+    assert f"on the CPU: {auto.plan.describe()} (measured in " in caplog.text and f"tok/s at {batch.numel()}" in caplog.text
     assert auto.runtime == auto.plan.describe() and auto.pass_policy.overhead_tokens == auto.plan.overhead_tokens
     assert (auto.large_backbone is None) == (auto.plan.large is None)
     texts = ["query: how much protein", "passage: " + "a longer text about protein and grams " * 12]
@@ -111,26 +114,23 @@ def test_a_pinned_setting_skips_the_measurement(checkpoints):
         assert _auto(checkpoints, **pinned).plan is None, pinned
 
 
-def test_bfloat16_is_refused_below_its_fidelity_gate(checkpoints, monkeypatch):
-    monkeypatch.setattr(encoder_module, "bf16_matmul_speedup", lambda: 4.0)  # as AMX measures
-    monkeypatch.setattr(encoder_module, "BF16_MIN_COSINE", 1.01)  # no model reaches it
-    plan = _auto(checkpoints).plan
+def test_bfloat16_is_refused_below_its_fidelity_gate(checkpoints):
+    # As AMX measures; a fidelity gate no model reaches.
+    plan = _auto(checkpoints, Measurements(bf16_matmul_speedup=lambda: 4.0, bf16_min_cosine=1.01)).plan
     assert BF16 not in plan.runtimes and "bfloat16 refused: min cosine to float32" in plan.reason
 
 
-def test_bfloat16_is_not_tried_where_its_matmul_is_slow(checkpoints, monkeypatch):
-    monkeypatch.setattr(encoder_module, "bf16_matmul_speedup", lambda: 0.07)  # as this AMD EPYC measures
-    plan = _auto(checkpoints).plan
+def test_bfloat16_is_not_tried_where_its_matmul_is_slow(checkpoints):
+    plan = _auto(checkpoints, Measurements(bf16_matmul_speedup=lambda: 0.07)).plan  # as an AMD EPYC 7003 measures
     assert BF16 not in plan.runtimes and "bfloat16 not tried: a bf16 matmul runs at 0.07x" in plan.reason
 
 
-def test_a_two_runtime_plan_sends_each_pass_to_its_runtime(checkpoints, monkeypatch):
+def test_a_two_runtime_plan_sends_each_pass_to_its_runtime(checkpoints):
     # Force what an AMX machine measures: ONNX Runtime for short passes, torch bfloat16 above 40 tokens.
-    monkeypatch.setattr(encoder_module, "bf16_matmul_speedup", lambda: 4.0)
-    monkeypatch.setattr(encoder_module, "BF16_MIN_COSINE", 0.99)  # tiny random weights: looser than real ones
-    monkeypatch.setattr(encoder_module, "choose_plan",
-                        lambda costs, default, small, large: PassPlan(ORT, BF16, 40, "forced", 150))
-    auto = _auto(checkpoints)
+    forced = Measurements(bf16_matmul_speedup=lambda: 4.0,
+                          bf16_min_cosine=0.99,  # tiny random weights: looser than real ones
+                          choose_plan=lambda costs, default, small, large: PassPlan(ORT, BF16, 40, "forced", 150))
+    auto = _auto(checkpoints, forced)
     assert isinstance(auto.backbone, OnnxBackbone) and next(auto.large_backbone.model.parameters()).dtype == torch.bfloat16
     assert auto.backbone_for(1, 40) is auto.backbone and auto.backbone_for(2, 21) is auto.large_backbone
     assert auto.runtimes == ["onnxruntime float32", "torch bfloat16"]

@@ -1,0 +1,264 @@
+"""Loading a checkpoint into an `Encoder`: which runtime(s) serve it here, measured once per machine and cached.
+
+On a GPU, or with the CPU's runtime pinned to torch, the model loads in torch and nothing is measured.
+Elsewhere on the CPU (ONNX Runtime, int8, or nothing pinned) the load is planned:
+- from the `e5.plan_cache` record of this machine, checkpoint, versions and settings, when there is one:
+  only the runtimes the plan uses are loaded (the ONNX build from the cache, a torch model in the plan's
+  precision), and nothing is timed or checked again;
+- else measured: the ONNX build(s) are made in a child process first (`e5.onnx_build`), then checked
+  against torch float32 on `PROBE_TEXTS`, and with nothing pinned every candidate runtime is timed on two
+  probe passes for `e5.pass_plan` to split passes between; the record is written for the next boot.
+Whatever the load does not keep is dropped and the freed heap given back before the encoder is returned.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from .devices import Placement, choose_placement
+from .encoder import Encoder, check_weights_dir
+from .memory import HeapTrimmer
+from .onnx_runtime import (
+    PROBE_TEXTS, Int8Check, QuantizeError, cosine_check, onnx_backbones, onnx_model, onnx_refusal,
+)
+from .pass_plan import BF16_MATMUL_GATE, ONNX_FLOAT32, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, fit_cost
+from .pass_timing import Measurements
+from .plan_cache import LoadRecord, PlanCache, now, plan_key
+from .registry import ModelSpec
+from .runtimes import ONNX_INT8, TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
+from .settings import CpuRuntime, Quantize, Settings
+
+log = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {TORCH_FLOAT32: torch.float32, TORCH_BFLOAT16: torch.bfloat16}
+
+
+def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None = None,
+                 placement: Placement | None = None, quantize: Quantize | str | None = None,
+                 runtime: CpuRuntime | str | None = None, measurements: Measurements | None = None) -> Encoder:
+    """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
+
+    `quantize` (`Quantize.NONE`/`INT8`) and `runtime` (`CpuRuntime.TORCH`/`ONNXRUNTIME`/`AUTO`) override
+    `settings` (default: the environment), which also give the device, dtype, token budget and cache.
+    `measurements` replaces what the CPU's plan measures and decides by (tests).
+    """
+    settings = settings or Settings.from_env()
+    weights_dir = Path(weights_dir)
+    check_weights_dir(weights_dir, settings)
+    placement = placement or choose_placement(settings.device, settings.dtype)
+    quantize = Quantize(settings.quantize if quantize is None else quantize)
+    runtime = CpuRuntime(settings.cpu_runtime if runtime is None else runtime)
+    device, dtype = placement.device, placement.dtype
+    setting = "E5_QUANTIZE=int8" if quantize == Quantize.INT8 else "E5_CPU_RUNTIME=onnxruntime"
+    # Asked only where ONNX Runtime may serve: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
+    refusal = (onnx_refusal(spec, device, dtype, weights_dir, setting)
+               if quantize == Quantize.INT8 or runtime != CpuRuntime.TORCH else None)
+    choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal)
+    log.info("%s: %s (%s)", spec.name, choice.runtime, choice.reason)
+    tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
+    heap = HeapTrimmer(settings.heap_trim_seconds)
+    if choice.runtime == TORCH and not choice.measure:
+        model = torch_model(weights_dir, placement.dtype, placement.device)
+        encoder = Encoder(spec, tokenizer, TorchBackbone(model), placement, settings.token_budget, heap)
+        encoder.choice = choice
+        return encoder
+    key = plan_key(weights_dir, f"dtype {settings.dtype and settings.dtype.value}, quantize {quantize.value}, "
+                               f"cpu_runtime {runtime.value}, token_budget {settings.token_budget}",
+                   torch.get_num_threads())
+    cache = PlanCache(settings.cache_dir, spec.name)
+    record, why = (None, "E5_REMEASURE=1") if settings.remeasure else cache.read(key)
+    encoder = None
+    if record is not None:
+        try:
+            encoder = _from_record(record, spec, weights_dir, tokenizer, placement, settings, heap)
+            source = f"the plan {why}"
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            why = f"the cached plan could not be used ({type(exc).__name__}: {exc})"
+    if encoder is None:
+        log.warning("%s: measuring this CPU's runtimes: %s (E5_CACHE_DIR keeps the result)", spec.name, why)
+        encoder, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, key, heap,
+                                   measurements or Measurements())
+        problem = cache.write(record)
+        source = f"measured in {record.measure_seconds:.1f} s" + (
+            f"; not cached ({problem}): the next boot measures again" if problem else f", cached in {cache.path(key)}")
+    encoder.choice = choice
+    _describe(encoder, record, source)
+    gc.collect()
+    heap.trim()  # what the checks and probes used, given back before the first request
+    return encoder
+
+
+def torch_model(weights_dir: Path, dtype: torch.dtype, device: torch.device):
+    """The checkpoint as a torch model in `dtype` on `device`, ready to serve (SDPA attention, no BERT pooler)."""
+    model = AutoModel.from_pretrained(
+        weights_dir, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype,
+        attn_implementation="sdpa",
+        # Straight from safetensors onto the GPU in its dtype: no float32 copy in host memory.
+        device_map=str(device) if device.type == "cuda" else None,
+    )
+    if getattr(model, "pooler", None) is not None:
+        # E5 pools the token states itself: BERT's pooler (a dense layer and tanh per row) would run on every
+        # pass for nothing (4% of the worker's CPU serving single passages). Dropped after loading, so the
+        # checkpoint's pooler weights load as expected and the load report stays quiet.
+        model.pooler = None
+    return model.to(device).eval()
+
+
+def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokenizer, placement: Placement,
+                 settings: Settings, heap: HeapTrimmer) -> Encoder:
+    """The encoder a cached record describes: only its runtimes loaded, nothing timed or checked."""
+    config = AutoConfig.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
+    backbones: dict[str, Backbone] = {}
+    for name in record.runtimes:
+        if name.startswith("onnxruntime "):
+            backbones[name] = onnx_model(spec, weights_dir, config, settings.cache_dir, name.split()[-1])
+        else:
+            backbones[name] = TorchBackbone(torch_model(weights_dir, _TORCH_DTYPES[name], placement.device))
+    encoder = Encoder(spec, tokenizer, next(iter(backbones.values())), placement, settings.token_budget, heap)
+    encoder.use_plan(record.plan, backbones)
+    _copy_checks(encoder, record)
+    return encoder
+
+
+def _copy_checks(encoder: Encoder, record: LoadRecord) -> None:
+    encoder.record = record
+    encoder.onnx_max_abs_diff = record.onnx_max_abs_diff
+    encoder.bf16_min_cosine = record.bf16_min_cosine if TORCH_BFLOAT16 in record.runtimes else None
+    if record.int8_min_cosine is not None:
+        encoder.int8_check = Int8Check(record.int8_texts, record.int8_min_cosine, record.int8_mean_cosine)
+
+
+def _measure(spec: ModelSpec, weights_dir: Path, tokenizer, placement: Placement, settings: Settings,
+             choice: RuntimeChoice, key, heap: HeapTrimmer, measurements: Measurements) -> tuple[Encoder, LoadRecord]:
+    """Build, check and (with nothing pinned) time the CPU's candidate runtimes; the encoder and its record."""
+    started = time.perf_counter()
+    onnx: dict[str, Backbone] = {}
+    if choice.runtime in (ONNX_FLOAT32, ONNX_INT8):
+        # int8 is timed against the float32 build, made by the same export.
+        precisions = ("float32", "int8") if choice.runtime == ONNX_INT8 else ("float32",)
+        config = AutoConfig.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
+        try:
+            # Before the torch model loads: the build's memory peak is its own process's, not added to ours.
+            onnx = onnx_backbones(spec, weights_dir, config, settings.cache_dir, precisions)
+        except Exception as exc:
+            if not choice.fallback_to_torch:
+                raise
+            # E5_CPU_RUNTIME=auto: a build that fails (a read-only cache, say) costs speed, never the service.
+            log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "
+                        "(E5_CPU_RUNTIME=torch skips the attempt)", spec.name, exc)
+    torch_float32 = TorchBackbone(torch_model(weights_dir, torch.float32, placement.device))
+    encoder = Encoder(spec, tokenizer, torch_float32, placement, settings.token_budget, heap)
+    reference = encoder.probe_vectors()
+    candidates: dict[str, Backbone] = {TORCH_FLOAT32: torch_float32}
+    default = TORCH_FLOAT32
+    checks: dict = {}
+    notes: list[str] = []
+    if ONNX_FLOAT32 in onnx:
+        difference = float((encoder.probe_vectors(onnx[ONNX_FLOAT32]) - reference).abs().max())
+        if difference <= measurements.onnx_float32_tolerance:  # also false for NaN
+            candidates[ONNX_FLOAT32] = onnx[ONNX_FLOAT32]
+            default = ONNX_FLOAT32
+            checks["onnx_max_abs_diff"] = difference
+            log.info("%s: ONNX Runtime float32's largest difference to torch on the probe texts %.1e",
+                     spec.name, difference)
+        else:
+            message = (f"the float32 ONNX build of {spec.name} differs from torch by {difference:.1e} on the probe "
+                       f"texts (at most {measurements.onnx_float32_tolerance:.0e} is allowed)")
+            if not choice.fallback_to_torch and choice.runtime == ONNX_FLOAT32:
+                raise QuantizeError(message)
+            log.warning("%s; it runs in torch float32 instead", message)
+    plan = None
+    if choice.runtime == ONNX_INT8:
+        int8 = onnx[ONNX_INT8]
+        check = cosine_check(encoder.probe_vectors(int8), reference)
+        checks.update(int8_min_cosine=check.min_cosine, int8_mean_cosine=check.mean_cosine, int8_texts=check.texts)
+        notes.append(_int8_speed(encoder, int8, candidates, measurements))
+        kept = {ONNX_INT8: int8}
+    elif choice.measure:
+        plan, bf16_cosine = _plan(encoder, weights_dir, candidates, default, measurements)
+        if bf16_cosine is not None and TORCH_BFLOAT16 in plan.runtimes:
+            checks["bf16_min_cosine"] = bf16_cosine
+        kept = {name: candidates[name] for name in plan.runtimes}
+    else:
+        kept = {default: candidates[default]}
+    encoder.use_plan(plan, kept)
+    record = LoadRecord(key, tuple(kept), plan, notes=tuple(notes), measured_at=now(),
+                        measure_seconds=round(time.perf_counter() - started, 2), **checks)
+    _copy_checks(encoder, record)
+    return encoder, record
+
+
+def _plan(encoder: Encoder, weights_dir: Path, candidates: dict[str, Backbone], default: str,
+          measurements: Measurements) -> tuple[PassPlan, float | None]:
+    """Time each runtime this CPU can serve the model in on the two probe passes and split passes between them.
+
+    The candidates: the float32 runtimes loaded (ONNX Runtime where it passed its check, torch), and torch
+    bfloat16 where a bf16 matmul runs `BF16_MATMUL_GATE` times faster than float32 here and its vectors stay
+    within `measurements.bf16_min_cosine` of float32 on the probe texts.
+    """
+    notes = []
+    bf16_cosine = None
+    speedup = measurements.bf16_matmul_speedup()
+    if speedup < BF16_MATMUL_GATE:
+        notes.append(f"bfloat16 not tried: a bf16 matmul runs at {speedup:.2f}x float32 on this CPU "
+                     f"(at least {BF16_MATMUL_GATE}x needed, as AMX gives)")
+    else:
+        bf16 = TorchBackbone(torch_model(weights_dir, torch.bfloat16, torch.device("cpu")))
+        cosine = float(torch.nn.functional.cosine_similarity(
+            encoder.probe_vectors(bf16), encoder.probe_vectors(candidates[default]), dim=1).min())
+        if cosine >= measurements.bf16_min_cosine:
+            candidates[TORCH_BFLOAT16] = bf16  # the caller keeps what the plan uses
+            bf16_cosine = cosine
+        else:
+            notes.append(f"bfloat16 refused: min cosine to float32 on the probe texts {cosine:.6f}, "
+                         f"below {measurements.bf16_min_cosine}")
+    small, large = encoder.probe_passes()
+    timings = measurements.timings(candidates, {"small": small, "large": large})
+    costs = [fit_cost(name, (small[0].numel(), timings[name]["small"]), (large[0].numel(), timings[name]["large"]))
+             for name in candidates]
+    plan = measurements.choose_plan(costs, default, small[0].numel(), large[0].numel())
+    return replace(plan, reason="; ".join([plan.reason, *notes])), bf16_cosine
+
+
+def _int8_speed(encoder: Encoder, int8: Backbone, float32: dict[str, Backbone], measurements: Measurements) -> str:
+    """How int8 compares in speed with the fastest float32 runtime on the probe passes, in one sentence; a
+    warning in the log where int8 is not faster on a batch."""
+    small, large = encoder.probe_passes()
+    timings = measurements.timings({ONNX_INT8: int8, **float32}, {"small": small, "large": large})
+    tokens = large[0].numel()
+
+    def fastest(shape: str) -> str:
+        return min(float32, key=lambda name: timings[name][shape])
+
+    short_ratio = timings[fastest("small")]["small"] / timings[ONNX_INT8]["small"]
+    batch_ratio = timings[fastest("large")]["large"] / timings[ONNX_INT8]["large"]
+    sentence = (f"int8 runs a short query at {short_ratio:.2f}x and a batch of {tokens} tokens at {batch_ratio:.2f}x "
+                f"the speed of the fastest float32 runtime here ({fastest('small')}, {fastest('large')})")
+    if batch_ratio < 1.0:
+        log.warning("%s: E5_QUANTIZE=int8 is not faster than float32 on this CPU: %s. It serves int8 as asked; "
+                    "unset E5_QUANTIZE for float32 vectors", encoder.spec.name, sentence)
+    return sentence
+
+
+def _describe(encoder: Encoder, record: LoadRecord, source: str) -> None:
+    """One warning (it reaches Cog's setup log) with what serves, where the plan came from, and why."""
+    checks = []
+    if encoder.onnx_max_abs_diff is not None:
+        checks.append(f"ONNX Runtime float32 within {encoder.onnx_max_abs_diff:.1e} of torch")
+    if encoder.bf16_min_cosine is not None:
+        checks.append(f"bfloat16 min cosine to float32 {encoder.bf16_min_cosine:.6f}")
+    if encoder.int8_check is not None:
+        checks.append(f"int8 cosine to float32 min {encoder.int8_check.min_cosine:.4f}, "
+                      f"mean {encoder.int8_check.mean_cosine:.4f}")
+    why = encoder.plan.reason if encoder.plan is not None else encoder.choice.reason
+    if checks:
+        why += f"; on {len(PROBE_TEXTS)} probe texts: " + ", ".join(checks)
+    log.warning("%s on the CPU: %s (%s). Why: %s", encoder.spec.name, encoder.runtime, source,
+                "; ".join([why, *record.notes]))

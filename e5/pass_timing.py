@@ -1,0 +1,75 @@
+"""Timing forward passes on this machine, for the load-time choice of runtime (`e5.pass_plan` decides).
+
+`Measurements` bundles what the loader measures and the rules it applies, so that a test hands the loader
+its own figures instead of patching module globals.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .onnx_runtime import ONNX_FLOAT32_TOLERANCE
+from .pass_plan import BF16_MIN_COSINE, choose_plan
+
+
+def pass_seconds(backbone, input_ids: torch.Tensor, mask: torch.Tensor, calls: int, warm_up: bool = True) -> float:
+    """The median seconds of `calls` forward passes of `backbone` on one padded batch (after one warm-up call)."""
+    timings = []
+    with torch.inference_mode():
+        for _ in range(calls + warm_up):
+            started = time.perf_counter()
+            backbone(input_ids, mask)
+            timings.append(time.perf_counter() - started)
+    timings = sorted(timings[warm_up:])
+    return timings[len(timings) // 2]
+
+
+def alternating_timings(models: dict, passes: dict, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Median seconds of each model on each probe pass, the models taking turns in every round so that the
+    machine's drift (up to 30% here) falls on all of them alike; short passes take the median of 3 calls."""
+    for model in models.values():  # warm-up: first calls allocate and plan
+        for input_ids, mask in passes.values():
+            pass_seconds(model, input_ids, mask, calls=1)
+    seconds: dict[str, dict[str, list[float]]] = {name: {shape: [] for shape in passes} for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for shape, (input_ids, mask) in passes.items():
+                calls = 3 if input_ids.numel() < 64 else 1
+                seconds[name][shape].append(pass_seconds(model, input_ids, mask, calls=calls, warm_up=False))
+    return {name: {shape: sorted(v)[len(v) // 2] for shape, v in by.items()} for name, by in seconds.items()}
+
+
+def bf16_matmul_speedup(rows: int = 256, inner: int = 384, cols: int = 1536, calls: int = 5) -> float:
+    """How many times faster a bfloat16 matmul of an encoder layer's shape runs than float32 on this CPU.
+
+    About 3-5x with AMX (550-1,076 against 174-201 GFLOP/s at 2 threads); below 1 on CPUs without bf16
+    units (AMD EPYC 7003, AVX2), where a bfloat16 model ran 7x slower than float32.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, inner, generator=generator), torch.randn(inner, cols, generator=generator)
+
+    def best(x: torch.Tensor, y: torch.Tensor) -> float:
+        x @ y  # warm-up
+        timings = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            x @ y
+            timings.append(time.perf_counter() - started)
+        return min(timings)
+
+    return best(a, b) / best(a.bfloat16(), b.bfloat16())
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What the loader measures on the CPU and the rules it decides by; each replaceable in tests."""
+
+    bf16_matmul_speedup: Callable[[], float] = bf16_matmul_speedup
+    timings: Callable[[dict, dict], dict[str, dict[str, float]]] = alternating_timings
+    bf16_min_cosine: float = BF16_MIN_COSINE
+    onnx_float32_tolerance: float = ONNX_FLOAT32_TOLERANCE
+    choose_plan: Callable = field(default=choose_plan)

@@ -1,0 +1,193 @@
+"""What the CPU's load-time measurement decided, kept in E5_CACHE_DIR so that a warm boot measures nothing.
+
+A `LoadRecord` holds the runtimes a checkpoint serves in on this machine, the pass plan that splits passes
+between them, and the accuracy checks taken when it was measured. It is stored as JSON beside the ONNX
+builds, under a `PlanKey` of everything that decides it: the CPU (model and the instruction sets that set
+its speed), the thread count, the checkpoint's files, the library versions and the settings. Any change
+there measures again, and the log says which part changed; E5_REMEASURE=1 measures again regardless.
+
+Measuring multilingual-e5-small's plan took 11 s of a 22 s warm boot on 2 cores, and its result could
+differ from boot to boot where two runtimes are within the plan's margin; read from here it is the same
+plan every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .pass_plan import PassPlan
+
+log = logging.getLogger(__name__)
+
+# Bumped when what is measured, or how, changes: older records are then measured again.
+PLAN_VERSION = "1"
+# The instruction sets that decide which runtime and precision are fastest (bf16 and int8 units, vector width).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile",
+               "fma", "f16c")
+
+
+def cpu_identity(cpuinfo: str | None = None) -> tuple[str, str]:
+    """(model name, the `SPEED_FLAGS` it has) from /proc/cpuinfo (or `cpuinfo`); ("unknown", "") elsewhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", "unknown"), " ".join(flag for flag in SPEED_FLAGS if flag in flags)
+
+
+def checkpoint_fingerprint(weights_dir: Path) -> str:
+    """The checkpoint's path and the size and modification time of its weights and configs."""
+    weights_dir = Path(weights_dir).resolve()
+    digest = hashlib.sha256(str(weights_dir).encode())
+    for path in sorted(weights_dir.iterdir()):
+        if path.suffix in (".safetensors", ".json"):
+            stat = path.stat()
+            digest.update(f"|{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{weights_dir} ({digest.hexdigest()[:12]})"
+
+
+@dataclass(frozen=True)
+class PlanKey:
+    """Everything a CPU load's measurement depends on; a record is used only under an equal key."""
+
+    cpu: str
+    cpu_flags: str
+    threads: int
+    checkpoint: str
+    versions: str
+    settings: str
+
+    def digest(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differences(self, other: "PlanKey") -> list[str]:
+        """What differs from `other`, one phrase a field ("threads 4 -> 2")."""
+        return [f"{field.name} {getattr(other, field.name)!r} -> {getattr(self, field.name)!r}"
+                for field in dataclasses.fields(self) if getattr(self, field.name) != getattr(other, field.name)]
+
+
+def library_versions() -> str:
+    """The versions of what computes the vectors and of the recipes that build and measure them."""
+    import torch
+    import transformers
+
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = "none"
+    from .onnx_runtime import RECIPE_VERSION
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {ort}, " \
+           f"onnx recipe {RECIPE_VERSION}, plan {PLAN_VERSION}"
+
+
+def plan_key(weights_dir: Path, settings_text: str, threads: int, cpuinfo: str | None = None,
+             versions: str | None = None) -> PlanKey:
+    """The key of a load of `weights_dir` with these settings (in words) on this machine."""
+    cpu, flags = cpu_identity(cpuinfo)
+    return PlanKey(cpu, flags, threads, checkpoint_fingerprint(weights_dir),
+                   library_versions() if versions is None else versions, settings_text)
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """What a CPU load measured: the runtimes that serve, their pass plan (None for one runtime without a
+    measured plan), and the checks and timings, in words and figures, for the log and the load report."""
+
+    key: PlanKey
+    runtimes: tuple[str, ...]
+    plan: PassPlan | None = None
+    onnx_max_abs_diff: float | None = None
+    bf16_min_cosine: float | None = None
+    int8_min_cosine: float | None = None
+    int8_mean_cosine: float | None = None
+    int8_texts: int | None = None
+    notes: tuple[str, ...] = ()
+    measured_at: str = ""
+    measure_seconds: float = 0.0
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LoadRecord":
+        data = json.loads(text)
+        data["key"] = PlanKey(**data["key"])
+        data["runtimes"] = tuple(data["runtimes"])
+        data["notes"] = tuple(data.get("notes", ()))
+        if data.get("plan") is not None:
+            data["plan"] = PassPlan(**data["plan"])
+        return cls(**data)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class PlanCache:
+    """The records of one checkpoint name in `cache_dir`: `<name>-plan-<key digest>.json`."""
+
+    def __init__(self, cache_dir: Path, name: str):
+        self.cache_dir = Path(cache_dir)
+        self.name = name
+
+    def path(self, key: PlanKey) -> Path:
+        return self.cache_dir / f"{self.name}-plan-{key.digest()}.json"
+
+    def read(self, key: PlanKey) -> tuple[LoadRecord | None, str]:
+        """The record under `key`, or None and why there is none (what changed since the newest other record
+        of this checkpoint name, or that the file is unreadable)."""
+        path = self.path(key)
+        try:
+            record = LoadRecord.from_json(path.read_text())
+        except FileNotFoundError:
+            return None, self._why_missing(key)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            return None, f"the cached plan {path} is unreadable ({type(exc).__name__}: {exc})"
+        if record.key != key:
+            return None, f"the cached plan {path} was measured for another key: {'; '.join(key.differences(record.key))}"
+        return record, f"measured {record.measured_at}, cached in {path}"
+
+    def _why_missing(self, key: PlanKey) -> str:
+        others = []
+        for path in self.cache_dir.glob(f"{self.name}-plan-*.json"):
+            try:
+                others.append((path.stat().st_mtime, LoadRecord.from_json(path.read_text()).key))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+        same_checkpoint = [item for item in others if item[1].checkpoint == key.checkpoint] or others
+        if not same_checkpoint:
+            return "no plan measured yet for this checkpoint here"
+        newest = max(same_checkpoint, key=lambda item: item[0])[1]
+        return "the cached plan was measured with " + "; ".join(key.differences(newest))
+
+    def write(self, record: LoadRecord) -> str | None:
+        """Store `record` atomically; the reason it could not be stored (the service runs on, measuring again
+        at the next boot), else None."""
+        path = self.path(record.key)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=self.cache_dir, prefix=f".{path.name}-", delete=False) as out:
+                out.write(record.to_json())
+            os.replace(out.name, path)
+        except OSError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
