@@ -1,14 +1,14 @@
 """Building the fused ONNX graph of a checkpoint (float32, or int8 for E5_QUANTIZE=int8), in a process of its own.
 
-`build_in_subprocess` runs `python -m e5.onnx_build`, so the exporter's buffers, its tracing state and the
+`build_in_subprocess` runs `build` in a child Python, so the exporter's buffers, its tracing state and the
 heap it grows all end with that process: the server never holds them. Built in the serving process, the
 export left multilingual-e5-small's worker at 3.4 GB resident after READY (4.3 GB peak), and the torch model
 it had traced then ran 4.6x slower in the load-time plan's timing than the same model loaded afresh.
 
 Within the builder, memory is kept to a small multiple of the model:
-- the word-embedding table (250,002 x 384 floats, 82% of multilingual-e5-small) is swapped for a few rows
-  while the graph is traced and fused, and written back into the fused graph at the end (float32), or
-  before quantising (int8, whose quantised table needs the real values);
+- the word-embedding table (250,037 x 384 floats, 82% of multilingual-e5-small) is swapped for a few rows
+  while the graph is traced and fused, then written into the fused build's data file straight from the
+  tensor (int8 is quantised from that build, as its quantised table needs the real values);
 - the fusion passes see the graph with its weights as external data, so their shape inference copies the
   graph, not the weights (in memory they peaked at 3.6 GB for a 470 MB model);
 - the result is one `model.onnx` beside its weights in `model.onnx.data`, written without a serialised copy.
@@ -34,8 +34,8 @@ DATA_FILE = "model.onnx.data"
 PRECISIONS = ("float32", "int8")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
-# Rows of the stand-in word-embedding table traced in place of the real one: enough for the sample ids.
-_STAND_IN_ROWS = 8
+# The parameter whose table is swapped for a stand-in while tracing, and its name in the graph.
+_WORD_TABLE = "model.embeddings.word_embeddings.weight"
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def build_in_subprocess(weights_dir: Path, outputs: dict[str, Path], threads: in
     atomically) in a child Python; `BuildError` with the child's last lines of output when it fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_PARENT),
                                                                      os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "e5.onnx_build", str(weights_dir), "--threads", str(threads)]
+    command = [sys.executable, "-c", "import sys; from e5.onnx_build import main; sys.exit(main(sys.argv[1:]))",
+               str(weights_dir), "--threads", str(threads)]
     for precision, out_dir in outputs.items():
         command += [f"--{precision}", str(out_dir)]
     what = " and ".join(outputs)
@@ -81,8 +82,9 @@ def build(weights_dir: Path, outputs: dict[str, Path]) -> None:
                                       use_safetensors=True, dtype=torch.float32, attn_implementation="eager").eval()
     config = model.config
     table = model.embeddings.word_embeddings.weight.detach()
-    stand_in = table[:_STAND_IN_ROWS].clone()
-    model.embeddings.word_embeddings.weight = torch.nn.Parameter(stand_in, requires_grad=False)
+    # More rows than the position table, which the fusion tells the word table from by size.
+    rows = min(len(table), int(getattr(config, "max_position_embeddings", 512)) + 8)
+    model.embeddings.word_embeddings.weight = torch.nn.Parameter(table[:rows].clone(), requires_grad=False)
     parent = next(iter(outputs.values())).parent
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent, prefix=".onnx-build-") as tmp:
@@ -91,13 +93,13 @@ def build(weights_dir: Path, outputs: dict[str, Path]) -> None:
         del model
         gc.collect()
         fused = _fuse(work, config)
-        _restore_table(fused, table, stand_in)
-        del table
         float32 = work / "float32"
         float32.mkdir()
         _save(fused, float32)
         del fused
         gc.collect()
+        _restore_table(float32, table)
+        del table
         if "int8" in outputs:
             int8 = work / "int8"
             int8.mkdir()
@@ -174,16 +176,30 @@ def _fuse(work: Path, config):
     return fused.model
 
 
-def _restore_table(model, table, stand_in) -> None:
-    """Put the real word-embedding table where the traced stand-in is (found by its values)."""
-    from onnx import numpy_helper
+def _restore_table(build: Path, table) -> None:
+    """Put the real word-embedding table where the traced stand-in is: its bytes appended to the build's data
+    file straight from the tensor (no serialised copy), and the graph's initializer pointed at them."""
+    import onnx
 
-    wanted = stand_in.numpy()
-    for index, initializer in enumerate(model.graph.initializer):
-        if list(initializer.dims) == list(wanted.shape) and (numpy_helper.to_array(initializer) == wanted).all():
-            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(table.numpy(), initializer.name))
-            return
-    raise BuildError("the word-embedding table was not found in the fused graph")
+    model = onnx.load(str(build / MODEL_FILE), load_external_data=False)
+    (initializer,) = [t for t in model.graph.initializer if t.name == _WORD_TABLE] or [None]
+    if initializer is None:
+        raise BuildError(f"the word-embedding table {_WORD_TABLE} was not found in the fused graph")
+    values = table.contiguous().numpy()
+    if initializer.data_type != onnx.TensorProto.FLOAT or values.dtype.str != "<f4":
+        raise BuildError(f"the word-embedding table is {values.dtype}, expected little-endian float32")
+    with open(build / DATA_FILE, "ab") as data:
+        offset = (data.tell() + 4095) // 4096 * 4096  # aligned, as onnx aligns the tensors it writes
+        data.write(b"\0" * (offset - data.tell()))
+        values.tofile(data)
+    del initializer.dims[:]
+    initializer.dims.extend(values.shape)
+    del initializer.external_data[:]
+    for name, value in (("location", DATA_FILE), ("offset", str(offset)), ("length", str(values.nbytes))):
+        entry = initializer.external_data.add()
+        entry.key, entry.value = name, value
+    initializer.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save(model, str(build / MODEL_FILE))
 
 
 def _save(model, result: Path) -> None:
