@@ -27,6 +27,7 @@ from .chunking import LongTexts
 from .encoder import Encoder
 from .tokenizer import Tokenized
 from .errors import RequestError
+from .finite import check_finite
 from .limits import LimitError, Limits
 from .pooling import l2_normalize
 from .prepare import Rows, TextInput, rows_for
@@ -300,9 +301,13 @@ def embed_records(encoder: Encoder, settings: JobSettings, records: list[Record]
                               [False] * len(keep)), list(range(len(keep))), [rows.spans[i] for i in keep], [],
                     len(keep))
     vectors = encoder.embed_ids(rows.tokens.ids)
+    # A vector that is not finite is never written: the job stops at its row (`NonFiniteError` names it and
+    # the cause), and the parts already finished stay for a resume.
+    check_finite(vectors, lambda row: good[rows.owners[row]].where, encoder.non_finite_cause)
     lengths = [len(row) for row in rows.tokens.ids]
     if mode is LongTexts.MEAN:
         vectors = rows.per_input(vectors)
+        check_finite(vectors, lambda at: good[at].where, encoder.non_finite_cause)
         lengths = [sum(lengths[row] for row in group) for group in rows.groups]
     if settings.normalize:
         vectors = l2_normalize(vectors)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import torch
 
 from .batching import CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, PassPolicy, default_token_budget
 from .devices import Placement
+from .finite import (
+    REDUCED_PRECISIONS, Float32Fallback, finite_rows, float32_copy, float32_size, non_finite_cause,
+    overflow_warning, precision_of,
+)
 from .memory import HeapTrimmer
 from .onnx_runtime import PROBE_TEXTS
 from .pass_plan import PassPlan
@@ -33,6 +38,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
     )
 
+
+# Guards the first creation of an encoder's `Float32Fallback` (rare: only when a pass first overflows).
+_FALLBACK_LOCK = threading.Lock()
 
 # The widest rows of the load-time runtime plan's batch probe (`Encoder.probe_passes`).
 PROBE_BATCH_WIDTH = 512
@@ -78,6 +86,7 @@ class Encoder:
         self.int8_check = None  # with E5_QUANTIZE=int8: the int8 vectors' cosine to float32 on the probe texts
         self.onnx_max_abs_diff = None  # with ONNX Runtime float32: its largest difference to torch on the probes
         self.bf16_min_cosine: float | None = None  # when a bfloat16 model serves: its cosine to float32 on the probes
+        self._fallback: Float32Fallback | None = None  # float32 for rows that overflow float16 (first need)
         config = backbone.config
         self.dimensions = int(config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
@@ -174,20 +183,29 @@ class Encoder:
     @torch.inference_mode()
     def run_passes(self, ids: list[list[int]], passes: list[list[int]]) -> torch.Tensor:
         """Pooled float32 vectors of `ids` in their order, on the CPU, running exactly `passes` (lists of row
-        indices); a pass the device has no memory for is halved and retried."""
+        indices); a pass the device has no memory for is halved and retried. Rows a float16 or bfloat16 pass
+        gives that are not finite are recomputed in float32 (`e5.finite`); a row that is still not finite is
+        returned as it is, for the service to fail the request it belongs to, and no other."""
         if not ids:
             return torch.empty((0, self.dimensions), dtype=torch.float32)
         self.check_fits(ids)
         order: list[int] = []
         pooled: list[torch.Tensor] = []
+        finite: list[torch.Tensor] = []
+        runs: list[tuple[int, Backbone]] = []  # how many rows each piece holds, and what computed them
         for batch in passes:
-            for rows, vectors in self._forward_splitting(batch, ids):
+            for rows, vectors, backbone in self._forward_splitting(batch, ids):
                 order.extend(rows)
                 pooled.append(vectors)
+                finite.append(finite_rows(vectors))  # on the device, like the vectors: no sync per pass
+                runs.append((len(rows), backbone))
             if self.heap is not None:
                 self.heap.trim_if_grown()  # rising shapes grow the heap a pass at a time (see e5.memory)
         # Results stay on the device until every pass is queued: one copy back, no sync per pass.
         vectors = (torch.cat(pooled) if len(pooled) > 1 else pooled[0]).cpu()
+        finite_mask = (torch.cat(finite) if len(finite) > 1 else finite[0]).cpu()
+        if not bool(finite_mask.all()):
+            self._recompute_non_finite(ids, vectors, order, finite_mask, runs)
         if order != list(range(len(ids))):
             ordered = torch.empty_like(vectors)
             ordered[torch.tensor(order)] = vectors
@@ -203,12 +221,15 @@ class Encoder:
             raise TooLongError(f"a row of {longest} tokens, more than the {self.max_tokens} that {self.spec.name} "
                                "accepts, reached the model; it was refused before the forward pass")
 
-    def _forward_splitting(self, batch: list[int], ids: list[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
-        """Pool one batch; when the device runs out of memory, halve the batch and retry each half."""
+    def _forward_splitting(self, batch: list[int], ids: list[list[int]], backbone: Backbone | None = None,
+                           ) -> list[tuple[list[int], torch.Tensor, Backbone]]:
+        """Pool one batch in `backbone` (by default the one `backbone_for` its shape picks), with the runtime
+        that computed each piece; when the device runs out of memory, halve the batch and retry each half."""
         try:
             input_ids, mask = self._pad([ids[i] for i in batch])
-            hidden = self.backbone_for(*input_ids.shape)(input_ids, mask)
-            return [(batch, pool(hidden, mask, self.spec.pooling))]
+            runtime = self.backbone_for(*input_ids.shape) if backbone is None else backbone
+            hidden = runtime(input_ids, mask)
+            return [(batch, pool(hidden, mask, self.spec.pooling), runtime)]
         except Exception as exc:
             if not is_out_of_memory(exc) or len(batch) == 1:
                 raise
@@ -217,7 +238,86 @@ class Encoder:
             torch.cuda.empty_cache()
         half = len(batch) // 2
         log.warning("out of memory on a batch of %d texts; retrying as %d + %d", len(batch), half, len(batch) - half)
-        return self._forward_splitting(batch[:half], ids) + self._forward_splitting(batch[half:], ids)
+        return (self._forward_splitting(batch[:half], ids, backbone)
+                + self._forward_splitting(batch[half:], ids, backbone))
+
+    def _recompute_non_finite(self, ids: list[list[int]], vectors: torch.Tensor, order: list[int],
+                              finite: torch.Tensor, runs: list[tuple[int, Backbone]]) -> None:
+        """Recompute in float32, in place, the rows of `vectors` (in pass `order`; `runs` says what computed
+        them) that `finite` marks and a float16 or bfloat16 runtime computed, and log what became of them."""
+        reduced: list[int] = []  # positions in `vectors` of rows to recompute
+        reduced_names: dict[str, None] = {}
+        others: dict[str, int] = {}  # rows not finite at a precision that is not recomputed (float32, int8)
+        start = 0
+        for count, backbone in runs:
+            bad = torch.nonzero(~finite[start:start + count]).flatten().tolist()
+            if bad and (precision := precision_of(backbone)) in REDUCED_PRECISIONS:
+                reduced += [start + i for i in bad]
+                reduced_names[precision] = None
+            elif bad:
+                others[precision] = others.get(precision, 0) + len(bad)
+            start += count
+        for precision, count in others.items():
+            log.warning("%s", overflow_warning(count, precision, None))
+        if not reduced:
+            return
+        fallback = self._float32_fallback()
+        still = 0
+        if fallback.backbone is not None:
+            recomputed = self._pooled_in(fallback.backbone, [order[p] for p in reduced], ids)
+            vectors[torch.tensor(reduced)] = recomputed
+            still = int((~finite_rows(recomputed)).sum())
+        # One line per call (an engine turn): the count says how many rows ran twice.
+        log.warning("%s", overflow_warning(len(reduced), " and ".join(reduced_names), fallback, still))
+
+    def _pooled_in(self, backbone: Backbone, rows: list[int], ids: list[list[int]]) -> torch.Tensor:
+        """Pooled vectors of `ids[row]` for each of `rows`, in that order, on the CPU, computed in `backbone` in
+        the passes this encoder's policy cuts them into."""
+        out = torch.empty((len(rows), self.dimensions), dtype=torch.float32)
+        position = {row: i for i, row in enumerate(rows)}
+        for batch in self.pass_policy.passes([len(ids[row]) for row in rows]):
+            for pieces, vectors, _ in self._forward_splitting([rows[i] for i in batch], ids, backbone):
+                out[torch.tensor([position[row] for row in pieces])] = vectors.cpu()
+        return out
+
+    def _float32_fallback(self) -> Float32Fallback:
+        """The float32 runtime for rows a float16 or bfloat16 pass could not hold, settled on first need: a
+        float32 runtime this encoder already serves with (a measured plan's), else a float32 copy of its torch
+        model, kept for later; on a device without room for that copy, the reason instead (for good)."""
+        with _FALLBACK_LOCK:  # made here, not at load: most encoders never need one
+            fallback = self._fallback
+            if fallback is None:
+                fallback = self._fallback = Float32Fallback()
+        with fallback.lock:
+            if fallback.settled:
+                return fallback
+            served = [b for b in (self.backbone, self.large_backbone) if b is not None]
+            float32 = next((b for b in served if precision_of(b) == "float32"), None)
+            source = next((b for b in served if precision_of(b) in REDUCED_PRECISIONS
+                           and isinstance(getattr(b, "model", None), torch.nn.Module)), None)
+            if float32 is not None:
+                fallback.backbone = float32
+            elif source is None:
+                fallback.refusal = "there is no torch model to copy"
+            else:
+                try:
+                    fallback.backbone = TorchBackbone(float32_copy(source.model))
+                    log.warning("%s: made a float32 copy of the model (%s) to recompute rows that overflow %s",
+                                self.spec.name, float32_size(source.model), precision_of(source))
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    fallback.refusal = (f"{self.placement.device} has no room for a {float32_size(source.model)} "
+                                        "float32 copy of the model")
+                    if self.placement.device.type == "cuda":
+                        torch.cuda.empty_cache()
+        return fallback
+
+    def non_finite_cause(self) -> str:
+        """Why a vector this encoder returned is not finite (`e5.finite.non_finite_cause`), for the error that
+        fails its request."""
+        return non_finite_cause([precision_of(b) for b in (self.backbone, self.large_backbone) if b is not None],
+                                self._fallback)
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         # Right padding keeps every text at the positions it has when embedded alone. Built in one go: the

@@ -18,6 +18,7 @@ from .encoder import Encoder, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
 from .engine import BatchingEngine
 from .errors import RequestError, ServiceError
+from .finite import check_finite
 from .limits import Limits, excerpt
 from .pooling import cosine_scores, l2_normalize
 from .prepare import Rows, TextInput, rows_for
@@ -243,9 +244,10 @@ class EmbeddingService:
         """Assemble vectors (normalised if asked, in the request's encoding) and cosine scores of the raw vectors.
 
         An input of several windows has the token-weighted mean of their vectors and the best of their scores.
+        A vector that is not finite fails the request with a `NonFiniteError` naming its input (`_finite_per_input`).
         """
         rows, encoding, texts = prepared.rows, prepared.encoding, prepared.texts
-        per_input = rows.per_input(raw)
+        per_input = self._finite_per_input(prepared, raw)
         chunked = prepared.long_texts is LongTexts.CHUNKS and len(texts) > 0
         text_rows = rows.rows_of(texts) if chunked else None
 
@@ -285,6 +287,26 @@ class EmbeddingService:
                 if chunked:
                     response.chunk_scores = as_float32(row_scores[text_rows])
         return response
+
+    def _finite_per_input(self, prepared: PreparedRequest, raw: torch.Tensor) -> torch.Tensor:
+        """`prepared.rows.per_input(raw)`, once every row and every input's vector is known to be finite.
+
+        The last guard before a response is assembled, whatever runtime computed `raw`: a row that is not finite
+        (one the encoder could not recompute in float32, or one from an int8 or float32 runtime) fails this
+        request with a `NonFiniteError` (`e5.finite`) naming its input; the rows of other requests that shared
+        its passes are theirs, checked in their own responses. Scores and normalised vectors of finite vectors
+        are finite, so nothing later needs checking.
+        """
+        rows, inputs = prepared.rows, prepared.inputs
+
+        def cause() -> str:
+            return self.encoder.non_finite_cause()
+
+        check_finite(raw, lambda row: inputs[rows.owners[row]].label, cause)
+        per_input = rows.per_input(raw)
+        if per_input is not raw:  # a mean of finite windows overflows only for absurd magnitudes, but is checked
+            check_finite(per_input, lambda at: inputs[at].label, cause)
+        return per_input
 
 
 def load_service(model_name: str | None = None, batching: bool = False,

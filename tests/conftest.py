@@ -26,7 +26,7 @@ os.environ["HF_HOME"] = str(_RUN_CACHE / "huggingface")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cog_server import CogServer  # noqa: E402
-from tiny_checkpoints import BUILDERS  # noqa: E402
+from tiny_checkpoints import BUILDERS, build_overflowing_bert  # noqa: E402
 
 from e5.encoder import Encoder  # noqa: E402
 from e5.registry import get_spec  # noqa: E402
@@ -54,6 +54,13 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Directories of tiny random checkpoints, keyed by family."""
     root = tmp_path_factory.mktemp("checkpoints")
     return {family: build(root / family) for family, build in BUILDERS.items()}
+
+
+@pytest.fixture(scope="session")
+def overflowing_bert(tmp_path_factory) -> Path:
+    """The tiny BERT whose activations overflow float16 (not float32) and whose `OVERFLOW_POISON` word
+    overflows float32 too (`tiny_checkpoints.build_overflowing_bert`)."""
+    return build_overflowing_bert(tmp_path_factory.mktemp("overflowing") / "bert")
 
 
 @pytest.fixture(scope="session")

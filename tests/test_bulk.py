@@ -24,6 +24,7 @@ from e5.bulk import BulkError, embed_file, parts_dir, read_embeddings
 from e5.encoder import Encoder
 from e5.prompts import DEFAULT_TASK, InputType, UnknownTaskError, format_text
 from e5.registry import DEMO_MODEL, get_spec
+from e5.settings import Settings
 
 from conftest import REPO_ROOT
 
@@ -139,6 +140,42 @@ def test_bad_rows_are_reported_by_line_and_skipped_with_a_count(checkpoints, tmp
                         err.strip().splitlines()[-1])
     assert read_embeddings(out)[0] == ["a", "7", "h"]
     assert json.loads(pq.read_schema(out).metadata[b"e5.bulk"])["bad_rows"] == 7
+
+
+def test_under_float16_no_vector_written_is_non_finite_and_a_row_that_stays_so_stops_the_job(
+        overflowing_bert, tmp_path, monkeypatch, capsys):
+    # The checkpoint overflows float16 on every row (recomputed in float32) and float32 too on its poison word.
+    from tiny_checkpoints import OVERFLOW_POISON
+
+    monkeypatch.setenv("E5_WEIGHTS_DIR", str(overflowing_bert))
+    monkeypatch.setenv("E5_DTYPE", "float16")
+    monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path / "cache"))
+    texts = [*TEXTS, LONG_TEXT]
+    args = ["--model", "e5-small-v2", "--no-progress", "--chunk-rows", "2"]
+    good = write_jsonl(tmp_path / "good.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
+    for mode in ("truncate", "chunks", "mean"):
+        out = tmp_path / f"good-{mode}.parquet"
+        assert main(["embed-file", str(good), "--out", str(out), "--long-texts", mode, *args]) == 0
+        vectors = read_embeddings(out)[1]
+        assert np.isfinite(vectors).all() and len(vectors) >= len(texts)
+    reference = Encoder.load(get_spec("e5-small-v2"), overflowing_bert, settings=Settings.from_env(
+        {"E5_DTYPE": "float32", "E5_CPU_RUNTIME": "torch", "E5_CACHE_DIR": str(tmp_path / "cache")}))
+    expected = library_vectors(reference, texts)
+    vectors = read_embeddings(tmp_path / "good-truncate.parquet")[1]
+    cosine = (vectors * expected).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosine.min() > 0.99
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "text": "the dog"}, {"id": "b", "text": "a cat"},
+                                               {"id": "c", "text": f"the {OVERFLOW_POISON}"}])
+    out = tmp_path / "bad.parquet"
+    capsys.readouterr()
+    assert main(["embed-file", str(bad), "--out", str(out), *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "e5: line 3 could not be embedded: the model's output for it is not finite in float16, nor in float32 when "
+        "recomputed (an activation overflows even float32), so E5_DTYPE=float32 does not avoid it; check the "
+        "checkpoint's weights")
+    assert not out.exists()
+    assert [p.name for p in sorted(parts_dir(out).glob("part-*.parquet"))] == ["part-000000.parquet"]  # lines 1-2
 
 
 def test_an_over_long_text_is_cut_by_default_like_the_predictor(encoders, tmp_path):

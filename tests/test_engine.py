@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -265,3 +266,39 @@ def test_waiting_requests_join_a_pass_oldest_first_not_shortest_first(bert):
     assert all(ids[0] in second for ids in old_ids), "an older long text was left for younger short ones"
     assert recording.pass_policy.fits(len(second), max(map(len, second)), sum(map(len, second)))  # within its budget
     assert len(recording.rows) >= 3  # the young texts that did not fit ran next
+
+
+def test_a_row_that_stays_non_finite_fails_only_its_request_in_a_shared_pass(overflowing_bert, tmp_path):
+    # float16 overflows on every row of this checkpoint and the engine's pass recomputes them in float32; the
+    # poison word overflows float32 too, so its request fails, named, and its neighbour gets its vectors.
+    from e5.encoder import Encoder
+    from e5.finite import NonFiniteError
+    from e5.registry import get_spec
+
+    settings = Settings.from_env({"E5_DTYPE": "float16", "E5_CACHE_DIR": str(tmp_path)})
+    encoder = Encoder.load(get_spec("e5-small-v2"), overflowing_bert, settings=settings)
+    gated = GatedEncoder(encoder)
+    service = EmbeddingService(encoder, engine=BatchingEngine(gated, max_wait_ms=0))
+    bad_request = EmbeddingRequest(texts=["the dog", f"the {POISON}"])
+    good_request = EmbeddingRequest(query="how much protein", passage="46 grams a day")
+
+    async def shared_pass():
+        warm = asyncio.ensure_future(service.handle_async(EmbeddingRequest(passage="warm")))
+        await asyncio.to_thread(_wait_for, lambda: gated.passes)  # the worker is inside the first pass
+        bad = asyncio.ensure_future(service.handle_async(bad_request))
+        good = asyncio.ensure_future(service.handle_async(good_request))
+        await asyncio.sleep(0)  # both submit their rows before the gate opens
+        gated.gate.set()
+        return await asyncio.gather(warm, bad, good, return_exceptions=True)
+
+    warm, bad, good = asyncio.run(shared_pass())
+    service.engine.close()
+    assert gated.passes == [1, 4]  # the two requests' four rows in one pass
+    assert isinstance(bad, NonFiniteError) and str(bad).startswith("texts[1] could not be embedded: the model's "
+                                                                   "output for it is not finite in float16, nor in "
+                                                                   "float32 when recomputed")
+    alone = service.handle(good_request)
+    assert math.isfinite(good.score) and good.score == pytest.approx(alone.score, abs=1e-5)
+    for name in ("query_embedding", "passage_embedding"):
+        assert torch.allclose(torch.tensor(getattr(good, name)), torch.tensor(getattr(alone, name)), atol=1e-5)
+    assert torch.isfinite(torch.tensor(warm.passage_embedding)).all()

@@ -8,6 +8,7 @@ import pytest
 from e5.bulk import BulkError
 from e5.devices import DeviceError
 from e5.encoder import TooLongError
+from e5.finite import NonFiniteError
 from e5.errors import E5Error, RequestError, ServiceError
 from e5.limits import LimitError
 from e5.prompts import UnknownTaskError
@@ -19,7 +20,7 @@ from e5.weights import DownloadError, WeightsError, WeightsNotFoundError
 
 CALLERS = (LimitError, TooLongError, UnknownTaskError, BulkError)
 SERVICES = (EmbeddingFailed, DeviceError, QuantizeError, UnknownModelError, SettingsError, WeightsError,
-            WeightsNotFoundError, DownloadError)
+            WeightsNotFoundError, DownloadError, NonFiniteError)
 
 
 def test_every_error_belongs_to_one_side_of_the_family():

@@ -116,4 +116,29 @@ def build_mistral(path: Path, seed: int = 0) -> Path:
     return path
 
 
+# A word of the tiny BERT vocabulary whose embedding row `build_overflowing_bert` makes overflow float32 too.
+OVERFLOW_POISON = "fox"
+
+
+def build_overflowing_bert(path: Path, seed: int = 0) -> Path:
+    """The tiny BERT with activations that pass float16's 65,504 on every text, yet stay finite in float32
+    and bfloat16 (about 4e5, out of the first layer's FFN), and one word (`OVERFLOW_POISON`) whose embedding
+    row (about 1e30) overflows even float32 in the embedding LayerNorm's variance, on the texts that hold it.
+
+    The FFN's up projection is scaled by 300 and its down projection by 3e4 (weights of at most a few
+    thousand, which float16 holds) rather than one weight by 1e7, which float16 could not even load.
+    """
+    build_bert(path, seed)
+    model = BertModel.from_pretrained(path)
+    with torch.no_grad():
+        layer = model.encoder.layer[0]
+        layer.intermediate.dense.weight *= 300
+        layer.output.dense.weight *= 3e4
+        vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+        row = model.embeddings.word_embeddings.weight[vocab[OVERFLOW_POISON]]
+        row *= 1e30 / row.abs().max()
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
 BUILDERS = {"bert": build_bert, "xlm-roberta": build_xlm_roberta, "mistral": build_mistral}
