@@ -26,7 +26,7 @@ from .pooling import pool
 from .registry import ModelSpec
 from .runtimes import Backbone, RuntimeChoice, TorchBackbone
 from .settings import CpuRuntime, Quantize, Settings
-from .tokenizer import TextTokenizer, Tokenized, TooLongError
+from .tokenizer import CheckpointTokenizer, TextTokenizer, Tokenized, TooLongError
 from .weights import WeightsError, weights_problem
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,10 @@ class Encoder:
     """A loaded checkpoint: tokenizer, the runtime(s) that run its model, and the registry entry that says
     how to use them."""
 
-    def __init__(self, spec: ModelSpec, tokenizer, backbone: Backbone, placement: Placement,
+    def __init__(self, spec: ModelSpec, tokenizer: CheckpointTokenizer, backbone: Backbone, placement: Placement,
                  token_budget: int | None = None, heap: HeapTrimmer | None = None):
         self.spec = spec
         self.heap = heap  # gives the activations' freed heap back to the OS now and then (see e5.memory)
-        self.tokenizer = tokenizer
         self.placement = placement
         # What runs the model (`e5.runtimes.Backbone`): `backbone` the small passes (all of them without a
         # `large_backbone`), `large_backbone` the passes above the split of a measured plan (`use_plan`).
@@ -93,6 +92,8 @@ class Encoder:
         self.max_tokens = min(spec.max_tokens, position_capacity(spec, config))
         # What prepare and bulk tokenise with; the encoder itself only runs passes of token ids.
         self.text_tokenizer = TextTokenizer(tokenizer, spec, self.max_tokens)
+        self._tokenizer_dir = tokenizer.source
+        self._tokenizer = None
         self._pad_id = self.text_tokenizer.pad_id
         if self.dimensions != spec.dimensions:
             log.warning("%s: weights have %d dimensions, the registry says %d",
@@ -140,6 +141,17 @@ class Encoder:
         input_ids, mask = self._pad(self.text_tokenizer.encode(PROBE_TEXTS))
         with torch.inference_mode():
             return pool(backbone(input_ids, mask), mask, self.spec.pooling)
+
+    @property
+    def tokenizer(self):
+        """The checkpoint's Hugging Face tokenizer, loaded on first use for tests and benchmarks; serving
+        tokenises with `text_tokenizer` only."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_dir, local_files_only=True,
+                                                            trust_remote_code=False)
+        return self._tokenizer
 
     @property
     def runtimes(self) -> list[str]:

@@ -34,6 +34,7 @@ from .plan_cache import LoadRecord, PlanCache, now, plan_key
 from .registry import ModelSpec
 from .runtimes import ONNX_INT8, TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
 from .settings import CpuRuntime, Quantize, Settings
+from .tokenizer import CheckpointTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,31 @@ def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None =
                if quantize == Quantize.INT8 or runtime != CpuRuntime.TORCH else None)
     choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal)
     log.info("%s: %s (%s)", spec.name, choice.runtime, choice.reason)
-    tokenizer = AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
     heap = HeapTrimmer(settings.heap_trim_seconds)
     if choice.runtime == TORCH and not choice.measure:
         model = torch_model(weights_dir, placement.dtype, placement.device)
-        encoder = Encoder(spec, tokenizer, TorchBackbone(model), placement, settings.token_budget, heap)
-        encoder.choice = choice
-        return encoder
+        encoder = Encoder(spec, checkpoint_tokenizer(weights_dir), TorchBackbone(model), placement,
+                          settings.token_budget, heap)
+        del model
+    else:
+        encoder = _planned(spec, weights_dir, placement, settings, quantize, runtime, choice, heap,
+                           measurements or Measurements())
+    encoder.choice = choice
+    gc.collect()
+    heap.trim()  # what the checks and probes used, given back before the first request
+    return encoder
+
+
+def checkpoint_tokenizer(weights_dir: Path) -> CheckpointTokenizer:
+    """The checkpoint's tokenizer through Hugging Face (whose wrapper is dropped once its Rust tokenizer is taken)."""
+    return CheckpointTokenizer.from_hugging_face(
+        AutoTokenizer.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False))
+
+
+def _planned(spec: ModelSpec, weights_dir: Path, placement: Placement, settings: Settings,
+             quantize: Quantize, runtime: CpuRuntime, choice: RuntimeChoice, heap: HeapTrimmer,
+             measurements: Measurements) -> Encoder:
+    """The CPU's encoder as this machine's cached record says, else measured (and the record written)."""
     key = plan_key(weights_dir, f"dtype {settings.dtype and settings.dtype.value}, quantize {quantize.value}, "
                                f"cpu_runtime {runtime.value}, token_budget {settings.token_budget}",
                    torch.get_num_threads())
@@ -77,21 +96,20 @@ def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None =
     encoder = None
     if record is not None:
         try:
+            tokenizer = CheckpointTokenizer.from_file(cache.tokenizer_path(key))
             encoder = _from_record(record, spec, weights_dir, tokenizer, placement, settings, heap)
             source = f"the plan {why}"
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # whatever makes a cached record or file unusable: measure again
             why = f"the cached plan could not be used ({type(exc).__name__}: {exc})"
     if encoder is None:
         log.warning("%s: measuring this CPU's runtimes: %s (E5_CACHE_DIR keeps the result)", spec.name, why)
-        encoder, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, key, heap,
-                                   measurements or Measurements())
-        problem = cache.write(record)
+        tokenizer = checkpoint_tokenizer(weights_dir)
+        encoder, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, key, heap, measurements)
+        problem = cache.write(record, tokenizer)
         source = f"measured in {record.measure_seconds:.1f} s" + (
             f"; not cached ({problem}): the next boot measures again" if problem else f", cached in {cache.path(key)}")
     encoder.choice = choice
     _describe(encoder, record, source)
-    gc.collect()
-    heap.trim()  # what the checks and probes used, given back before the first request
     return encoder
 
 
@@ -111,7 +129,8 @@ def torch_model(weights_dir: Path, dtype: torch.dtype, device: torch.device):
     return model.to(device).eval()
 
 
-def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokenizer, placement: Placement,
+def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
+                 placement: Placement,
                  settings: Settings, heap: HeapTrimmer) -> Encoder:
     """The encoder a cached record describes: only its runtimes loaded, nothing timed or checked."""
     config = AutoConfig.from_pretrained(weights_dir, local_files_only=True, trust_remote_code=False)
@@ -135,7 +154,8 @@ def _copy_checks(encoder: Encoder, record: LoadRecord) -> None:
         encoder.int8_check = Int8Check(record.int8_texts, record.int8_min_cosine, record.int8_mean_cosine)
 
 
-def _measure(spec: ModelSpec, weights_dir: Path, tokenizer, placement: Placement, settings: Settings,
+def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer, placement: Placement,
+             settings: Settings,
              choice: RuntimeChoice, key, heap: HeapTrimmer, measurements: Measurements) -> tuple[Encoder, LoadRecord]:
     """Build, check and (with nothing pinned) time the CPU's candidate runtimes; the encoder and its record."""
     started = time.perf_counter()

@@ -152,6 +152,10 @@ class PlanCache:
     def path(self, key: PlanKey) -> Path:
         return self.cache_dir / f"{self.name}-plan-{key.digest()}.json"
 
+    def tokenizer_path(self, key: PlanKey) -> Path:
+        """Where the checkpoint's tokenizer is kept as its Rust JSON, beside the record."""
+        return self.cache_dir / f"{self.name}-tokenizer-{key.digest()}.json"
+
     def read(self, key: PlanKey) -> tuple[LoadRecord | None, str]:
         """The record under `key`, or None and why there is none (what changed since the newest other record
         of this checkpoint name, or that the file is unreadable)."""
@@ -179,12 +183,14 @@ class PlanCache:
         newest = max(same_checkpoint, key=lambda item: item[0])[1]
         return "the cached plan was measured with " + "; ".join(key.differences(newest))
 
-    def write(self, record: LoadRecord) -> str | None:
-        """Store `record` atomically; the reason it could not be stored (the service runs on, measuring again
-        at the next boot), else None."""
+    def write(self, record: LoadRecord, tokenizer=None) -> str | None:
+        """Store `record` (and `tokenizer`, a `CheckpointTokenizer`) atomically, the record last; the reason it
+        could not be stored (the service runs on, measuring again at the next boot), else None."""
         path = self.path(record.key)
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            if tokenizer is not None:
+                tokenizer.to_file(self.tokenizer_path(record.key))
             with tempfile.NamedTemporaryFile("w", dir=self.cache_dir, prefix=f".{path.name}-", delete=False) as out:
                 out.write(record.to_json())
             os.replace(out.name, path)

@@ -169,3 +169,19 @@ def test_the_record_round_trips_through_json(checkpoints):
                         int8_texts=12, notes=("int8 runs ...",), measure_seconds=1.5)
     assert LoadRecord.from_json(record.to_json()) == record
     assert dataclasses.asdict(LoadRecord.from_json(record.to_json())) == dataclasses.asdict(record)
+
+
+def test_a_warm_load_tokenises_from_the_cached_tokenizer_as_hugging_face_does(checkpoints, tmp_path):
+    texts = ["query: how much protein", "passage: Der Zug nach Berlin fährt um 7:40. 东京是日本的首都。", "ok"]
+    for family, model in (("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")):
+        settings = Settings(cache_dir=tmp_path / family)
+        first = Encoder.load(get_spec(model), checkpoints[family], settings=settings)
+        (cached,) = [p for p in (tmp_path / family).glob(f"{model}-tokenizer-*.json") if ".ids" not in p.suffixes]
+        second = Encoder.load(get_spec(model), checkpoints[family], settings=settings)
+        assert second.record == first.record
+        assert second.text_tokenizer.encode(texts) == first.text_tokenizer.encode(texts)
+        reference = second.tokenizer(texts)["input_ids"]  # the Hugging Face tokenizer, loaded afresh
+        assert second.text_tokenizer.encode(texts) == reference
+        cached.write_text("{}")  # a tokenizer file that cannot be read: measured again, and rewritten
+        third = Encoder.load(get_spec(model), checkpoints[family], settings=settings)
+        assert third.text_tokenizer.encode(texts) == reference and cached.stat().st_size > 2
