@@ -14,7 +14,6 @@ from .cog_tools.schema import PREDICTOR_REF, REPO_ROOT, SCHEMA_PATH, build_schem
 from .cog_tools.server import coglet_argv, coglet_env
 from .errors import E5Error
 from .registry import DEMO_MODEL, MODELS, get_spec
-from .service import EmbeddingRequest, load_service
 from .settings import Settings
 from .weights import (
     MANIFEST_NAME, WeightsError, choose_model_name, fetch, find_checkpoint, is_present, shown_path, verify_weights,
@@ -58,6 +57,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    from .service import EmbeddingRequest, load_service  # torch: only the commands that embed import it
+
     service = load_service(args.model)
     request = EmbeddingRequest(args.query, args.passage, args.text or None, args.input_type, args.task,
                                args.normalize, not args.no_truncate, args.document, args.encoding_format,
@@ -91,6 +92,8 @@ def _cmd_embed_file(args: argparse.Namespace) -> int:
                "long_texts": args.long_texts}
     if args.ray:
         return _embed_file_ray(args, options)
+    from .service import load_service
+
     service = load_service(args.model)
     done = bulk.embed_file(service.encoder, args.input, args.out, chunk_rows=args.chunk_rows,
                            progress=not args.no_progress, limits=service.limits,

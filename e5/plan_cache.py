@@ -82,20 +82,22 @@ class PlanKey:
 
 
 def library_versions() -> str:
-    """The versions of what computes the vectors and of the recipes that build and measure them."""
+    """The versions of what computes the vectors and of the recipes that build and measure them (read from the
+    installed packages' metadata: importing transformers to ask would cost a warm boot 0.9 s)."""
+    from importlib import metadata
+
     import torch
-    import transformers
 
-    try:
-        import onnxruntime
-
-        ort = onnxruntime.__version__
-    except ImportError:
-        ort = "none"
     from .onnx_runtime import RECIPE_VERSION
 
-    return f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {ort}, " \
-           f"onnx recipe {RECIPE_VERSION}, plan {PLAN_VERSION}"
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    return f"torch {torch.__version__}, transformers {installed('transformers')}, " \
+           f"onnxruntime {installed('onnxruntime')}, onnx recipe {RECIPE_VERSION}, plan {PLAN_VERSION}"
 
 
 def plan_key(weights_dir: Path, settings_text: str, threads: int, cpuinfo: str | None = None,
