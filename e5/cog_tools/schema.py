@@ -203,7 +203,10 @@ def build_schema(predictor_ref: str = PREDICTOR_REF) -> dict:
 
 
 def write_schema(path: Path = SCHEMA_PATH) -> Path:
-    """Write the schema where coglet looks for it (`.cog/openapi_schema.json`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(build_schema(), indent=2, ensure_ascii=False) + "\n")
+    """Write the schema where coglet looks for it (`.cog/openapi_schema.json`), only where it differs: serving
+    leaves the committed file alone while predict.py matches it."""
+    text = json.dumps(build_schema(), indent=2, ensure_ascii=False) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return path
