@@ -90,6 +90,8 @@ def bench_gpu(args) -> dict:
     from transformers import AutoModel
 
     from e5.devices import Placement, cuda_dtype
+    from e5.runtimes import TorchBackbone
+    from e5.tokenizer import CheckpointTokenizer
 
     device = torch.device(args.gpu_device or "cuda")
     dtype = cuda_dtype(torch.cuda.get_device_capability(device)) if device.type == "cuda" else torch.float32
@@ -99,7 +101,8 @@ def bench_gpu(args) -> dict:
     for name, config in _full_size_configs(tiny).items():
         with torch.device(device):
             model = AutoModel.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
-        encoder = Encoder(get_spec(name), _word_level_tokenizer(), model, Placement(device, dtype))
+        encoder = Encoder(get_spec(name), CheckpointTokenizer.from_hugging_face(_word_level_tokenizer()),
+                          TorchBackbone(model), Placement(device, dtype))
         for length in (128, 512):
             rows_per_call = max(1, args.gpu_tokens // length)
             ids = torch.randint(3, config.vocab_size, (rows_per_call, length)).tolist()

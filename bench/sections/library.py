@@ -71,7 +71,7 @@ def bench_library(args) -> dict:
 def _e5_small_runners(weights: Path) -> dict:
     """This engine on the converted model: the default (each pass in the runtime measured fastest at load), torch
     and ONNX Runtime float32 pinned, torch bfloat16 pinned where this CPU's bf16 matmul is fast, and int8."""
-    from e5.encoder import bf16_matmul_speedup
+    from e5.pass_timing import bf16_matmul_speedup
     from e5.pass_plan import BF16_MATMUL_GATE
     from e5.settings import DType, Settings
 
@@ -147,7 +147,7 @@ CROSSOVER_SHAPES = ((1, 16), (1, 64), (4, 64), (8, 128), (16, 128), (8, 256), (2
 
 def _crossover(encoders: dict, texts: list[str], rounds: int) -> dict:
     """Milliseconds of one forward pass of rows x width tokens in each float runtime, the shapes alternating."""
-    from e5.encoder import pass_seconds
+    from e5.pass_timing import pass_seconds
 
     runtimes = {name: e for name, e in encoders.items() if name.startswith(("E5_CPU_RUNTIME", "E5_DTYPE"))}
     stream = [t for row in next(iter(runtimes.values())).tokenize(texts).ids for t in row]
