@@ -85,7 +85,7 @@ class Predictor(BaseRunner):
         ),
         task: Optional[str] = Input(
             default=None,
-            description="Instruct models only (multilingual-e5-large-instruct, e5-mistral-7b-instruct): a one-sentence instruction, or a preset name: web_search, question_answering, duplicate_questions, fact_checking, semantic_similarity, bitext_mining, summarization, sentiment_classification, emotion_classification, review_polarity_classification, intent_classification, toxicity_classification. Default: 'Given a web search query, retrieve relevant passages that answer the query'. Symmetric presets also prompt passages as queries, on every model.",
+            description="Instruct models only: a one-sentence instruction, or a preset such as web_search, semantic_similarity or fact_checking (all in docs/usage.md). Default: the model card's web-search instruction.",
         ),
         normalize: bool = Input(
             default=False,
@@ -98,12 +98,12 @@ class Predictor(BaseRunner):
         encoding_format: str = Input(
             default="float",
             choices=["float", "base64", "ubinary", "npy"],
-            description="How vectors come back. 'float': `query_embedding`, `passage_embedding` and `embeddings` as arrays of numbers. 'base64': the same vectors as strings in `query_embedding_base64`, `passage_embedding_base64` and `embeddings_base64`, the base64 of each vector's little-endian float32 bytes (as OpenAI and text-embeddings-inference send them; decode with numpy.frombuffer(..., '<f4')). 'ubinary': in those same fields, the base64 of the vector's sign bits packed eight to a byte (numpy.packbits(v > 0), as sentence-transformers' quantize_embeddings precision='ubinary'), 32 times smaller, for Hamming search in vector databases. 'npy': `embeddings` is null and `embeddings_file` is one float32 .npy file of shape [rows, dimensions] in order; `query_embedding` and `passage_embedding` stay arrays of numbers. Scores are float cosines of the float vectors in every format.",
+            description="How vectors come back: 'float' arrays of numbers; 'base64' each vector's little-endian float32 bytes; 'ubinary' its sign bits, packed (32x smaller); 'npy' one .npy file in `embeddings_file`.",
         ),
         long_texts: str = Input(
             default="truncate",
             choices=["truncate", "chunks", "mean"],
-            description="What a `passage`, `document` or text of `texts` longer than the model's token limit becomes. 'truncate': its first tokens, as the model cards do. 'chunks': overlapping windows of at most the limit, each prompted as a whole text; `embeddings` has one row per window, in order, and `chunk_text`, `chunk_start` and `chunk_end` give each row's index in `texts` and its character span [start, end) in that text. 'mean': one row per text, the token-weighted mean of its windows. A text within the limit is one row, the same vector in every mode; a long passage gets the mean in both modes. With a query, `scores` (and `score`) are each text's best window's; `chunk_scores` has one per row. Queries are never chunked.",
+            description="A text over the model's token limit: 'truncate' reads its first tokens, as the model cards do; 'chunks' gives one row per overlapping window, with `chunk_*` spans; 'mean' one row, the windows' mean.",
         ),
     ) -> Output:
         response = await self.service.handle_async(

@@ -88,13 +88,12 @@ def test_every_description_is_one_plain_string_literal():
             f"{name}: description must have no escape sequences or prefixes that Cog would show raw: {text[:80]!r}")
 
 
-def test_the_task_description_names_every_preset_and_the_default_instruction():
-    from e5.prompts import DEFAULT_TASK, TASK_PRESETS
+def test_the_task_description_names_presets_and_where_all_of_them_are():
+    from e5.prompts import TASK_PRESETS
 
     description = read_inputs(PREDICT)["task"].read["description"]
-    for preset in TASK_PRESETS:
-        assert preset in description, f"task description lacks the preset {preset}"
-    assert DEFAULT_TASK.instruction in description
+    named = [preset for preset in TASK_PRESETS if preset in description]
+    assert len(named) >= 3 and "docs/usage.md" in description  # the page lists every preset (test_packaging)
 
 
 def _read_snippet(tmp_path, params: str, prelude: str = ""):
