@@ -84,7 +84,7 @@ def _cmd_embed_file(args: argparse.Namespace) -> int:
     try:
         from . import bulk
     except ImportError as exc:
-        print(f"e5: embed-file needs pyarrow ({exc.name} is missing): pip install -r e5/requirements-bulk.txt",
+        print(f"e5: embed-file needs pyarrow ({exc.name} is missing): pip install -e '.[bulk]'",
               file=sys.stderr)
         return 2
     options = {"fmt": args.format, "input_type": args.input_type, "task": args.task, "normalize": args.normalize,
@@ -109,7 +109,7 @@ def _embed_file_ray(args: argparse.Namespace, options: dict) -> int:
     try:
         from .ray_embed import embed_file_ray
     except ImportError as exc:
-        print(f"e5: --ray needs Ray ({exc.name} is missing): pip install -r e5/requirements-ray.txt", file=sys.stderr)
+        print(f"e5: --ray needs Ray ({exc.name} is missing): pip install -e '.[ray]'", file=sys.stderr)
         return 2
     rows = embed_file_ray(args.input, args.out, model=args.model, batch_rows=args.chunk_rows,
                           concurrency=args.ray_concurrency, num_gpus=args.ray_num_gpus,

@@ -4,7 +4,7 @@ A job writes each finished chunk as its own Parquet file under `OUTPUT.parts/` (
 name, synced, then renamed, so a part is either whole or absent after SIGKILL) next to `job.json`, the
 settings it was started with. A second run with the same settings skips the input rows the parts
 already cover; at the end the parts are copied, one row group each, into `OUTPUT` and removed.
-Needs pyarrow (`pip install -r e5/requirements-bulk.txt`).
+Needs pyarrow (`pip install -e '.[bulk]'`).
 """
 
 from __future__ import annotations

