@@ -33,7 +33,6 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 PRECISIONS = ("float32", "int8")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 # The parameter whose table is swapped for a stand-in while tracing, and its name in the graph.
 _WORD_TABLE = "model.embeddings.word_embeddings.weight"
 
@@ -52,7 +51,9 @@ def float32_layers_kept(num_layers: int) -> list[int]:
 def build_in_subprocess(weights_dir: Path, outputs: dict[str, Path], threads: int, timeout: float = 1800) -> None:
     """Build each precision of `outputs` ("float32", "int8") for `weights_dir` into its directory (made
     atomically) in a child Python; `BuildError` with the child's last lines of output when it fails."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_PARENT),
+    from .settings import PROJECT_ROOT
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-c", "import sys; from e5.onnx_build import main; sys.exit(main(sys.argv[1:]))",
                str(weights_dir), "--threads", str(threads)]

@@ -15,7 +15,9 @@ from typing import Mapping
 
 from .errors import ServiceError
 from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS, Limits
+from .memory import DEFAULT_TRIM_SECONDS
 
+# The checkout (or install) holding the e5 package, predict.py, weights/ and .cog/: defined here only.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,7 +46,6 @@ class DType(str, Enum):
 
 VERIFY_LEVELS = ("size", "full")  # what setup checks against a manifest: sizes, or sizes and every byte's sha256
 DEFAULT_BATCH_WAIT_MS = 2.0
-DEFAULT_HEAP_TRIM_SECONDS = 1.0
 _ON = ("1", "true", "on", "yes")
 _OFF = ("0", "false", "off", "no")
 
@@ -71,7 +72,7 @@ class Settings:
     max_tokens: int = DEFAULT_MAX_TOKENS  # E5_MAX_TOKENS
     max_windows: int = DEFAULT_MAX_WINDOWS  # E5_MAX_WINDOWS: windows per request with long_texts chunks or mean
     chunk_overlap: int | None = None  # E5_CHUNK_OVERLAP: tokens neighbouring windows share (default 1/8 window)
-    heap_trim_seconds: float | None = DEFAULT_HEAP_TRIM_SECONDS  # E5_HEAP_TRIM_SECONDS: seconds, or off
+    heap_trim_seconds: float | None = DEFAULT_TRIM_SECONDS  # E5_HEAP_TRIM_SECONDS: seconds, or off
     verify: str = "size"  # E5_VERIFY: one of VERIFY_LEVELS
 
     @classmethod

@@ -17,7 +17,8 @@ import typing
 from pathlib import Path
 from unittest import mock
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+from ..settings import PROJECT_ROOT as REPO_ROOT
+
 SCHEMA_PATH = REPO_ROOT / ".cog" / "openapi_schema.json"
 PREDICTOR_REF = "predict.py:Predictor"
 

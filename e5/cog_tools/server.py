@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+from ..settings import PROJECT_ROOT as REPO_ROOT
+
 STARTUP_SECONDS = 120
 
 
