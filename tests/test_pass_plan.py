@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def test_bf16_matmul_speedup_is_a_positive_ratio():
 def _auto(checkpoints, measurements: Measurements | None = None, family="xlm-roberta", **kwargs) -> Encoder:
     """An encoder loaded with nothing pinned, as the service loads one on the CPU by default, measured at this
     load (not read from the plan cache)."""
-    settings = Settings(cache_dir=Settings.from_env().cache_dir, remeasure=True, **kwargs)
+    settings = replace(Settings.from_env(), **{"dtype": None, "remeasure": True, **kwargs})
     return Encoder.load(get_spec("multilingual-e5-small"), checkpoints[family], settings=settings,
                         measurements=measurements)
 
