@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, PassPolicy, default_token_budget
+from .batching import CPU_TOKEN_BUDGET, PassPolicy, default_token_budget
 from .devices import Placement
 from .finite import (
     REDUCED_PRECISIONS, Float32Fallback, finite_rows, float32_copy, float32_size, non_finite_cause,
@@ -19,7 +19,7 @@ from .finite import (
 )
 from .memory import HeapTrimmer
 from .onnx_runtime import PROBE_TEXTS
-from .pass_plan import PassPlan
+from .pass_plan import PassPlan, Runtime
 from .pass_timing import Measurements
 from .plan_cache import LoadRecord
 from .pooling import pool
@@ -108,7 +108,7 @@ class Encoder:
 
         return load_encoder(spec, weights_dir, settings, placement, quantize, runtime, measurements)
 
-    def use_plan(self, plan: PassPlan | None, backbones: dict[str, Backbone]) -> None:
+    def use_plan(self, plan: PassPlan | None, backbones: dict[Runtime, Backbone]) -> None:
         """Serve passes as `plan` splits them between `backbones` (by runtime name); one backbone without a plan."""
         self.plan = plan
         if plan is None:
@@ -154,7 +154,7 @@ class Encoder:
         return self._tokenizer
 
     @property
-    def runtimes(self) -> list[str]:
+    def runtimes(self) -> list[Runtime]:
         """The names of the runtimes that serve passes: one, or two where a measured plan splits them."""
         return [b.name for b in (self.backbone, self.large_backbone) if b is not None]
 
@@ -166,7 +166,7 @@ class Encoder:
     @property
     def precision(self) -> str:
         """The precision vectors are computed in: 'int8', 'float32', 'bfloat16' ... (a plan may name two)."""
-        return " and ".join(dict.fromkeys(name.split()[-1] for name in self.runtimes))
+        return " and ".join(dict.fromkeys(runtime.precision for runtime in self.runtimes))
 
     @property
     def pass_policy(self) -> PassPolicy:
@@ -175,7 +175,7 @@ class Encoder:
         overhead = None
         if self.placement.device.type == "cpu":
             overhead = (self.plan.overhead_tokens if self.plan is not None else
-                        CPU_PASS_OVERHEAD_TOKENS["torch" if isinstance(self.backbone, TorchBackbone) else "onnxruntime"])
+                        Runtime.named(self.backbone.name).pass_overhead_tokens)
         return PassPolicy(self.token_budget, overhead_tokens=overhead)
 
     def backbone_for(self, rows: int, width: int) -> Backbone:

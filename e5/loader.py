@@ -27,13 +27,15 @@ from .devices import Placement, choose_placement
 from .encoder import Encoder, check_weights_dir
 from .memory import HeapTrimmer
 from .onnx_runtime import (
-    PROBE_TEXTS, Int8Check, QuantizeError, cosine_check, onnx_backbones, onnx_model, onnx_refusal,
+    PROBE_TEXTS, Int8Check, OnnxRuntimeError, cosine_check, onnx_backbones, onnx_model, onnx_refusal,
 )
-from .pass_plan import BF16_MATMUL_GATE, ONNX_FLOAT32, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, fit_cost
+from .pass_plan import (
+    BF16_MATMUL_GATE, ONNX_FLOAT32, ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Engine, PassPlan, Runtime, fit_cost,
+)
 from .pass_timing import Measurements
 from .plan_cache import LoadRecord, PlanCache, now, plan_key
 from .registry import ModelSpec
-from .runtimes import ONNX_INT8, TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
+from .runtimes import TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
 from .settings import CpuRuntime, Quantize, Settings
 from .tokenizer import CheckpointTokenizer
 
@@ -58,9 +60,8 @@ def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None =
     quantize = Quantize(settings.quantize if quantize is None else quantize)
     runtime = CpuRuntime(settings.cpu_runtime if runtime is None else runtime)
     device, dtype = placement.device, placement.dtype
-    setting = "E5_QUANTIZE=int8" if quantize == Quantize.INT8 else "E5_CPU_RUNTIME=onnxruntime"
     # Asked only where ONNX Runtime may serve: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
-    refusal = (onnx_refusal(spec, device, dtype, weights_dir, setting)
+    refusal = (onnx_refusal(spec, device, dtype, weights_dir)
                if quantize == Quantize.INT8 or runtime != CpuRuntime.TORCH else None)
     choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal)
     log.info("%s: %s (%s)", spec.name, choice.runtime, choice.reason)
@@ -145,10 +146,10 @@ def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokeniz
                  settings: Settings, heap: HeapTrimmer) -> Encoder:
     """The encoder a cached record describes: only its runtimes loaded, nothing timed or checked."""
     config = checkpoint_config(weights_dir)
-    backbones: dict[str, Backbone] = {}
+    backbones: dict[Runtime, Backbone] = {}
     for name in record.runtimes:
-        if name.startswith("onnxruntime "):
-            backbones[name] = onnx_model(spec, weights_dir, config, settings.cache_dir, name.split()[-1])
+        if name.engine is Engine.ONNXRUNTIME:
+            backbones[name] = onnx_model(spec, weights_dir, config, settings.cache_dir, name.precision)
         else:
             backbones[name] = TorchBackbone(torch_model(weights_dir, _TORCH_DTYPES[name], placement.device))
     encoder = Encoder(spec, tokenizer, next(iter(backbones.values())), placement, settings.token_budget, heap)
@@ -170,7 +171,7 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
              choice: RuntimeChoice, key, heap: HeapTrimmer, measurements: Measurements) -> tuple[Encoder, LoadRecord]:
     """Build, check and (with nothing pinned) time the CPU's candidate runtimes; the encoder and its record."""
     started = time.perf_counter()
-    onnx: dict[str, Backbone] = {}
+    onnx: dict[Runtime, Backbone] = {}
     if choice.runtime in (ONNX_FLOAT32, ONNX_INT8):
         # int8 is timed against the float32 build, made by the same export.
         precisions = ("float32", "int8") if choice.runtime == ONNX_INT8 else ("float32",)
@@ -187,7 +188,7 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
     torch_float32 = TorchBackbone(torch_model(weights_dir, torch.float32, placement.device))
     encoder = Encoder(spec, tokenizer, torch_float32, placement, settings.token_budget, heap)
     reference = encoder.probe_vectors()
-    candidates: dict[str, Backbone] = {TORCH_FLOAT32: torch_float32}
+    candidates: dict[Runtime, Backbone] = {TORCH_FLOAT32: torch_float32}
     default = TORCH_FLOAT32
     checks: dict = {}
     notes: list[str] = []
@@ -203,7 +204,7 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
             message = (f"the float32 ONNX build of {spec.name} differs from torch by {difference:.1e} on the probe "
                        f"texts (at most {measurements.onnx_float32_tolerance:.0e} is allowed)")
             if not choice.fallback_to_torch and choice.runtime == ONNX_FLOAT32:
-                raise QuantizeError(message)
+                raise OnnxRuntimeError(message)
             log.warning("%s; it runs in torch float32 instead", message)
     plan = None
     if choice.runtime == ONNX_INT8:
@@ -228,7 +229,7 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
     return encoder, record
 
 
-def _plan(encoder: Encoder, weights_dir: Path, candidates: dict[str, Backbone], default: str,
+def _plan(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime, Backbone], default: Runtime,
           measurements: Measurements) -> tuple[PassPlan, float | None]:
     """Time each runtime this CPU can serve the model in on the two probe passes and split passes between them.
 
@@ -245,7 +246,7 @@ def _plan(encoder: Encoder, weights_dir: Path, candidates: dict[str, Backbone], 
     return replace(plan, reason="; ".join([plan.reason, *filter(None, [note])])), bf16_cosine
 
 
-def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[str, Backbone], default: str,
+def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime, Backbone], default: Runtime,
                   measurements: Measurements) -> tuple[float | None, str | None]:
     """Add torch bfloat16 to `candidates` where a bf16 matmul runs `BF16_MATMUL_GATE` times faster than float32
     here and its vectors stay within `measurements.bf16_min_cosine` of `default`'s on the probe texts; its
@@ -264,7 +265,7 @@ def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[str, Bac
     return cosine, None
 
 
-def _int8_speed(encoder: Encoder, int8: Backbone, others: dict[str, Backbone], measurements: Measurements) -> str:
+def _int8_speed(encoder: Encoder, int8: Backbone, others: dict[Runtime, Backbone], measurements: Measurements) -> str:
     """How int8 compares in speed with the fastest of `others` (what serves without E5_QUANTIZE) on the probe
     passes, in one sentence; a warning in the log where int8 is not faster on a batch."""
     small, large = encoder.probe_passes()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import ServiceError
+from .pass_plan import Engine, Runtime
 from .onnx_build import MODEL_FILE, build_in_subprocess, float32_layers_kept  # noqa: F401 (re-exported)
 from .registry import Family, ModelSpec
 
@@ -63,8 +64,9 @@ PROBE_TEXTS = [
 ]
 
 
-class QuantizeError(ServiceError):
-    """`E5_QUANTIZE` asks for something this checkpoint, device or installation cannot do."""
+class OnnxRuntimeError(ServiceError):
+    """ONNX Runtime, asked for by a setting (E5_QUANTIZE=int8, E5_CPU_RUNTIME=onnxruntime), cannot serve here,
+    or its float32 build disagrees with torch."""
 
 
 @dataclass(frozen=True)
@@ -77,25 +79,24 @@ class Int8Check:
 
 
 def onnx_refusal(spec: ModelSpec, device: torch.device, dtype: torch.dtype, weights_dir: Path | None = None,
-                 setting: str = "E5_QUANTIZE=int8") -> str | None:
-    """Why ONNX Runtime (which `setting` asked for) cannot serve `spec` here, as one sentence; None when it can."""
-    unset = setting.split("=")[0]
+                 ) -> str | None:
+    """Why ONNX Runtime cannot serve `spec` here, as what it does or needs ('runs on the CPU only (...)'),
+    for `choose_runtime` to phrase for the setting the user set; None when it can."""
     if device.type != "cpu":
-        return (f"{setting} runs on the CPU only (this device is {device.type}, "
-                f"where the model already runs in bf16/fp16); unset {unset}")
+        return f"runs on the CPU only (this device is {device.type}, where the model already runs in bf16/fp16)"
     if spec.family not in INT8_FAMILIES:
         families = ", ".join(f.value for f in INT8_FAMILIES)
-        return f"{setting} supports the {families} checkpoints, not {spec.name} ({spec.family.value}); unset {unset}"
+        return f"supports the {families} checkpoints, not {spec.name} ({spec.family.value})"
     if dtype != torch.float32:
-        return f"{setting} starts from float32 weights, not {str(dtype).removeprefix('torch.')}; unset E5_DTYPE or {unset}"
+        return f"starts from float32 weights, not {str(dtype).removeprefix('torch.')} (E5_DTYPE)"
     size = float32_bytes(weights_dir) if weights_dir is not None else 0
     if size > ONNX_FILE_LIMIT:
-        return (f"{setting}: {spec.name}'s float32 weights take {size / 2**30:.2f} GiB, more than the 2 GiB that "
-                f"one ONNX file holds; unset {unset}")
+        return (f"holds at most 2 GiB of weights in one ONNX file, and {spec.name}'s take {size / 2**30:.2f} GiB "
+                "in float32")
     # Whether they are installed, not imported: importing onnx costs 0.7 s of a warm boot that never uses it.
     missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
-        return f"{setting} needs {' and '.join(missing)} (not installed); pip install -r e5/requirements.txt"
+        return f"needs {' and '.join(missing)}, which are not installed (pip install -e .)"
     return None
 
 
@@ -123,7 +124,7 @@ def _cache_key(weights_dir: Path) -> str:
 class OnnxBackbone:
     """A `e5.runtimes.Backbone` in ONNX Runtime: one session over a fused graph, float32 or int8 (`name`)."""
 
-    def __init__(self, path: Path, config, threads: int, name: str):
+    def __init__(self, path: Path, config, threads: int, name: Runtime):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -153,7 +154,7 @@ def build_dir(spec: ModelSpec, weights_dir: Path, cache_dir: Path, precision: st
 
 
 def onnx_backbones(spec: ModelSpec, weights_dir: Path, config, cache_dir: Path,
-                   precisions: tuple[str, ...]) -> dict[str, "OnnxBackbone"]:
+                   precisions: tuple[str, ...]) -> dict[Runtime, "OnnxBackbone"]:
     """The ONNX models of `weights_dir` in `precisions` ("float32", "int8"), by runtime name; those not yet in
     `cache_dir` are built in one child process first (about 15 s for multilingual-e5-small)."""
     paths = {precision: build_dir(spec, weights_dir, cache_dir, precision) for precision in precisions}
@@ -162,7 +163,7 @@ def onnx_backbones(spec: ModelSpec, weights_dir: Path, config, cache_dir: Path,
         cache_dir.mkdir(parents=True, exist_ok=True)  # an unusable cache fails here, not in the child
         log.info("onnx: building %s", ", ".join(map(str, missing.values())))
         build_in_subprocess(weights_dir, missing, torch.get_num_threads())
-    return {f"onnxruntime {precision}": onnx_model(spec, weights_dir, config, cache_dir, precision)
+    return {Runtime(Engine.ONNXRUNTIME, precision): onnx_model(spec, weights_dir, config, cache_dir, precision)
             for precision in precisions}
 
 
@@ -171,7 +172,7 @@ def onnx_model(spec: ModelSpec, weights_dir: Path, config, cache_dir: Path, prec
     path = build_dir(spec, weights_dir, cache_dir, precision) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {precision} ONNX build at {path}")
-    return OnnxBackbone(path, config, torch.get_num_threads(), f"onnxruntime {precision}")
+    return OnnxBackbone(path, config, torch.get_num_threads(), Runtime(Engine.ONNXRUNTIME, precision))
 
 
 def cosine_check(int8_vectors: torch.Tensor, float32_vectors: torch.Tensor) -> Int8Check:

@@ -18,9 +18,58 @@ Everything here is pure: the encoder measures, this module decides and says why.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
-# The candidate runtimes, as plans and logs name them.
-ONNX_FLOAT32, TORCH_FLOAT32, TORCH_BFLOAT16 = "onnxruntime float32", "torch float32", "torch bfloat16"
+from .batching import CPU_PASS_OVERHEAD_TOKENS
+
+
+class Engine(str, Enum):
+    """What executes a model's forward pass."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+
+
+class Runtime(str):
+    """An engine at a precision, named 'engine precision' ('torch bfloat16', 'onnxruntime int8'). It compares,
+    hashes and serialises as that name (plans, logs, the plan cache), and tells its parts without parsing."""
+
+    engine: Engine
+    precision: str
+
+    def __new__(cls, engine: Engine | str, precision: str) -> "Runtime":
+        engine = Engine(engine)
+        if precision not in PRECISIONS:
+            raise ValueError(f"a runtime's precision is one of {', '.join(PRECISIONS)}, not {precision!r}")
+        runtime = super().__new__(cls, f"{engine.value} {precision}")
+        runtime.engine, runtime.precision = engine, precision
+        return runtime
+
+    @classmethod
+    def named(cls, name: str) -> "Runtime":
+        """The runtime a name ('torch float32') stands for; ValueError for any other text."""
+        if isinstance(name, Runtime):
+            return name
+        engine, _, precision = str(name).partition(" ")
+        return cls(engine, precision)
+
+    def __getnewargs__(self):
+        return (self.engine, self.precision)
+
+    @property
+    def pass_overhead_tokens(self) -> int:
+        """What one more pass costs on the CPU in padded tokens of this engine's work (e5.batching)."""
+        return CPU_PASS_OVERHEAD_TOKENS[self.engine.value]
+
+
+# The CPU's candidate runtimes.
+ONNX_FLOAT32 = Runtime(Engine.ONNXRUNTIME, "float32")
+ONNX_INT8 = Runtime(Engine.ONNXRUNTIME, "int8")
+TORCH_FLOAT32 = Runtime(Engine.TORCH, "float32")
+TORCH_BFLOAT16 = Runtime(Engine.TORCH, "bfloat16")
 # How much faster than the default another runtime must be on a pass shape to take it over.
 SWITCH_MARGIN = 1.15
 # bfloat16 is timed as a model only where a bf16 matmul runs at least this much faster than float32:
@@ -38,7 +87,7 @@ OVERHEAD_TOKENS_RANGE = (16, 256)
 class RuntimeCost:
     """One runtime's measured seconds for a pass: `fixed + per_token x padded tokens`."""
 
-    name: str
+    name: Runtime
     fixed: float
     per_token: float
 
@@ -46,7 +95,7 @@ class RuntimeCost:
         return self.fixed + self.per_token * tokens
 
 
-def fit_cost(name: str, small: tuple[int, float], large: tuple[int, float]) -> RuntimeCost:
+def fit_cost(name: Runtime, small: tuple[int, float], large: tuple[int, float]) -> RuntimeCost:
     """The cost line through two (padded tokens, seconds) timings; neither part negative."""
     (t1, s1), (t2, s2) = small, large
     per_token = max((s2 - s1) / (t2 - t1), 0.0) if t2 != t1 else s2 / max(t2, 1)
@@ -58,18 +107,23 @@ class PassPlan:
     """`small` runs passes of up to `crossover_tokens` padded tokens and `large` the rest (one runtime when
     `large` is None)."""
 
-    small: str
-    large: str | None = None
+    small: Runtime
+    large: Runtime | None = None
     crossover_tokens: int | None = None
     reason: str = ""
     # What one more pass costs in padded tokens of the large-pass runtime's work (see e5.batching).
     overhead_tokens: int = OVERHEAD_TOKENS_RANGE[0]
 
+    def __post_init__(self):  # read back from the plan cache's JSON as plain names
+        object.__setattr__(self, "small", Runtime.named(self.small))
+        if self.large is not None:
+            object.__setattr__(self, "large", Runtime.named(self.large))
+
     @property
-    def runtimes(self) -> tuple[str, ...]:
+    def runtimes(self) -> tuple[Runtime, ...]:
         return (self.small,) if self.large is None else (self.small, self.large)
 
-    def runtime_for(self, padded_tokens: int) -> str:
+    def runtime_for(self, padded_tokens: int) -> Runtime:
         if self.large is None or padded_tokens <= self.crossover_tokens:
             return self.small
         return self.large

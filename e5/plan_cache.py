@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .pass_plan import PassPlan
+from .pass_plan import PassPlan, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class LoadRecord:
     measured plan), and the checks and timings, in words and figures, for the log and the load report."""
 
     key: PlanKey
-    runtimes: tuple[str, ...]
+    runtimes: tuple[Runtime, ...]
     plan: PassPlan | None = None
     onnx_max_abs_diff: float | None = None
     bf16_min_cosine: float | None = None
@@ -133,7 +133,7 @@ class LoadRecord:
     def from_json(cls, text: str) -> "LoadRecord":
         data = json.loads(text)
         data["key"] = PlanKey(**data["key"])
-        data["runtimes"] = tuple(data["runtimes"])
+        data["runtimes"] = tuple(Runtime.named(name) for name in data["runtimes"])
         data["notes"] = tuple(data.get("notes", ()))
         if data.get("plan") is not None:
             data["plan"] = PassPlan(**data["plan"])

@@ -7,7 +7,7 @@ what it is in `name` ("torch float32", "onnxruntime int8"), which is how the enc
 
 `choose_runtime` turns the settings and what ONNX Runtime can do here into the runtime to load and the
 reason, in one pure function; on the CPU with nothing pinned it asks for the load-time measurement
-(`Encoder.plan_passes`, `e5.pass_plan`) that then splits the passes between the runtimes that are fastest.
+(`e5.loader`, `e5.pass_plan`) that then splits the passes between the runtimes that are fastest.
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ from typing import Protocol
 
 import torch
 
-from .onnx_runtime import QuantizeError
-from .pass_plan import ONNX_FLOAT32
+from .onnx_runtime import OnnxRuntimeError
+from .pass_plan import ONNX_FLOAT32, ONNX_INT8, Engine, Runtime
 from .settings import CpuRuntime, Quantize
 
-TORCH = "torch"  # in the dtype the placement chose: its backbone is named "torch float32", "torch bfloat16" ...
-ONNX_INT8 = "onnxruntime int8"
+TORCH = Engine.TORCH  # in the dtype the placement chose: its backbone is "torch float32", "torch bfloat16" ...
 
 
 class Backbone(Protocol):
     """Token ids and attention mask in ([rows, width] each), last hidden states out ([rows, width, hidden])."""
 
-    name: str
+    name: Runtime
     config: object
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
@@ -40,7 +39,7 @@ class TorchBackbone:
     def __init__(self, model):
         self.model = model
         self.config = model.config
-        self.name = f"torch {str(next(model.parameters()).dtype).removeprefix('torch.')}"
+        self.name = Runtime(Engine.TORCH, str(next(model.parameters()).dtype).removeprefix("torch."))
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -51,7 +50,7 @@ class RuntimeChoice:
     """What `Encoder.load` loads: `runtime` (TORCH, ONNX_FLOAT32 or ONNX_INT8), whether to time the CPU's
     candidates at load (`measure`), whether a failed ONNX build may fall back to torch, and why."""
 
-    runtime: str
+    runtime: Runtime | Engine
     measure: bool
     fallback_to_torch: bool
     reason: str
@@ -60,17 +59,18 @@ class RuntimeChoice:
 def choose_runtime(device_type: str, dtype_pinned: bool, quantize: Quantize, cpu_runtime: CpuRuntime,
                    onnx_refusal: str | None) -> RuntimeChoice:
     """The runtime for a model on `device_type`, given E5_QUANTIZE, E5_CPU_RUNTIME, whether E5_DTYPE is set,
-    and `onnx_refusal`, why ONNX Runtime cannot serve the model here (None when it can).
+    and `onnx_refusal`, why ONNX Runtime cannot serve the model here (None when it can), which is phrased
+    here for the setting that was set.
 
-    `QuantizeError` when an ONNX runtime is insisted on (int8, or E5_CPU_RUNTIME=onnxruntime) and cannot serve.
+    `OnnxRuntimeError` when ONNX Runtime is insisted on (int8, or E5_CPU_RUNTIME=onnxruntime) and cannot serve.
     """
     if quantize == Quantize.INT8:
         if onnx_refusal:
-            raise QuantizeError(onnx_refusal)
+            raise OnnxRuntimeError(f"E5_QUANTIZE=int8 runs in ONNX Runtime, which {onnx_refusal}; unset E5_QUANTIZE")
         return RuntimeChoice(ONNX_INT8, False, False, "E5_QUANTIZE=int8")
     if cpu_runtime == CpuRuntime.ONNXRUNTIME:
         if onnx_refusal:
-            raise QuantizeError(onnx_refusal)
+            raise OnnxRuntimeError(f"E5_CPU_RUNTIME=onnxruntime: ONNX Runtime {onnx_refusal}; unset E5_CPU_RUNTIME")
         return RuntimeChoice(ONNX_FLOAT32, False, False, "E5_CPU_RUNTIME=onnxruntime")
     if cpu_runtime == CpuRuntime.TORCH:
         return RuntimeChoice(TORCH, False, False, "E5_CPU_RUNTIME=torch")
@@ -78,5 +78,5 @@ def choose_runtime(device_type: str, dtype_pinned: bool, quantize: Quantize, cpu
         return RuntimeChoice(TORCH, False, False, f"torch on {device_type}")
     measure = not dtype_pinned  # E5_DTYPE pins the precision: nothing to measure among
     if onnx_refusal:
-        return RuntimeChoice(TORCH, measure, False, f"torch float32, as ONNX Runtime cannot: {onnx_refusal}")
+        return RuntimeChoice(TORCH, measure, False, f"torch, as ONNX Runtime {onnx_refusal}")
     return RuntimeChoice(ONNX_FLOAT32, measure, True, "ONNX Runtime float32 where it serves the model (the CPU default)")

@@ -12,14 +12,14 @@ from e5.finite import NonFiniteError
 from e5.errors import E5Error, RequestError, ServiceError
 from e5.limits import LimitError
 from e5.prompts import UnknownTaskError
-from e5.onnx_runtime import QuantizeError
+from e5.onnx_runtime import OnnxRuntimeError
 from e5.registry import UnknownModelError, get_spec
 from e5.service import EmbeddingFailed, EmbeddingRequest, EmbeddingService
 from e5.settings import Settings, SettingsError
 from e5.weights import DownloadError, WeightsError, WeightsNotFoundError
 
 CALLERS = (LimitError, TooLongError, UnknownTaskError, BulkError)
-SERVICES = (EmbeddingFailed, DeviceError, QuantizeError, UnknownModelError, SettingsError, WeightsError,
+SERVICES = (EmbeddingFailed, DeviceError, OnnxRuntimeError, UnknownModelError, SettingsError, WeightsError,
             WeightsNotFoundError, DownloadError, NonFiniteError)
 
 

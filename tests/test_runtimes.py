@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e5.onnx_runtime import OnnxBackbone, QuantizeError
-from e5.pass_plan import ONNX_FLOAT32
-from e5.runtimes import ONNX_INT8, TORCH, TorchBackbone, choose_runtime
+from e5.onnx_runtime import OnnxBackbone, OnnxRuntimeError
+from e5.pass_plan import ONNX_FLOAT32, ONNX_INT8, Engine, Runtime
+from e5.runtimes import TORCH, TorchBackbone, choose_runtime
 from e5.settings import CpuRuntime, Quantize
 
-REFUSED = "E5_CPU_RUNTIME=onnxruntime: e5-mistral-7b-instruct is not a BERT or XLM-RoBERTa checkpoint"
+REFUSED = "supports the bert, xlm-roberta checkpoints, not e5-mistral-7b-instruct (mistral)"
 
 
 @pytest.mark.parametrize("device,pinned,quantize,runtime,refusal,expected", [
@@ -31,10 +31,33 @@ def test_the_choice_follows_the_settings_and_says_why(device, pinned, quantize, 
                               or device != "cpu" or runtime == CpuRuntime.TORCH)
 
 
-@pytest.mark.parametrize("quantize,runtime", [(Quantize.INT8, CpuRuntime.AUTO), (Quantize.NONE, CpuRuntime.ONNXRUNTIME)])
-def test_an_onnx_runtime_insisted_on_where_it_cannot_serve_is_refused_with_the_reason(quantize, runtime):
-    with pytest.raises(QuantizeError, match="is not a BERT or XLM-RoBERTa checkpoint"):
+@pytest.mark.parametrize("quantize,runtime,message", [
+    (Quantize.INT8, CpuRuntime.AUTO, f"E5_QUANTIZE=int8 runs in ONNX Runtime, which {REFUSED}; unset E5_QUANTIZE"),
+    (Quantize.NONE, CpuRuntime.ONNXRUNTIME, f"E5_CPU_RUNTIME=onnxruntime: ONNX Runtime {REFUSED}; unset E5_CPU_RUNTIME"),
+])
+def test_an_onnx_runtime_insisted_on_where_it_cannot_serve_is_refused_naming_that_setting(quantize, runtime, message):
+    with pytest.raises(OnnxRuntimeError) as refused:
         choose_runtime("cpu", False, quantize, runtime, REFUSED)
+    assert str(refused.value) == message
+
+
+def test_with_nothing_set_the_reason_blames_no_setting():
+    choice = choose_runtime("cpu", False, Quantize.NONE, CpuRuntime.AUTO, REFUSED)
+    assert choice.reason == f"torch, as ONNX Runtime {REFUSED}" and "E5_" not in choice.reason
+
+
+def test_a_runtime_is_a_typed_name():
+    bf16 = Runtime(Engine.TORCH, "bfloat16")
+    assert bf16 == "torch bfloat16" and (bf16.engine, bf16.precision) == (Engine.TORCH, "bfloat16")
+    assert Runtime.named("onnxruntime int8") == ONNX_INT8 and Runtime.named("onnxruntime int8").engine is Engine.ONNXRUNTIME
+    assert (ONNX_FLOAT32.pass_overhead_tokens, bf16.pass_overhead_tokens) == (16, 48)
+    with pytest.raises(ValueError):
+        Runtime.named("tensorrt float32")
+    with pytest.raises(ValueError, match="precision is one of"):
+        Runtime(Engine.TORCH, "fp8")
+    import pickle
+
+    assert pickle.loads(pickle.dumps(bf16)).precision == "bfloat16"
 
 
 def test_every_runtime_takes_ids_and_mask_and_gives_hidden_states(checkpoints):
