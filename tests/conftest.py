@@ -106,7 +106,7 @@ def e5_small_dir() -> Path:
     return converted_dir(Settings.from_env().cache_dir)
 
 
-def _serving(log_dir: Path, **env: str):
+def serving(log_dir: Path, **env: str):
     """`python -m e5 serve` (the README's serve command) with `env`, READY, stopped at the end."""
     served = CogServer.serve(log_dir / "server.log", **env)
     try:
@@ -119,7 +119,7 @@ def _serving(log_dir: Path, **env: str):
 @pytest.fixture(scope="session")
 def cog_server(checkpoints, tmp_path_factory) -> CogServer:
     """The tiny XLM-RoBERTa checkpoint served as multilingual-e5-small, shared by the end-to-end tests."""
-    yield from _serving(tmp_path_factory.mktemp("server"), E5_MODEL="multilingual-e5-small",
+    yield from serving(tmp_path_factory.mktemp("server"), E5_MODEL="multilingual-e5-small",
                         E5_WEIGHTS_DIR=str(checkpoints["xlm-roberta"]))
 
 
@@ -127,7 +127,7 @@ def cog_server(checkpoints, tmp_path_factory) -> CogServer:
 def minilm_server(minilm_dir, tmp_path_factory) -> CogServer:
     """Real weights: all-MiniLM-L6-v2 served as e5-small-v2 (same architecture), with at most 256 windows per
     request so that the window cap is reached by a request a test can afford."""
-    yield from _serving(tmp_path_factory.mktemp("minilm"), E5_MODEL="e5-small-v2", E5_WEIGHTS_DIR=str(minilm_dir),
+    yield from serving(tmp_path_factory.mktemp("minilm"), E5_MODEL="e5-small-v2", E5_WEIGHTS_DIR=str(minilm_dir),
                         E5_MAX_WINDOWS="256")
 
 

@@ -15,6 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 from cog_server import MAX_MESSAGE, CogServer, assert_no_internals, assert_ready, predict
+from conftest import serving
 from tiny_checkpoints import OVERFLOW_POISON
 
 from e5.encoder import Encoder
@@ -30,13 +31,8 @@ LONG = "protein the quick brown dog " * 120  # windows with long_texts chunks or
 @pytest.fixture(scope="module")
 def float16_server(overflowing_bert, tmp_path_factory) -> CogServer:
     root = tmp_path_factory.mktemp("float16-server")
-    server = CogServer.serve(root / "server.log", E5_MODEL=MODEL, E5_WEIGHTS_DIR=str(overflowing_bert),
-                             E5_DTYPE="float16", E5_CACHE_DIR=str(root / "cache"))
-    try:
-        server.wait_for("READY")
-        yield server
-    finally:
-        server.stop()
+    yield from serving(root, E5_MODEL=MODEL, E5_WEIGHTS_DIR=str(overflowing_bert), E5_DTYPE="float16",
+                       E5_CACHE_DIR=str(root / "cache"))
 
 
 @pytest.fixture(scope="module")
