@@ -33,7 +33,7 @@ from .pass_plan import (
     BF16_MATMUL_GATE, ONNX_FLOAT32, ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Engine, PassPlan, Runtime, fit_cost,
 )
 from .pass_timing import Measurements
-from .plan_cache import LoadRecord, PlanCache, now, plan_key
+from .plan_cache import LoadRecord, PlanCache, PlanKey, now, plan_key
 from .registry import ModelSpec
 from .runtimes import TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
 from .settings import CpuRuntime, Quantize, Settings
@@ -142,8 +142,7 @@ def torch_model(weights_dir: Path, dtype: torch.dtype, device: torch.device):
 
 
 def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
-                 placement: Placement,
-                 settings: Settings, heap: HeapTrimmer) -> Encoder:
+                 placement: Placement, settings: Settings, heap: HeapTrimmer) -> Encoder:
     """The encoder a cached record describes: only its runtimes loaded, nothing timed or checked."""
     config = checkpoint_config(weights_dir)
     backbones: dict[Runtime, Backbone] = {}
@@ -167,8 +166,8 @@ def _copy_checks(encoder: Encoder, record: LoadRecord) -> None:
 
 
 def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer, placement: Placement,
-             settings: Settings,
-             choice: RuntimeChoice, key, heap: HeapTrimmer, measurements: Measurements) -> tuple[Encoder, LoadRecord]:
+             settings: Settings, choice: RuntimeChoice, key: PlanKey, heap: HeapTrimmer,
+             measurements: Measurements) -> tuple[Encoder, LoadRecord]:
     """Build, check and (with nothing pinned) time the CPU's candidate runtimes; the encoder and its record."""
     started = time.perf_counter()
     onnx: dict[Runtime, Backbone] = {}

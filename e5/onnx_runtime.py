@@ -1,19 +1,19 @@
 """ONNX Runtime on the CPU: the fused float32 graph (the CPU default where it serves the model) and opt-in int8.
 
-Both are built once from the checkpoint's eager torch model and cached under `E5_CACHE_DIR`; `OnnxBackbone`
-runs one. int8 (`E5_QUANTIZE=int8`): the recipe, measured on all-MiniLM-L6-v2 on this project's CPU
-machines (2 cores, AVX-512 VNNI): export with eager attention (ONNX Runtime's BERT optimizer cannot fuse an SDPA export), fuse,
-then `quantize_dynamic` with per-channel, full-range, signed int8 weights. The FFN output
-projection of the first half of the layers stays float32: its inputs carry a few outlier
-channels (absolute values around 20 against a median near 1) that int8 would flatten. Against
-float32 that measured about 2.2-2.6x the speed at min cosine 0.988 and mean 0.992; quantising
-everything was faster (2.5x) but fell to min 0.977, and torch's own dynamic int8 reached only
-1.6-1.7x. The loss is checked again at every load and logged (`Int8Check`).
+Both are built once per checkpoint by `e5.onnx_build`, in a child process, and kept under `E5_CACHE_DIR`;
+`OnnxBackbone` runs one. int8 (`E5_QUANTIZE=int8`): the recipe, measured on all-MiniLM-L6-v2 on this project's
+CPU machines (2 cores, AVX-512 VNNI): export with eager attention (ONNX Runtime's BERT optimizer cannot fuse an
+SDPA export), fuse, then `quantize_dynamic` with per-channel, full-range, signed int8 weights. The FFN output
+projection of the first half of the layers stays float32: its inputs carry a few outlier channels (absolute
+values around 20 against a median near 1) that int8 would flatten. Against float32 that measured about
+2.2-2.6x the speed at min cosine 0.988 and mean 0.992; quantising everything was faster (2.5x) but fell to min
+0.977, and torch's own dynamic int8 reached only 1.6-1.7x. Where the load measures (`e5.loader`), it checks the
+loss on `PROBE_TEXTS` and times int8 against what would serve without it (`Int8Check`, the load's record).
 
 The same fused graph without quantising is the default float32 path on the CPU (`E5_CPU_RUNTIME=auto`,
 as text-embeddings-inference runs ONNX Runtime on CPUs): vectors equal to torch's within float rounding,
 at a fraction of torch's per-operator cost on short inputs. Where it cannot run (e5-mistral, a GPU, a
-model over one ONNX file's 2 GiB, onnxruntime missing) or its build fails, `auto` stays on torch.
+model over 2 GiB, onnxruntime missing) or its build fails, `auto` stays on torch.
 """
 
 from __future__ import annotations
