@@ -153,6 +153,23 @@ class ServerProcess:
         page = os.sysconf("SC_PAGE_SIZE")
         return sum(int(fields[21]) * page for _, fields in self._group_stats())  # field 24, rss in pages
 
+    def rss_parts(self) -> dict[str, int]:
+        """The group's resident memory by kind, in bytes (/proc/PID/status): `anon`, the processes' own memory
+        (heap, activations, copies of weights), where a leak shows; `file`, pages of mapped files (the
+        libraries, and ONNX Runtime's weights, which it maps from the build's data file and faults in as they
+        are first read), bounded by those files' sizes and given back under memory pressure."""
+        parts = {"anon": 0, "file": 0}
+        for pid in self.group_pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssFile", "RssShmem"):
+                    parts["anon" if name == "RssAnon" else "file"] += int(value.split()[0]) * 1024
+        return parts
+
     def cpu_seconds(self) -> float:
         """User and system CPU time the whole process group has used so far: coglet and its Python worker."""
         ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in self._group_stats())  # utime, stime
