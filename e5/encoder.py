@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,9 +37,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
     )
 
-
-# Guards the first creation of an encoder's `Float32Fallback` (rare: only when a pass first overflows).
-_FALLBACK_LOCK = threading.Lock()
 
 # The widest rows of the load-time runtime plan's batch probe (`Encoder.probe_passes`).
 PROBE_BATCH_WIDTH = 512
@@ -85,7 +81,7 @@ class Encoder:
         self.int8_check = None  # with E5_QUANTIZE=int8: the int8 vectors' cosine to float32 on the probe texts
         self.onnx_max_abs_diff = None  # with ONNX Runtime float32: its largest difference to torch on the probes
         self.bf16_min_cosine: float | None = None  # when a bfloat16 model serves: its cosine to float32 on the probes
-        self._fallback: Float32Fallback | None = None  # float32 for rows that overflow float16 (first need)
+        self._fallback = Float32Fallback()  # float32 for rows that overflow float16: settled on first need
         config = backbone.config
         self.dimensions = int(config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
@@ -296,10 +292,7 @@ class Encoder:
         """The float32 runtime for rows a float16 or bfloat16 pass could not hold, settled on first need: a
         float32 runtime this encoder already serves with (a measured plan's), else a float32 copy of its torch
         model, kept for later; on a device without room for that copy, the reason instead (for good)."""
-        with _FALLBACK_LOCK:  # made here, not at load: most encoders never need one
-            fallback = self._fallback
-            if fallback is None:
-                fallback = self._fallback = Float32Fallback()
+        fallback = self._fallback
         with fallback.lock:
             if fallback.settled:
                 return fallback

@@ -41,9 +41,6 @@ from .tokenizer import CheckpointTokenizer
 
 log = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {TORCH_FLOAT32: torch.float32, TORCH_BFLOAT16: torch.bfloat16}
-
-
 def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None = None,
                  placement: Placement | None = None, quantize: Quantize | str | None = None,
                  runtime: CpuRuntime | str | None = None, measurements: Measurements | None = None) -> Encoder:
@@ -150,7 +147,7 @@ def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokeniz
         if name.engine is Engine.ONNXRUNTIME:
             backbones[name] = onnx_model(spec, weights_dir, config, settings.cache_dir, name.precision)
         else:
-            backbones[name] = TorchBackbone(torch_model(weights_dir, _TORCH_DTYPES[name], placement.device))
+            backbones[name] = TorchBackbone(torch_model(weights_dir, getattr(torch, name.precision), placement.device))
     encoder = Encoder(spec, tokenizer, next(iter(backbones.values())), placement, settings.token_budget, heap)
     encoder.use_plan(record.plan, backbones)
     _copy_checks(encoder, record)

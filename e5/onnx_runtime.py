@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from .errors import ServiceError
+from .onnx_build import MODEL_FILE, build_in_subprocess
 from .pass_plan import Engine, Runtime
-from .onnx_build import MODEL_FILE, build_in_subprocess, float32_layers_kept  # noqa: F401 (re-exported)
+from .plan_cache import checkpoint_fingerprint
 from .registry import Family, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,8 @@ def float32_bytes(weights_dir: Path) -> int:
 def _cache_key(weights_dir: Path) -> str:
     import onnxruntime
 
-    digest = hashlib.sha256(f"{RECIPE_VERSION}|{onnxruntime.__version__}|{weights_dir.resolve()}".encode())
-    for path in sorted(weights_dir.iterdir()):
-        if path.suffix in (".safetensors", ".json"):
-            stat = path.stat()
-            digest.update(f"|{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    text = f"{RECIPE_VERSION}|{onnxruntime.__version__}|{checkpoint_fingerprint(weights_dir)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class OnnxBackbone:

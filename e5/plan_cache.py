@@ -186,16 +186,18 @@ class PlanCache:
         return "the cached plan was measured with " + "; ".join(key.differences(newest))
 
     def write(self, record: LoadRecord, tokenizer=None) -> str | None:
-        """Store `record` (and `tokenizer`, a `CheckpointTokenizer`) atomically, the record last; the reason it
-        could not be stored (the service runs on, measuring again at the next boot), else None."""
-        path = self.path(record.key)
+        """Store `record` (and `tokenizer`, a `CheckpointTokenizer`), each file atomically and the record last;
+        the reason it could not be stored (the service runs on, measuring again at the next boot), else None."""
+        files = tokenizer.to_files(self.tokenizer_path(record.key)) if tokenizer is not None else {}
+        files[self.path(record.key)] = record.to_json()
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            if tokenizer is not None:
-                tokenizer.to_file(self.tokenizer_path(record.key))
-            with tempfile.NamedTemporaryFile("w", dir=self.cache_dir, prefix=f".{path.name}-", delete=False) as out:
-                out.write(record.to_json())
-            os.replace(out.name, path)
+            for path, text in files.items():
+                # A name of its own per writer: two servers booting on one cache never mix their bytes.
+                with tempfile.NamedTemporaryFile("w", dir=self.cache_dir, prefix=f".{path.name}-",
+                                                 delete=False) as out:
+                    out.write(text)
+                os.replace(out.name, path)
         except OSError as exc:
             return f"{type(exc).__name__}: {exc}"
         return None

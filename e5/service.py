@@ -297,11 +297,7 @@ class EmbeddingService:
         its passes are theirs, checked in their own responses. Scores and normalised vectors of finite vectors
         are finite, so nothing later needs checking.
         """
-        rows, inputs = prepared.rows, prepared.inputs
-
-        def cause() -> str:
-            return self.encoder.non_finite_cause()
-
+        rows, inputs, cause = prepared.rows, prepared.inputs, self.encoder.non_finite_cause
         check_finite(raw, lambda row: inputs[rows.owners[row]].label, cause)
         per_input = rows.per_input(raw)
         if per_input is not raw:  # a mean of finite windows overflows only for absurd magnitudes, but is checked

@@ -15,9 +15,9 @@ from e5.onnx_runtime import (
     OnnxBackbone,
     OnnxRuntimeError,
     float32_bytes,
-    float32_layers_kept,
     onnx_refusal,
 )
+from e5.onnx_build import float32_layers_kept
 from e5.pass_timing import Measurements
 from e5.settings import CpuRuntime, Quantize, Settings
 from e5.registry import get_spec
