@@ -13,6 +13,11 @@ command line prints `e5: <message>` for any `E5Error`.
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import TypeVar
+
+Choice = TypeVar("Choice", bound=Enum)
+
 
 class E5Error(Exception):
     """Any error this library raises on purpose."""
@@ -24,3 +29,21 @@ class RequestError(E5Error, ValueError):
 
 class ServiceError(E5Error, RuntimeError):
     """The service cannot serve as configured; the message names the setting, file or device and the fix."""
+
+
+def excerpt(value: object, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters with the full length said, so errors never echo a paste."""
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    length = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{shown[:limit]}…{length}"
+
+
+def parse_choice(kind: type[Choice], value: object, name: str, error: type[E5Error] = RequestError) -> Choice:
+    """`value` as a member of the enum `kind`, else `error` naming the option (`name`) and every allowed value."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = [repr(member.value) for member in kind]
+        raise error(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {excerpt(value)}") from None

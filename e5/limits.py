@@ -22,15 +22,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def excerpt(value: object, limit: int = 40) -> str:
-    """`repr(value)`, cut to `limit` characters with the full length said, so errors never echo a paste."""
-    shown = repr(value)
-    if len(shown) <= limit:
-        return shown
-    length = f" ({len(value)} characters)" if isinstance(value, str) else ""
-    return f"{shown[:limit]}…{length}"
-
-
 class LimitError(RequestError):
     """A request over a limit or with malformed text; the message names the input and the rule."""
 

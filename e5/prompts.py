@@ -10,8 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import RequestError
-from .limits import excerpt
+from .errors import RequestError, excerpt
 from .registry import PromptStyle
 
 QUERY_PREFIX = "query: "

@@ -17,9 +17,9 @@ from .devices import describe
 from .encoder import Encoder, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
 from .engine import BatchingEngine
-from .errors import RequestError, ServiceError
+from .errors import RequestError, ServiceError, parse_choice
 from .finite import check_finite
-from .limits import Limits, excerpt
+from .limits import Limits
 from .pooling import cosine_scores, l2_normalize
 from .prepare import Rows, TextInput, rows_for
 from .prompts import InputType, resolve_task
@@ -105,28 +105,6 @@ def _is_short(request: EmbeddingRequest) -> bool:
     return sum(len(text) for text in fields if isinstance(text, str)) <= SHORT_REQUEST_CHARS
 
 
-def _parse_input_type(value: str) -> InputType:
-    try:
-        return InputType(value)
-    except ValueError:
-        raise RequestError(f"input_type must be 'query' or 'passage', not {excerpt(value)}") from None
-
-
-def _parse_encoding_format(value: str) -> EncodingFormat:
-    try:
-        return EncodingFormat(value)
-    except ValueError:
-        raise RequestError(f"encoding_format must be 'float', 'base64', 'ubinary' or 'npy', "
-                           f"not {excerpt(value)}") from None
-
-
-def _parse_long_texts(value: str) -> LongTexts:
-    try:
-        return LongTexts(value)
-    except ValueError:
-        raise RequestError(f"long_texts must be 'truncate', 'chunks' or 'mean', not {excerpt(value)}") from None
-
-
 def _passage_input(request: EmbeddingRequest) -> tuple[str, str | None]:
     """The passage and the input name it came under (`document` is another name for `passage`)."""
     if request.document is None:
@@ -210,9 +188,9 @@ class EmbeddingService:
             raise RequestError("nothing to embed: give `query`, `passage` (or `document`), or a non-empty `texts` list")
         singles = (("query", request.query), (passage_label, passage), ("task", request.task))
         self._check_limits(singles, texts)
-        input_type = _parse_input_type(request.input_type)
-        encoding = _parse_encoding_format(request.encoding_format)
-        long_texts = _parse_long_texts(request.long_texts)
+        input_type = parse_choice(InputType, request.input_type, "input_type")
+        encoding = parse_choice(EncodingFormat, request.encoding_format, "encoding_format")
+        long_texts = parse_choice(LongTexts, request.long_texts, "long_texts")
         task = resolve_task(request.task)
 
         inputs: list[TextInput] = []

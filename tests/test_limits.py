@@ -58,7 +58,7 @@ def test_a_request_at_the_limits_is_served(small_limits_service):
 
 
 def test_errors_quote_at_most_an_excerpt_of_the_input():
-    from e5.limits import excerpt
+    from e5.errors import excerpt
     from e5.prompts import UnknownTaskError, resolve_task
 
     assert excerpt("websearch") == "'websearch'"
