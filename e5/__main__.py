@@ -82,22 +82,19 @@ def _json_array(value):
 
 def _cmd_embed_file(args: argparse.Namespace) -> int:
     try:
-        from . import bulk
+        from .bulk import JobOptions, embed_file
     except ImportError as exc:
         print(f"e5: embed-file needs pyarrow ({exc.name} is missing): pip install -e '.[bulk]'",
               file=sys.stderr)
         return 2
-    options = {"fmt": args.format, "input_type": args.input_type, "task": args.task, "normalize": args.normalize,
-               "truncate": not args.no_truncate, "text_field": args.text_field, "id_field": args.id_field,
-               "long_texts": args.long_texts}
+    options = JobOptions(args.input_type, args.task, args.normalize, not args.no_truncate, args.text_field,
+                         args.id_field, args.long_texts)
     if args.ray:
         return _embed_file_ray(args, options)
     from .service import load_service
 
-    service = load_service(args.model)
-    done = bulk.embed_file(service.encoder, args.input, args.out, chunk_rows=args.chunk_rows,
-                           progress=not args.no_progress, limits=service.limits,
-                           chunk_overlap=service.chunk_overlap, **options)
+    done = embed_file(load_service(args.model), args.input, args.out, options, args.format, args.chunk_rows,
+                      progress=not args.no_progress)
     state = "was already complete" if done.already_done else (
         f"resumed at row {done.resumed_at}" if done.resumed_at else "done")
     print(f"e5: {args.out}: {done.rows} embeddings, {done.tokens} tokens, {done.bad_rows} bad rows skipped ({state})",
@@ -105,16 +102,15 @@ def _cmd_embed_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_file_ray(args: argparse.Namespace, options: dict) -> int:
+def _embed_file_ray(args: argparse.Namespace, options) -> int:
     try:
-        from .ray_embed import embed_file_ray
+        from .ray_embed import RayCluster, embed_file_ray
     except ImportError as exc:
         print(f"e5: --ray needs Ray ({exc.name} is missing): pip install -e '.[ray]'", file=sys.stderr)
         return 2
-    rows = embed_file_ray(args.input, args.out, model=args.model, batch_rows=args.chunk_rows,
-                          concurrency=args.ray_concurrency, num_gpus=args.ray_num_gpus,
-                          cpus_per_actor=args.ray_cpus_per_actor, address=args.ray_address,
-                          num_cpus=args.ray_num_cpus, **options)
+    cluster = RayCluster(args.ray_concurrency, args.ray_num_gpus, args.ray_cpus_per_actor, args.ray_address,
+                         args.ray_num_cpus)
+    rows = embed_file_ray(args.input, args.out, options, args.model, args.format, args.chunk_rows, cluster)
     print(f"e5: {args.out}: {rows} embeddings (Ray Data)", file=sys.stderr)
     return 0
 

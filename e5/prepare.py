@@ -5,7 +5,7 @@ and the one collapse step back: each input's vector and score from its rows.
 prompt (query or passage) and whether it may be windowed, and gives the token rows the model reads: one per
 input cut to the model's limit (`long_texts: truncate`), or one per window of each input over the limit
 (`chunks`, `mean`; queries are never windowed), with the input each row belongs to and its character span.
-The service (`EmbeddingService.prepare`) and `embed-file` (`bulk.embed_records`) both call it, so both
+The service (`EmbeddingService.prepare`) and `embed-file` (`bulk.job.embed_records`) both call it, so both
 prompt, cut and window alike, and both collapse windows to one vector per input with `Rows.per_input`.
 """
 
@@ -67,6 +67,16 @@ class Rows:
         if self.one_per_input:
             return scores[inputs.start: inputs.stop]
         return best_per_group(scores, [self.groups[i] for i in inputs])
+
+    def without_truncated(self) -> tuple[Rows, list[int]]:
+        """These rows less the inputs that were cut (for a caller that skips them rather than embed a cut
+        text), and the indices of the inputs kept; for rows of one per input (long_texts truncate)."""
+        if not self.one_per_input:
+            raise ValueError("without_truncated needs one row per input")
+        kept = [i for i, cut in enumerate(self.tokens.truncated) if not cut]
+        tokens = Tokenized([self.tokens.ids[i] for i in kept], [self.tokens.counted_lengths[i] for i in kept],
+                           [False] * len(kept))
+        return Rows(tokens, list(range(len(kept))), [self.spans[i] for i in kept], [], len(kept)), kept
 
     def rows_of(self, inputs: range) -> list[int]:
         """The rows of the inputs in `inputs`, in order."""

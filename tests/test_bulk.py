@@ -18,12 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from e5 import bulk
+from e5.bulk import job as bulk_job
 from e5.__main__ import main
-from e5.bulk import BulkError, embed_file, parts_dir, read_embeddings
+from e5.bulk import BulkError, JobOptions, embed_file, parts_dir, read_embeddings
 from e5.encoder import Encoder
 from e5.prompts import DEFAULT_TASK, InputType, UnknownTaskError, format_text
 from e5.registry import DEMO_MODEL, get_spec
+from e5.service import EmbeddingService
 from e5.settings import Settings
 
 from conftest import REPO_ROOT
@@ -96,7 +97,7 @@ def test_every_format_gives_the_librarys_vectors_under_its_ids(fmt, encoders, tm
     encoder = encoders["bert"]
     texts = TEXTS + ["a text with a comma, and \"quotes\""]
     source = write_format(fmt, tmp_path, texts)
-    done = embed_file(encoder, source, tmp_path / "out.parquet", chunk_rows=4, progress=False)
+    done = embed_file(EmbeddingService(encoder), source, tmp_path / "out.parquet", chunk_rows=4, progress=False)
     ids, vectors = read_embeddings(tmp_path / "out.parquet")
     expected_ids = [str(i + 1) for i in range(len(texts))] if fmt == "text" else [f"doc-{i}" for i in range(len(texts))]
     assert ids == expected_ids and done.rows == len(texts) and done.bad_rows == 0
@@ -180,7 +181,7 @@ def test_under_float16_no_vector_written_is_non_finite_and_a_row_that_stays_so_s
 
 def test_an_over_long_text_is_cut_by_default_like_the_predictor(encoders, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "long", "text": "word " * 700}])
-    embed_file(encoders["bert"], source, tmp_path / "out.parquet", progress=False)
+    embed_file(EmbeddingService(encoders["bert"]), source, tmp_path / "out.parquet", progress=False)
     assert pq.read_table(tmp_path / "out.parquet")["token_count"].to_pylist() == [512]
 
 
@@ -190,28 +191,29 @@ class Interrupted(Exception):
 
 def interrupt_after(monkeypatch, parts: int) -> None:
     """Make the job stop, as a kill would, once `parts` parts are on disk."""
-    real = bulk.write_part
+    real = bulk_job.write_part
 
     def write_part(directory, index, *args, **kwargs):
         if index == parts:
             raise Interrupted
         return real(directory, index, *args, **kwargs)
 
-    monkeypatch.setattr(bulk, "write_part", write_part)
+    monkeypatch.setattr(bulk_job, "write_part", write_part)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "text"])
 def test_an_interrupted_job_resumes_where_its_parts_end(fmt, encoders, tmp_path, monkeypatch):
     encoder, texts = encoders["bert"], corpus(11)
+    service = EmbeddingService(encoder)
     source = write_format(fmt, tmp_path, texts)
-    whole = embed_file(encoder, source, tmp_path / "whole.parquet", chunk_rows=3, progress=False)
+    whole = embed_file(service, source, tmp_path / "whole.parquet", chunk_rows=3, progress=False)
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
         interrupt_after(patch, 2)
         with pytest.raises(Interrupted):
-            embed_file(encoder, source, out, chunk_rows=3, progress=False)
+            embed_file(service, source, out, chunk_rows=3, progress=False)
     assert not out.exists() and len(list(parts_dir(out).glob("part-*.parquet"))) == 2
-    done = embed_file(encoder, source, out, chunk_rows=3, progress=False)
+    done = embed_file(service, source, out, chunk_rows=3, progress=False)
     assert done.resumed_at == 6 and done.rows == whole.rows == 11 and done.tokens == whole.tokens
     ids, vectors = read_embeddings(out)
     whole_ids, whole_vectors = read_embeddings(tmp_path / "whole.parquet")
@@ -221,18 +223,19 @@ def test_an_interrupted_job_resumes_where_its_parts_end(fmt, encoders, tmp_path,
 
 def test_a_resume_with_other_settings_is_refused(encoders, checkpoints, tmp_path, monkeypatch, capsys):
     source = write_format("jsonl", tmp_path, corpus(8))
+    bert = EmbeddingService(encoders["bert"])
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1)
         with pytest.raises(Interrupted):
-            embed_file(encoders["bert"], source, out, chunk_rows=3, progress=False)
+            embed_file(bert, source, out, chunk_rows=3, progress=False)
     with pytest.raises(BulkError, match=r"out.parquet.parts/ was written by a job with other settings "
                                         r"\(normalize False -> True\); run again with the same model"):
-        embed_file(encoders["bert"], source, out, chunk_rows=3, normalize=True, progress=False)
+        embed_file(bert, source, out, JobOptions(normalize=True), chunk_rows=3, progress=False)
     with pytest.raises(BulkError, match=r"model 'e5-small-v2' -> 'multilingual-e5-small'"):
-        embed_file(encoders["xlm-roberta"], source, out, chunk_rows=3, progress=False)
+        embed_file(EmbeddingService(encoders["xlm-roberta"]), source, out, chunk_rows=3, progress=False)
 
-    embed_file(encoders["bert"], source, out, chunk_rows=3, progress=False)
+    embed_file(bert, source, out, chunk_rows=3, progress=False)
     monkeypatch.setenv("E5_WEIGHTS_DIR", str(checkpoints["bert"]))
     assert main(["embed-file", str(source), "--out", str(out), "--model", "e5-small-v2", "--input-type", "query",
                  "--no-progress"]) == 2
@@ -241,28 +244,31 @@ def test_a_resume_with_other_settings_is_refused(encoders, checkpoints, tmp_path
         "the same model and options, or choose another --out (or delete it to start over)")
     # The same job again finds the output complete and computes nothing.
     interrupt_after(monkeypatch, 0)
-    assert embed_file(encoders["bert"], source, out, progress=False).already_done
+    assert embed_file(bert, source, out, progress=False).already_done
 
 
 def test_inputs_and_outputs_it_cannot_use_are_named(encoders, tmp_path):
     encoder = encoders["bert"]
+    service = EmbeddingService(encoder)
     with pytest.raises(BulkError, match=r"cannot tell the format of in.dat from its suffix; pass --format"):
         (tmp_path / "in.dat").write_text("x\n")
-        embed_file(encoder, tmp_path / "in.dat", tmp_path / "out.parquet")
+        embed_file(service, tmp_path / "in.dat", tmp_path / "out.parquet")
     with pytest.raises(BulkError, match=r"in.csv has no column 'body' \(it has 'id', 'text'\); name the text column"):
-        embed_file(encoder, write_format("csv", tmp_path, TEXTS), tmp_path / "out.parquet", text_field="body")
+        embed_file(service, write_format("csv", tmp_path, TEXTS), tmp_path / "out.parquet",
+                   JobOptions(text_field="body"))
     (tmp_path / "taken.parquet").write_text("not parquet")
     with pytest.raises(BulkError, match=r"taken.parquet exists and was not written by embed-file"):
-        embed_file(encoder, write_format("text", tmp_path, TEXTS), tmp_path / "taken.parquet")
+        embed_file(service, write_format("text", tmp_path, TEXTS), tmp_path / "taken.parquet")
     with pytest.raises(UnknownTaskError, match=r"task: unknown preset 'websearch'"):  # raised as found, not re-wrapped
-        embed_file(encoder, write_format("text", tmp_path, TEXTS), tmp_path / "out.parquet", task="websearch")
+        JobOptions(task="websearch")
 
 
 def test_a_multiline_csv_record_is_reported_at_the_line_it_starts_on(encoders, tmp_path):
     path = tmp_path / "in.csv"
     path.write_text('id,text\na,"first line\nsecond line"\nb,\nc,fine\n')
     problems: list[str] = []
-    embed_file(encoders["bert"], path, tmp_path / "out.parquet", progress=False, report=problems.append)
+    embed_file(EmbeddingService(encoders["bert"]), path, tmp_path / "out.parquet", progress=False,
+               report=problems.append)
     assert problems == ["skipped line 4: text is empty or only whitespace; every text needs content"]
     assert read_embeddings(tmp_path / "out.parquet")[0] == ["a", "c"]
 
@@ -347,9 +353,10 @@ def test_chunks_write_a_row_per_window_as_the_service_returns_them(encoders, tmp
     from e5.service import EmbeddingRequest, EmbeddingService
 
     encoder = encoders["bert"]
+    service = EmbeddingService(encoder)
     texts = ["short one", LONG_TEXT, "short two"]
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
-    embed_file(encoder, source, tmp_path / "chunks.parquet", long_texts="chunks", progress=False)
+    embed_file(service, source, tmp_path / "chunks.parquet", JobOptions(long_texts="chunks"), progress=False)
     table = pq.read_table(tmp_path / "chunks.parquet")
     assert table.column_names == ["id", "chunk", "start", "end", "token_count", "embedding"]
     served = EmbeddingService(encoder).handle(EmbeddingRequest(texts=texts, long_texts="chunks"))
@@ -360,15 +367,19 @@ def test_chunks_write_a_row_per_window_as_the_service_returns_them(encoders, tmp
     assert table["end"].to_pylist() == served.chunk_end.tolist()
     np.testing.assert_allclose(read_embeddings(tmp_path / "chunks.parquet")[1], served.embeddings, atol=1e-6)
 
-    embed_file(encoder, source, tmp_path / "mean.parquet", long_texts="mean", normalize=True, progress=False)
+    embed_file(service, source, tmp_path / "mean.parquet", JobOptions(long_texts="mean", normalize=True),
+               progress=False)
     mean = EmbeddingService(encoder).handle(EmbeddingRequest(texts=texts, long_texts="mean", normalize=True))
     ids, vectors = read_embeddings(tmp_path / "mean.parquet")
     assert ids == ["t0", "t1", "t2"]
     np.testing.assert_allclose(vectors, mean.embeddings, atol=1e-6)
     with pytest.raises(BulkError, match=r"long_texts 'mean' -> 'chunks'"):  # a finished job keeps its settings
-        embed_file(encoder, source, tmp_path / "mean.parquet", long_texts="chunks", normalize=True, progress=False)
+        embed_file(service, source, tmp_path / "mean.parquet", JobOptions(long_texts="chunks", normalize=True),
+                   progress=False)
     with pytest.raises(BulkError, match="--long-texts must be 'truncate', 'chunks' or 'mean', not 'split'"):
-        embed_file(encoder, source, tmp_path / "other.parquet", long_texts="split", progress=False)
+        JobOptions(long_texts="split")
+    with pytest.raises(BulkError, match="--input-type must be 'query' or 'passage', not 'document'"):
+        JobOptions(input_type="document")
 
 
 def test_chunked_embed_file_killed_and_resumed_writes_every_window_once(tmp_path):
@@ -423,7 +434,8 @@ def test_ray_gives_the_same_vectors_as_the_single_process_run(ray_job, minilm_di
     assert "e5: skipped id bad: text is empty or only whitespace" in err
     assert len(list((root / "ray-out").glob("*.parquet"))) > 1  # the work was spread over blocks
     encoder = Encoder.load(get_spec(DEMO_MODEL), minilm_dir, quantize="none")
-    embed_file(encoder, root / "in.parquet", root / "single.parquet", progress=False, report=lambda _: None)
+    embed_file(EmbeddingService(encoder), root / "in.parquet", root / "single.parquet", progress=False,
+               report=lambda _: None)
     ray_ids, ray_vectors = read_embeddings(root / "ray-out")
     ids, vectors = read_embeddings(root / "single.parquet")
     assert sorted(ray_ids) == sorted(ids) and len(set(ray_ids)) == 300

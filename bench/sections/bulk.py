@@ -47,6 +47,7 @@ def bench_bulk(args) -> dict:
     import pyarrow.parquet as pq
 
     from e5.bulk import embed_file
+    from e5.service import EmbeddingService
 
     spec = get_spec(DEMO_MODEL)
     engine = Encoder.load(spec, demo_weights_dir(), quantize="none")
@@ -59,7 +60,7 @@ def bench_bulk(args) -> dict:
     def bulk_run() -> None:
         out = scratch / "out.parquet"
         out.unlink(missing_ok=True)
-        embed_file(engine, source, out, chunk_rows=args.bulk_chunk_rows, progress=True)
+        embed_file(EmbeddingService(engine), source, out, chunk_rows=args.bulk_chunk_rows, progress=True)
 
     runners = {"library Encoder.embed": lambda: engine.embed(formatted), "embed-file (in process)": bulk_run}
     seconds = alternating_rounds(runners, args.rounds)
