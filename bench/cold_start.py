@@ -41,8 +41,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # server_process, shared with the tests
 
-from e5.cog_tools.server import ServerError, ServerProcess  # noqa: E402
+from server_process import ServerError, ServerProcess  # noqa: E402
 
 STARTUP_SECONDS = 300
 

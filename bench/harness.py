@@ -1,5 +1,5 @@
 """What every benchmark section shares: seeded texts, alternating timed rounds and medians, tables, the servers
-under test (`Server`, on `e5.cog_tools.server.ServerProcess`), a closed loop of HTTP clients (`send_load`), the
+under test (`Server`, on `tests/server_process.py`), a closed loop of HTTP clients (`send_load`), the
 baseline checkout, and the offline multilingual-e5-small.
 
 Importing it puts the repository root on `sys.path` and keeps the Hugging Face hub offline.
@@ -20,9 +20,10 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # server_process, shared with the tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from e5.cog_tools.server import ServerProcess  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 BEFORE = "before"
 SHORT_QUERY = "how much protein should a female eat"

@@ -1,6 +1,6 @@
 """Cog's own HTTP server (coglet) on 127.0.0.1 for the end-to-end tests: talk to it, and check what it says.
 
-Servers start through `e5.cog_tools.server.ServerProcess`, the helper the benchmarks use too.
+Servers start through `server_process.ServerProcess`, the helper the benchmarks use too.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable
 import pytest
 import requests
 
-from e5.cog_tools.server import REPO_ROOT, ServerError, ServerProcess
+from server_process import REPO_ROOT, ServerError, ServerProcess
 
 STARTUP_SECONDS = 90
 REQUEST_SECONDS = 60
@@ -22,7 +22,7 @@ MAX_MESSAGE = 600
 
 
 class CogServer(ServerProcess):
-    """`e5.cog_tools.server.ServerProcess` for tests: a server that never reaches a status fails the test."""
+    """`server_process.ServerProcess` for tests: a server that never reaches a status fails the test."""
 
     def wait_for(self, status: str = "READY", timeout: float = STARTUP_SECONDS, path: str = "/health-check") -> dict:
         try:

@@ -16,7 +16,7 @@ import pytest
 from cog_server import CogServer
 
 from conftest import REPO_ROOT
-from e5.cog_tools.server import free_port
+from server_process import free_port
 
 README = (REPO_ROOT / "README.md").read_text()
 

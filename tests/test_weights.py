@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from conftest import REPO_ROOT
 from hub_standin import COMMIT, HubStandIn
 
-from e5 import weights
 from e5.registry import DEFAULT_MODEL, get_spec
 from e5.service import load_service
 from e5.settings import Settings

@@ -8,8 +8,7 @@ import threading
 import time
 
 from harness import BEFORE, REPO_ROOT, Server, print_table
-
-from e5.cog_tools.server import ServerProcess
+from server_process import ServerProcess
 from e5.weights import demo_weights_dir
 
 

@@ -2,7 +2,6 @@
 
 - `schema`: the OpenAPI document `cog build` bakes (`.cog/openapi_schema.json`), which coglet serves and
   validates inputs against;
-- `server`: coglet's command and environment, the concurrency `cog build` reads from predict.py, and
-  `ServerProcess`, which starts a server, waits for its health, reads its memory and stops it (used by
-  `python -m e5 serve`, the tests and the benchmarks).
+- `server`: coglet's command and environment, and the concurrency `cog build` reads from predict.py (what
+  `python -m e5 serve` runs; the tests and benchmarks start servers through `tests/server_process.py`).
 """
