@@ -126,3 +126,12 @@ def test_the_package_takes_its_pins_from_the_requirements_files_the_tests_instal
     from e5.__main__ import main
 
     assert callable(main)
+
+
+def test_the_package_lists_every_package_under_e5():
+    # A package missing here is left out of a wheel (`pip install .`), though an editable install finds it.
+    import tomllib
+
+    listed = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = {".".join(init.parent.relative_to(REPO_ROOT).parts) for init in (REPO_ROOT / "e5").rglob("__init__.py")}
+    assert sorted(listed) == sorted(found)
