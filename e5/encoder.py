@@ -6,27 +6,29 @@ import itertools
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .batching import CPU_TOKEN_BUDGET, PassPolicy, default_token_budget
+from .batching import PassPolicy, default_token_budget
 from .devices import Placement
 from .finite import (
     REDUCED_PRECISIONS, Float32Fallback, finite_rows, float32_copy, float32_size, non_finite_cause,
     overflow_warning, precision_of,
 )
 from .memory import HeapTrimmer
-from .onnx_runtime import PROBE_TEXTS
 from .pass_plan import PassPlan, Runtime
 from .pass_timing import Measurements
-from .plan_cache import LoadRecord
 from .pooling import pool
 from .registry import ModelSpec
-from .runtimes import Backbone, RuntimeChoice, TorchBackbone
+from .runtimes import Backbone, TorchBackbone
 from .settings import CpuRuntime, Quantize, Settings
 from .tokenizer import CheckpointTokenizer, TextTokenizer, Tokenized, TooLongError
 from .weights import WeightsError, weights_problem
+
+if TYPE_CHECKING:
+    from .loader import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
     )
-
-
-# The widest rows of the load-time runtime plan's batch probe (`Encoder.probe_passes`).
-PROBE_BATCH_WIDTH = 512
 
 
 def check_weights_dir(path: Path, settings: Settings | None = None) -> None:
@@ -66,21 +64,17 @@ class Encoder:
     how to use them."""
 
     def __init__(self, spec: ModelSpec, tokenizer: CheckpointTokenizer, backbone: Backbone, placement: Placement,
-                 token_budget: int | None = None, heap: HeapTrimmer | None = None):
+                 token_budget: int | None = None, heap: HeapTrimmer | None = None, plan: PassPlan | None = None,
+                 large_backbone: Backbone | None = None, report: LoadReport | None = None):
         self.spec = spec
         self.heap = heap  # gives the activations' freed heap back to the OS now and then (see e5.memory)
         self.placement = placement
         # What runs the model (`e5.runtimes.Backbone`): `backbone` the small passes (all of them without a
-        # `large_backbone`), `large_backbone` the passes above the split of a measured plan (`use_plan`).
+        # `large_backbone`), `large_backbone` the passes above the split of a measured `plan`.
         self.backbone: Backbone = backbone
-        self.large_backbone: Backbone | None = None
-        self.plan: PassPlan | None = None
-        # What the loader (e5.loader) chose and measured, for logs, the load report and tests.
-        self.choice: RuntimeChoice | None = None  # what `choose_runtime` decided at load, and why
-        self.record: LoadRecord | None = None  # the CPU's measured (or cached) plan and checks
-        self.int8_check = None  # with E5_QUANTIZE=int8: the int8 vectors' cosine to float32 on the probe texts
-        self.onnx_max_abs_diff = None  # with ONNX Runtime float32: its largest difference to torch on the probes
-        self.bf16_min_cosine: float | None = None  # when a bfloat16 model serves: its cosine to float32 on the probes
+        self.large_backbone = large_backbone
+        self.plan = plan
+        self.report = report  # what the loader (e5.loader) chose, measured and checked, and why
         self._fallback = Float32Fallback()  # float32 for rows that overflow float16: settled on first need
         config = backbone.config
         self.dimensions = int(config.hidden_size)
@@ -103,40 +97,6 @@ class Encoder:
         from .loader import load_encoder
 
         return load_encoder(spec, weights_dir, settings, placement, quantize, runtime, measurements)
-
-    def use_plan(self, plan: PassPlan | None, backbones: dict[Runtime, Backbone]) -> None:
-        """Serve passes as `plan` splits them between `backbones` (by runtime name); one backbone without a plan."""
-        self.plan = plan
-        if plan is None:
-            (self.backbone,) = backbones.values()
-            self.large_backbone = None
-        else:
-            self.backbone = backbones[plan.small]
-            self.large_backbone = backbones[plan.large] if plan.large else None
-
-    def probe_passes(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """The load-time plan's two probe passes: a short query alone, and the largest pass the encoder cuts by
-        default: the CPU's token budget (a larger
-        E5_TOKEN_BUDGET is not probed beyond it) in rows of the model's full width (at most `PROBE_BATCH_WIDTH`).
-
-        Full width, because how runtimes compare changes with it: on an AMD EPYC (no AMX) ONNX Runtime float32
-        ran multilingual-e5-small's 8 x 64 tokens in 0.86x torch's time and 4 x 512 in 1.24x; probed at 8 x 64,
-        the plan sent long passes to ONNX Runtime, which then embedded 64 texts of 16-500 tokens at 0.86x
-        torch's speed.
-        """
-        rows = self.text_tokenizer.encode(PROBE_TEXTS)
-        stream = [token for row in rows for token in row]
-        width = min(PROBE_BATCH_WIDTH, self.max_tokens)
-        count = max(1, min(self.token_budget, CPU_TOKEN_BUDGET) // width)
-        batch = [(stream * (1 + count * width // len(stream)))[i * width: (i + 1) * width] for i in range(count)]
-        return self._pad(rows[:1]), self._pad(batch)
-
-    def probe_vectors(self, backbone: Backbone | None = None) -> torch.Tensor:
-        """Pooled vectors of `PROBE_TEXTS` from `backbone` (default: the encoder's own), for the load-time checks."""
-        backbone = backbone or self.backbone
-        input_ids, mask = self._pad(self.text_tokenizer.encode(PROBE_TEXTS))
-        with torch.inference_mode():
-            return pool(backbone(input_ids, mask), mask, self.spec.pooling)
 
     @property
     def tokenizer(self):
@@ -234,7 +194,7 @@ class Encoder:
         """Pool one batch in `backbone` (by default the one `backbone_for` its shape picks), with the runtime
         that computed each piece; when the device runs out of memory, halve the batch and retry each half."""
         try:
-            input_ids, mask = self._pad([ids[i] for i in batch])
+            input_ids, mask = self.pad([ids[i] for i in batch])
             runtime = self.backbone_for(*input_ids.shape) if backbone is None else backbone
             hidden = runtime(input_ids, mask)
             return [(batch, pool(hidden, mask, self.spec.pooling), runtime)]
@@ -324,7 +284,8 @@ class Encoder:
         return non_finite_cause([precision_of(b) for b in (self.backbone, self.large_backbone) if b is not None],
                                 self._fallback)
 
-    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows as one right-padded batch on the encoder's device: input ids and attention mask."""
         # Right padding keeps every text at the positions it has when embedded alone. Built in one go: the
         # mask from the lengths, the ids dropped into its true cells in row order, no tensor per row.
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))

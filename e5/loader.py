@@ -17,12 +17,13 @@ import gc
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from .batching import CPU_TOKEN_BUDGET
 from .devices import Placement, choose_placement
 from .encoder import Encoder, check_weights_dir
 from .memory import HeapTrimmer
@@ -34,12 +35,63 @@ from .pass_plan import (
 )
 from .pass_timing import Measurements
 from .plan_cache import LoadRecord, PlanCache, PlanKey, now, plan_key
+from .pooling import pool
 from .registry import ModelSpec
 from .runtimes import TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
 from .settings import CpuRuntime, Quantize, Settings
 from .tokenizer import CheckpointTokenizer
 
 log = logging.getLogger(__name__)
+
+# The widest rows of the load-time runtime plan's batch probe (`probe_passes`).
+PROBE_BATCH_WIDTH = 512
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a load chose and why: `choice` (`choose_runtime`'s decision), `record` (the CPU's measured or
+    cached plan and checks; None where nothing is measured: a GPU, or torch pinned), and where the plan
+    came from (`source`)."""
+
+    choice: RuntimeChoice
+    record: LoadRecord | None = None
+    source: str = "nothing measured"
+
+    @property
+    def onnx_max_abs_diff(self) -> float | None:
+        """ONNX Runtime float32's largest difference to torch on `PROBE_TEXTS`, where it serves."""
+        return self.record.onnx_max_abs_diff if self.record else None
+
+    @property
+    def bf16_min_cosine(self) -> float | None:
+        """The bfloat16 model's least cosine to float32 on `PROBE_TEXTS`, where it serves."""
+        if self.record is None or TORCH_BFLOAT16 not in self.record.runtimes:
+            return None
+        return self.record.bf16_min_cosine
+
+    @property
+    def int8_check(self) -> Int8Check | None:
+        """The int8 vectors' cosine to float32 on `PROBE_TEXTS`, with E5_QUANTIZE=int8."""
+        record = self.record
+        if record is None or record.int8_min_cosine is None:
+            return None
+        return Int8Check(record.int8_texts, record.int8_min_cosine, record.int8_mean_cosine)
+
+    def why(self) -> str:
+        """Why these runtimes serve, with the accuracy checks and the record's notes, in one line."""
+        plan = self.record.plan if self.record else None
+        why = plan.reason if plan is not None else self.choice.reason
+        checks = []
+        if self.onnx_max_abs_diff is not None:
+            checks.append(f"ONNX Runtime float32 within {self.onnx_max_abs_diff:.1e} of torch")
+        if self.bf16_min_cosine is not None:
+            checks.append(f"bfloat16 min cosine to float32 {self.bf16_min_cosine:.6f}")
+        if (int8 := self.int8_check) is not None:
+            checks.append(f"int8 cosine to float32 min {int8.min_cosine:.4f}, mean {int8.mean_cosine:.4f}")
+        if checks:
+            why += f"; on {len(PROBE_TEXTS)} probe texts: " + ", ".join(checks)
+        return "; ".join([why, *(self.record.notes if self.record else ())])
+
 
 def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None = None,
                  placement: Placement | None = None, quantize: Quantize | str | None = None,
@@ -66,12 +118,11 @@ def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None =
     if choice.runtime == TORCH and not choice.measure:
         model = torch_model(weights_dir, placement.dtype, placement.device)
         encoder = Encoder(spec, checkpoint_tokenizer(weights_dir), TorchBackbone(model), placement,
-                          settings.token_budget, heap)
+                          settings.token_budget, heap, report=LoadReport(choice))
         del model
     else:
         encoder = _planned(spec, weights_dir, placement, settings, quantize, runtime, choice, heap,
                            measurements or Measurements())
-    encoder.choice = choice
     gc.collect()
     heap.trim()  # what the checks and probes used, given back before the first request
     return encoder
@@ -100,23 +151,28 @@ def _planned(spec: ModelSpec, weights_dir: Path, placement: Placement, settings:
                    torch.get_num_threads())
     cache = PlanCache(settings.cache_dir, spec.name)
     record, why = (None, "E5_REMEASURE=1") if settings.remeasure else cache.read(key)
-    encoder = None
     if record is not None:
         try:
             tokenizer = CheckpointTokenizer.from_file(cache.tokenizer_path(key))
-            encoder = _from_record(record, spec, weights_dir, tokenizer, placement, settings, heap)
+            backbones = _from_record(record, spec, weights_dir, placement, settings)
             source = f"the plan {why}"
         except Exception as exc:  # whatever makes a cached record or file unusable: measure again
             why = f"the cached plan could not be used ({type(exc).__name__}: {exc})"
-    if encoder is None:
+            record = None
+    if record is None:
         log.warning("%s: measuring this CPU's runtimes: %s (E5_CACHE_DIR keeps the result)", spec.name, why)
         tokenizer = checkpoint_tokenizer(weights_dir)
-        encoder, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, key, heap, measurements)
+        backbones, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, key, measurements)
         problem = cache.write(record, tokenizer)
         source = f"measured in {record.measure_seconds:.1f} s" + (
             f"; not cached ({problem}): the next boot measures again" if problem else f", cached in {cache.path(key)}")
-    encoder.choice = choice
-    _describe(encoder, record, source)
+    plan = record.plan
+    report = LoadReport(choice, record, source)
+    small = backbones[plan.small] if plan else next(iter(backbones.values()))
+    large = backbones[plan.large] if plan and plan.large else None
+    encoder = Encoder(spec, tokenizer, small, placement, settings.token_budget, heap, plan, large, report)
+    # A warning so that it reaches Cog's setup log: what serves, where the plan came from, and why.
+    log.warning("%s on the CPU: %s (%s). Why: %s", spec.name, encoder.runtime, source, report.why())
     return encoder
 
 
@@ -138,9 +194,9 @@ def torch_model(weights_dir: Path, dtype: torch.dtype, device: torch.device):
     return model.to(device).eval()
 
 
-def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
-                 placement: Placement, settings: Settings, heap: HeapTrimmer) -> Encoder:
-    """The encoder a cached record describes: only its runtimes loaded, nothing timed or checked."""
+def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, placement: Placement,
+                 settings: Settings) -> dict[Runtime, Backbone]:
+    """The runtimes a cached record names, loaded and nothing else: nothing is timed or checked."""
     config = checkpoint_config(weights_dir)
     backbones: dict[Runtime, Backbone] = {}
     for name in record.runtimes:
@@ -148,24 +204,14 @@ def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokeniz
             backbones[name] = onnx_model(spec, weights_dir, config, settings.cache_dir, name.precision)
         else:
             backbones[name] = TorchBackbone(torch_model(weights_dir, getattr(torch, name.precision), placement.device))
-    encoder = Encoder(spec, tokenizer, next(iter(backbones.values())), placement, settings.token_budget, heap)
-    encoder.use_plan(record.plan, backbones)
-    _copy_checks(encoder, record)
-    return encoder
-
-
-def _copy_checks(encoder: Encoder, record: LoadRecord) -> None:
-    encoder.record = record
-    encoder.onnx_max_abs_diff = record.onnx_max_abs_diff
-    encoder.bf16_min_cosine = record.bf16_min_cosine if TORCH_BFLOAT16 in record.runtimes else None
-    if record.int8_min_cosine is not None:
-        encoder.int8_check = Int8Check(record.int8_texts, record.int8_min_cosine, record.int8_mean_cosine)
+    return backbones
 
 
 def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer, placement: Placement,
-             settings: Settings, choice: RuntimeChoice, key: PlanKey, heap: HeapTrimmer,
-             measurements: Measurements) -> tuple[Encoder, LoadRecord]:
-    """Build, check and (with nothing pinned) time the CPU's candidate runtimes; the encoder and its record."""
+             settings: Settings, choice: RuntimeChoice, key: PlanKey,
+             measurements: Measurements) -> tuple[dict[Runtime, Backbone], LoadRecord]:
+    """Build, check and (with nothing pinned) time the CPU's candidate runtimes; the runtimes kept and the
+    record (the probes run through a scratch encoder of torch float32, dropped afterwards)."""
     started = time.perf_counter()
     onnx: dict[Runtime, Backbone] = {}
     if choice.runtime in (ONNX_FLOAT32, ONNX_INT8):
@@ -182,14 +228,14 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
             log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "
                         "(E5_CPU_RUNTIME=torch skips the attempt)", spec.name, exc)
     torch_float32 = TorchBackbone(torch_model(weights_dir, torch.float32, placement.device))
-    encoder = Encoder(spec, tokenizer, torch_float32, placement, settings.token_budget, heap)
-    reference = encoder.probe_vectors()
+    encoder = Encoder(spec, tokenizer, torch_float32, placement, settings.token_budget)
+    reference = probe_vectors(encoder)
     candidates: dict[Runtime, Backbone] = {TORCH_FLOAT32: torch_float32}
     default = TORCH_FLOAT32
     checks: dict = {}
     notes: list[str] = []
     if ONNX_FLOAT32 in onnx:
-        difference = float((encoder.probe_vectors(onnx[ONNX_FLOAT32]) - reference).abs().max())
+        difference = float((probe_vectors(encoder, onnx[ONNX_FLOAT32]) - reference).abs().max())
         if difference <= measurements.onnx_float32_tolerance:  # also false for NaN
             candidates[ONNX_FLOAT32] = onnx[ONNX_FLOAT32]
             default = ONNX_FLOAT32
@@ -205,7 +251,7 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
     plan = None
     if choice.runtime == ONNX_INT8:
         int8 = onnx[ONNX_INT8]
-        check = cosine_check(encoder.probe_vectors(int8), reference)
+        check = cosine_check(probe_vectors(encoder, int8), reference)
         checks.update(int8_min_cosine=check.min_cosine, int8_mean_cosine=check.mean_cosine, int8_texts=check.texts)
         # Against what would serve without E5_QUANTIZE: the float32 runtimes, and bfloat16 where it passes.
         _add_bfloat16(encoder, weights_dir, candidates, default, measurements)
@@ -218,11 +264,9 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
         kept = {name: candidates[name] for name in plan.runtimes}
     else:
         kept = {default: candidates[default]}
-    encoder.use_plan(plan, kept)
     record = LoadRecord(key, tuple(kept), plan, notes=tuple(notes), measured_at=now(),
                         measure_seconds=round(time.perf_counter() - started, 2), **checks)
-    _copy_checks(encoder, record)
-    return encoder, record
+    return kept, record
 
 
 def _plan(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime, Backbone], default: Runtime,
@@ -234,7 +278,7 @@ def _plan(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime, Backbon
     within `measurements.bf16_min_cosine` of float32 on the probe texts.
     """
     bf16_cosine, note = _add_bfloat16(encoder, weights_dir, candidates, default, measurements)
-    small, large = encoder.probe_passes()
+    small, large = probe_passes(encoder)
     timings = measurements.timings(candidates, {"small": small, "large": large})
     costs = [fit_cost(name, (small[0].numel(), timings[name]["small"]), (large[0].numel(), timings[name]["large"]))
              for name in candidates]
@@ -253,7 +297,7 @@ def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime,
                       f"(at least {BF16_MATMUL_GATE}x needed, as AMX gives)")
     bf16 = TorchBackbone(torch_model(weights_dir, torch.bfloat16, torch.device("cpu")))
     cosine = float(torch.nn.functional.cosine_similarity(
-        encoder.probe_vectors(bf16), encoder.probe_vectors(candidates[default]), dim=1).min())
+        probe_vectors(encoder, bf16), probe_vectors(encoder, candidates[default]), dim=1).min())
     if cosine < measurements.bf16_min_cosine:
         return None, (f"bfloat16 refused: min cosine to float32 on the probe texts {cosine:.6f}, "
                       f"below {measurements.bf16_min_cosine}")
@@ -264,7 +308,7 @@ def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime,
 def _int8_speed(encoder: Encoder, int8: Backbone, others: dict[Runtime, Backbone], measurements: Measurements) -> str:
     """How int8 compares in speed with the fastest of `others` (what serves without E5_QUANTIZE) on the probe
     passes, in one sentence; a warning in the log where int8 is not faster on a batch."""
-    small, large = encoder.probe_passes()
+    small, large = probe_passes(encoder)
     timings = measurements.timings({ONNX_INT8: int8, **others}, {"small": small, "large": large})
     tokens = large[0].numel()
 
@@ -281,18 +325,25 @@ def _int8_speed(encoder: Encoder, int8: Backbone, others: dict[Runtime, Backbone
     return sentence
 
 
-def _describe(encoder: Encoder, record: LoadRecord, source: str) -> None:
-    """One warning (it reaches Cog's setup log) with what serves, where the plan came from, and why."""
-    checks = []
-    if encoder.onnx_max_abs_diff is not None:
-        checks.append(f"ONNX Runtime float32 within {encoder.onnx_max_abs_diff:.1e} of torch")
-    if encoder.bf16_min_cosine is not None:
-        checks.append(f"bfloat16 min cosine to float32 {encoder.bf16_min_cosine:.6f}")
-    if encoder.int8_check is not None:
-        checks.append(f"int8 cosine to float32 min {encoder.int8_check.min_cosine:.4f}, "
-                      f"mean {encoder.int8_check.mean_cosine:.4f}")
-    why = encoder.plan.reason if encoder.plan is not None else encoder.choice.reason
-    if checks:
-        why += f"; on {len(PROBE_TEXTS)} probe texts: " + ", ".join(checks)
-    log.warning("%s on the CPU: %s (%s). Why: %s", encoder.spec.name, encoder.runtime, source,
-                "; ".join([why, *record.notes]))
+def probe_passes(encoder: Encoder) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The load-time plan's two probe passes (padded ids and mask): a short query alone, and the largest pass
+    `encoder` cuts by default: the CPU's token budget (a larger E5_TOKEN_BUDGET is not probed beyond it) in
+    rows of the model's full width (at most `PROBE_BATCH_WIDTH`).
+
+    Full width, because how runtimes compare changes with it: on an AMD EPYC (no AMX) ONNX Runtime float32
+    ran multilingual-e5-small's 8 x 64 tokens in 0.86x torch's time but 4 x 512 in 1.24x, so a plan probed
+    on narrow rows would send long passes to the slower runtime.
+    """
+    rows = encoder.text_tokenizer.encode(PROBE_TEXTS)
+    stream = [token for row in rows for token in row]
+    width = min(PROBE_BATCH_WIDTH, encoder.max_tokens)
+    count = max(1, min(encoder.token_budget, CPU_TOKEN_BUDGET) // width)
+    batch = [(stream * (1 + count * width // len(stream)))[i * width: (i + 1) * width] for i in range(count)]
+    return encoder.pad(rows[:1]), encoder.pad(batch)
+
+
+def probe_vectors(encoder: Encoder, backbone: Backbone | None = None) -> torch.Tensor:
+    """Pooled vectors of `PROBE_TEXTS` from `backbone` (default: the encoder's own), for the load-time checks."""
+    input_ids, mask = encoder.pad(encoder.text_tokenizer.encode(PROBE_TEXTS))
+    with torch.inference_mode():
+        return pool((backbone or encoder.backbone)(input_ids, mask), mask, encoder.spec.pooling)

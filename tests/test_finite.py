@@ -74,7 +74,7 @@ def _ffn_peak_and_states(path, dtype: torch.dtype, input_ids, mask) -> tuple[flo
 
 
 def test_the_checkpoint_overflows_float16_but_not_float32_or_bfloat16(overflowing_bert, float32):
-    input_ids, mask = float32._pad(float32.text_tokenizer.encode([f"passage: {t}" for t in TEXTS]))
+    input_ids, mask = float32.pad(float32.text_tokenizer.encode([f"passage: {t}" for t in TEXTS]))
     peak, states = _ffn_peak_and_states(overflowing_bert, torch.float32, input_ids, mask)
     assert 1e5 < peak < 1e6 and torch.isfinite(states).all()
     peak, states = _ffn_peak_and_states(overflowing_bert, torch.bfloat16, input_ids, mask)
@@ -83,7 +83,7 @@ def test_the_checkpoint_overflows_float16_but_not_float32_or_bfloat16(overflowin
     assert peak == float("inf")
     assert not torch.isfinite(states).all(dim=2).any(), "every row must overflow float16, or the tests prove nothing"
     # The poison word overflows float32 as well, on the texts that hold it only.
-    input_ids, mask = float32._pad(float32.text_tokenizer.encode([f"the {OVERFLOW_POISON}", "the dog"]))
+    input_ids, mask = float32.pad(float32.text_tokenizer.encode([f"the {OVERFLOW_POISON}", "the dog"]))
     _, states = _ffn_peak_and_states(overflowing_bert, torch.float32, input_ids, mask)
     assert torch.isfinite(states).all(dim=2).all(dim=1).tolist() == [False, True]
 

@@ -47,10 +47,10 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     spec = get_spec(model)
     fp32 = Encoder.load(spec, checkpoints[family], quantize="none", runtime="torch")
     int8 = Encoder.load(spec, checkpoints[family], quantize="int8")
-    assert isinstance(int8.backbone, OnnxBackbone) and int8.runtime == "onnxruntime int8" == int8.choice.runtime
+    assert isinstance(int8.backbone, OnnxBackbone) and int8.runtime == "onnxruntime int8" == int8.report.choice.runtime
     built = sorted(path / "model.onnx" for path in cache.glob("*-int8-*"))
     assert len(built) == 1 and len(list(cache.glob("*-float32-*"))) == 1  # int8 is timed against float32
-    check = int8.int8_check
+    check = int8.report.int8_check
     assert check.texts == len(PROBE_TEXTS) and -1 <= check.min_cosine <= check.mean_cosine <= 1
     texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40]
     a, b = int8.embed(texts)[0], fp32.embed(texts)[0]
@@ -79,7 +79,7 @@ def test_float32_on_the_cpu_runs_in_onnx_runtime_by_default(family, model, check
 def test_auto_keeps_torch_where_onnx_runtime_cannot_serve(checkpoints, cache):
     mistral = Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"])
     assert mistral.runtime == "torch float32" and not cache.exists()
-    assert mistral.choice.reason.startswith("torch, as ONNX Runtime supports the bert, xlm-roberta checkpoints")
+    assert mistral.report.choice.reason.startswith("torch, as ONNX Runtime supports the bert, xlm-roberta checkpoints")
     bf16 = Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=Placement(torch.device("cpu"),
                                                                                             torch.bfloat16))
     assert bf16.runtime == "torch bfloat16" and not cache.exists()
@@ -132,7 +132,7 @@ def test_onnx_runtime_float32_gives_torchs_vectors(family, model, checkpoints, c
     torch_encoder = Encoder.load(spec, checkpoints[family], runtime="torch")
     onnx = Encoder.load(spec, checkpoints[family], runtime="onnxruntime")
     assert isinstance(onnx.backbone, OnnxBackbone) and len(list(cache.glob("*-float32-*/model.onnx"))) == 1
-    assert onnx.onnx_max_abs_diff <= 1e-5
+    assert onnx.report.onnx_max_abs_diff <= 1e-5
     texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40, "query: 南瓜"]
     batched = onnx.embed(texts)[0]
     assert (batched - torch_encoder.embed(texts)[0]).abs().max() <= 1e-5

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from e5.encoder import Encoder
+from e5.loader import probe_passes
 from e5.pass_timing import Measurements, bf16_matmul_speedup
 from e5.pass_plan import (
     ONNX_FLOAT32, OVERHEAD_TOKENS_RANGE, TORCH_BFLOAT16, TORCH_FLOAT32, PassPlan, RuntimeCost, choose_plan, fit_cost,
@@ -26,7 +27,7 @@ def _cost(name: str, query_ms: float, tokens_per_second: float, query_tokens: in
     return RuntimeCost(name, query_ms / 1000 - per_token * query_tokens, per_token)
 
 
-# As issue 19 measured them on a 2-core Xeon with AMX (multilingual-e5-small) ...
+# Runtime costs of multilingual-e5-small as measured on a 2-core Xeon with AMX ...
 AMX = [_cost(ORT, 7.9, 3_300), _cost(TORCH, 15.0, 3_900), _cost(BF16, 12.6, 11_800)]
 # ... and as this project measured them on a 2-core AMD EPYC without (bf16 matmul at 0.07x float32).
 EPYC = [_cost(ORT, 6.0, 2_800), _cost(TORCH, 21.0, 2_750), _cost(BF16, 36.0, 400)]
@@ -95,7 +96,7 @@ def test_the_default_cpu_load_measures_and_keeps_only_the_runtimes_it_uses(check
         auto = _auto(checkpoints)
     assert auto.plan is not None and set(auto.plan.runtimes) <= {ORT, TORCH, BF16}
     # The batch probe is the largest pass the encoder cuts by default: the CPU budget in rows of full width.
-    (_, _), (batch, mask) = auto.probe_passes()
+    (_, _), (batch, mask) = probe_passes(auto)
     width = min(512, auto.max_tokens)
     assert batch.shape == (2048 // width, width) and bool(mask.all())
     assert f"on the CPU: {auto.plan.describe()} (measured in " in caplog.text and f"tok/s at {batch.numel()}" in caplog.text
@@ -135,7 +136,7 @@ def test_a_two_runtime_plan_sends_each_pass_to_its_runtime(checkpoints):
     assert isinstance(auto.backbone, OnnxBackbone) and next(auto.large_backbone.model.parameters()).dtype == torch.bfloat16
     assert auto.backbone_for(1, 40) is auto.backbone and auto.backbone_for(2, 21) is auto.large_backbone
     assert auto.runtimes == ["onnxruntime float32", "torch bfloat16"]
-    assert auto.precision == "float32 and bfloat16" and auto.bf16_min_cosine >= 0.99
+    assert auto.precision == "float32 and bfloat16" and auto.report.bf16_min_cosine >= 0.99
     float32 = _auto(checkpoints, dtype=DType.FLOAT32)
     short, long = ["query: protein"], ["passage: " + "protein grams women day " * 20]
     assert (auto.embed(short)[0] - float32.embed(short)[0]).abs().max() <= 1e-5  # ONNX Runtime, exact

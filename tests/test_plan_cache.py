@@ -113,7 +113,7 @@ def test_a_warm_load_measures_nothing_and_serves_the_same_plan(checkpoints, tmp_
         second = _load(checkpoints["bert"], tmp_path, timings)
     assert timings.calls == 1 and "measuring" not in caplog.text and "(the plan measured " in caplog.text
     assert second.plan == first.plan and second.runtimes == first.runtimes
-    assert second.onnx_max_abs_diff == first.onnx_max_abs_diff
+    assert second.report.onnx_max_abs_diff == first.report.onnx_max_abs_diff
     texts = ["query: protein", "passage: " + "grams of protein a day " * 30]
     assert (second.embed(texts)[0] - first.embed(texts)[0]).abs().max() <= 1e-5
     # E5_REMEASURE measures again, and says so.
@@ -178,7 +178,7 @@ def test_a_warm_load_tokenises_from_the_cached_tokenizer_as_hugging_face_does(ch
         first = Encoder.load(get_spec(model), checkpoints[family], settings=settings)
         (cached,) = [p for p in (tmp_path / family).glob(f"{model}-tokenizer-*.json") if ".ids" not in p.suffixes]
         second = Encoder.load(get_spec(model), checkpoints[family], settings=settings)
-        assert second.record == first.record
+        assert second.report.record == first.report.record
         assert second.text_tokenizer.encode(texts) == first.text_tokenizer.encode(texts)
         reference = second.tokenizer(texts)["input_ids"]  # the Hugging Face tokenizer, loaded afresh
         assert second.text_tokenizer.encode(texts) == reference

@@ -58,6 +58,6 @@ def test_int8_stays_within_the_accuracy_targets_on_real_weights(minilm_dir, tmp_
              "query: Größe und café, 南瓜"]
     cosine = torch.nn.functional.cosine_similarity(int8.embed(texts)[0], fp32.embed(texts)[0])
     print(f"int8 vs fp32 on real MiniLM: min {cosine.min():.4f}, mean {cosine.mean():.4f}; "
-          f"probe texts min {int8.int8_check.min_cosine:.4f}, mean {int8.int8_check.mean_cosine:.4f}")
+          f"probe texts min {int8.report.int8_check.min_cosine:.4f}, mean {int8.report.int8_check.mean_cosine:.4f}")
     assert cosine.min() >= 0.97 and cosine.mean() >= 0.99
-    assert int8.int8_check.min_cosine >= 0.97 and int8.int8_check.mean_cosine >= 0.99
+    assert int8.report.int8_check.min_cosine >= 0.97 and int8.report.int8_check.mean_cosine >= 0.99

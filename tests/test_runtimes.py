@@ -73,4 +73,4 @@ def test_every_runtime_takes_ids_and_mask_and_gives_hidden_states(checkpoints):
     hidden = [backbone(ids, mask) for backbone in (torch_encoder.backbone, onnx.backbone)]
     assert all(h.shape == (2, 4, torch_encoder.dimensions) and h.dtype == torch.float32 for h in hidden)
     assert (hidden[0] - hidden[1])[mask.bool()].abs().max() <= 1e-5
-    assert onnx.choice.runtime == ONNX_FLOAT32 and onnx.runtime == "onnxruntime float32"
+    assert onnx.report.choice.runtime == ONNX_FLOAT32 and onnx.runtime == "onnxruntime float32"

@@ -59,13 +59,13 @@ def bench_library(args) -> dict:
     print(f"parity: cosine of engine fp32 vs sentence-transformers vectors, min {cosine.min():.7f} "
           f"(E5_CPU_RUNTIME=torch: {torch_cosine.min():.7f})")
     print(f"int8 accuracy: cosine to engine fp32 on these texts min {int8_cosine.min():.4f}, "
-          f"mean {int8_cosine.mean():.4f}; on the {int8.int8_check.texts} natural probe texts "
-          f"min {int8.int8_check.min_cosine:.4f}, mean {int8.int8_check.mean_cosine:.4f}")
+          f"mean {int8_cosine.mean():.4f}; on the {int8.report.int8_check.texts} natural probe texts "
+          f"min {int8.report.int8_check.min_cosine:.4f}, mean {int8.report.int8_check.mean_cosine:.4f}")
     return {"texts": len(texts), "tokens": tokens, "threads": torch.get_num_threads(), "peer": peer_name,
             "runners": results, "parity_min_cosine": float(cosine.min()),
             "int8_cosine_to_fp32": {"min": float(int8_cosine.min()), "mean": float(int8_cosine.mean()),
-                                    "probe_min": int8.int8_check.min_cosine,
-                                    "probe_mean": int8.int8_check.mean_cosine}}
+                                    "probe_min": int8.report.int8_check.min_cosine,
+                                    "probe_mean": int8.report.int8_check.mean_cosine}}
 
 
 def _e5_small_runners(weights: Path) -> dict:
@@ -155,7 +155,7 @@ def _crossover(encoders: dict, texts: list[str], rounds: int) -> dict:
     for _ in range(rounds):
         for rows, width in CROSSOVER_SHAPES:
             for name, encoder in runtimes.items():
-                input_ids, mask = encoder._pad([stream[i * width:(i + 1) * width] for i in range(rows)])
+                input_ids, mask = encoder.pad([stream[i * width:(i + 1) * width] for i in range(rows)])
                 seconds = pass_seconds(encoder.backbone, input_ids, mask, calls=3)
                 ms.setdefault(f"{rows}x{width}", {}).setdefault(name, []).append(1000 * seconds)
     table = {shape: {name: median(values) for name, values in by.items()} for shape, by in ms.items()}
