@@ -295,9 +295,8 @@ def peak_rss(source: Path, out: Path, weights: Path, chunk_rows: int) -> int:
 @pytest.mark.skipif(sys.platform != "linux", reason="peak RSS in ru_maxrss, heap trimming by glibc")
 def test_peak_memory_does_not_grow_with_the_corpus(checkpoints, tmp_path):
     # Passes sorted by length allocate ever larger activations that fit none of the holes earlier passes
-    # left, so the heap grew within each chunk, more in later chunks: 4 chunks peaked about 100 MiB (19%)
-    # above 1, and the real command 1,070 MiB over 100,000 texts against 845 over 10,000. The encoder now
-    # trims whenever resident memory grew by 32 MiB (e5/memory.py): 4 chunks stay within 5% of 1.
+    # left: untrimmed, the heap grows chunk after chunk (4 chunks peaked 19% above 1). The encoder trims
+    # whenever resident memory grew by 32 MiB (e5/memory.py), which keeps 4 chunks within 5% of 1.
     chunk = 1024
     rows = [{"text": t} for t in corpus(4 * chunk, seed=4, longest=80)]  # 3 to 80 words: passes of many widths
     one = peak_rss(write_jsonl(tmp_path / "one.jsonl", rows[:chunk]), tmp_path / "one.parquet", checkpoints["bert"],
