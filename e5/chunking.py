@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -58,9 +58,13 @@ def next_start(starts_word: Sequence[bool], a: int, b: int, overlap: int) -> int
     return next((c for c in range(target, b) if starts_word[c]), min(target, b))
 
 
-def window_spans(starts_word: Sequence[bool], room: int, overlap: int) -> list[tuple[int, int]]:
+def window_spans(starts_word: Sequence[bool], room: int, overlap: int,
+                 fit: Callable[[int, int], int] | None = None) -> list[tuple[int, int]]:
     """Token ranges `[a, b)` of at most `room` tokens that cover all `len(starts_word)` tokens in order, each
-    after the first starting about `overlap` tokens (at most half a window) before the previous one ends."""
+    after the first starting about `overlap` tokens (at most half a window) before the previous one ends.
+
+    `fit(a, b)` may end a window earlier (it returns the end it keeps, above `a`): the tokenizer shortens a
+    span that tokenises longer alone than inside the text; the next window starts from the kept end."""
     if room < 1:
         raise ValueError(f"a window needs room for at least one token, not {room}")
     overlap = max(0, min(overlap, room // 2))
@@ -68,6 +72,8 @@ def window_spans(starts_word: Sequence[bool], room: int, overlap: int) -> list[t
     a = 0
     while a < len(starts_word):
         b = window_end(starts_word, a, room)
+        if fit is not None:
+            b = fit(a, b)
         spans.append((a, b))
         if b >= len(starts_word):
             break

@@ -14,7 +14,7 @@ from typing import Callable
 
 from tokenizers import Tokenizer
 
-from .chunking import Window, default_overlap, next_start, window_end
+from .chunking import Window, default_overlap, window_end, window_spans
 from .errors import RequestError
 from .registry import ModelSpec
 from .weights import WeightsError
@@ -190,17 +190,16 @@ class TextTokenizer:
         room = self.max_tokens - len(self.encode([prompt("")])[0])
         if room < 1:
             raise TooLongError(f"the prompt alone fills the {self.max_tokens} tokens of {self.model_name}")
-        overlap = max(0, min(default_overlap(room) if overlap is None else overlap, room // 2))
+        overlap = default_overlap(room) if overlap is None else overlap
         # The whole text once (E5_MAX_CHARS bounds it), for its offsets and word starts; then window by window.
         encoding = self._rust.encode(text, add_special_tokens=False)
         offsets, words = encoding.offsets, encoding.word_ids
         del encoding
         starts_word = [i == 0 or words[i] != words[i - 1] or text[offsets[i][0] - 1: offsets[i][0]].isspace()
                        for i in range(len(offsets))]
-        windows: list[Window] = []
-        a = 0
-        while a < len(offsets):
-            b = window_end(starts_word, a, room)
+        windows: dict[int, Window] = {}  # by first token
+
+        def fit(a: int, b: int) -> int:
             while True:
                 start, end = offsets[a][0], offsets[b - 1][1]
                 while start < end and text[start].isspace():
@@ -213,11 +212,10 @@ class TextTokenizer:
             if len(row) > self.max_tokens:
                 raise TooLongError(f"characters {start}-{end} of a text tokenise past the {self.max_tokens}-token "
                                    f"limit of {self.model_name} even alone")
-            windows.append(Window(start, end, row))
-            if b >= len(offsets):
-                break
-            a = next_start(starts_word, a, b, overlap)
-        return windows
+            windows[a] = Window(start, end, row)
+            return b
+
+        return [windows[a] for a, _ in window_spans(starts_word, room, overlap, fit)]
 
     def too_long_message(self, label: str, hint: str = "shorten it or set truncate=true") -> str:
         """What a caller is told about a text over the model's limit when it is not to be cut."""

@@ -1,4 +1,4 @@
-"""Long texts as windows (e5.chunking, Encoder.windows) and what a request with long_texts chunks or mean returns."""
+"""Long texts as windows (e5.chunking, TextTokenizer.windows) and what a request with long_texts chunks or mean returns."""
 
 from __future__ import annotations
 
@@ -51,6 +51,19 @@ def test_windows_end_and_start_on_word_starts_with_the_overlap_asked():
     assert window_spans([True] * 10, 4, 0) == [(0, 4), (4, 8), (8, 10)]
     with pytest.raises(ValueError, match="room for at least one token"):
         window_spans([True], 0, 0)
+
+
+def test_a_window_the_tokenizer_shortens_is_kept_short_and_the_next_starts_from_its_end():
+    asked = []
+
+    def fit(a: int, b: int) -> int:  # as spans that tokenise 3 tokens longer alone than inside the text
+        asked.append((a, b))
+        return b - 3 if b - a > 10 else b
+
+    spans = window_spans([True] * 100, 20, 4, fit)
+    assert spans == [(a, b - 3 if b - a > 10 else b) for a, b in asked] and len(spans) > 5
+    assert spans[0][0] == 0 and spans[-1][1] == 100 and _covers(spans, 100)
+    assert all(a2 == b1 - 4 for (_, b1), (a2, _) in zip(spans, spans[1:]))  # the overlap counts from the kept end
 
 
 def test_a_single_window_keeps_its_vector_bit_for_bit_and_several_average_by_tokens():
