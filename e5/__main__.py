@@ -38,7 +38,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    print(fetch(get_spec(args.model), Path(args.dest) if args.dest else None, args.revision))
+    print(fetch(get_spec(args.model), Settings.from_env(), Path(args.dest) if args.dest else None, args.revision))
     return 0
 
 

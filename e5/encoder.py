@@ -93,10 +93,12 @@ class Encoder:
     def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None,
              quantize: Quantize | None = None, runtime: CpuRuntime | None = None,
              settings: Settings | None = None, measurements: Measurements | None = None) -> "Encoder":
-        """`e5.loader.load_encoder`: the checkpoint in `weights_dir`, in the runtime(s) chosen for this machine."""
+        """`e5.loader.load_encoder`: the checkpoint in `weights_dir`, in the runtime(s) chosen for this machine,
+        with `settings` (default: read from the environment here, as the library's entry points do)."""
         from .loader import load_encoder
 
-        return load_encoder(spec, weights_dir, settings, placement, quantize, runtime, measurements)
+        return load_encoder(spec, weights_dir, settings or Settings.from_env(), placement, quantize, runtime,
+                            measurements)
 
     @property
     def tokenizer(self):

@@ -93,16 +93,15 @@ class LoadReport:
         return "; ".join([why, *(self.record.notes if self.record else ())])
 
 
-def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None = None,
+def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings,
                  placement: Placement | None = None, quantize: Quantize | str | None = None,
                  runtime: CpuRuntime | str | None = None, measurements: Measurements | None = None) -> Encoder:
     """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
 
     `quantize` (`Quantize.NONE`/`INT8`) and `runtime` (`CpuRuntime.TORCH`/`ONNXRUNTIME`/`AUTO`) override
-    `settings` (default: the environment), which also give the device, dtype, token budget and cache.
+    `settings`, which also give the device, dtype, token budget and cache.
     `measurements` replaces what the CPU's plan measures and decides by (tests).
     """
-    settings = settings or Settings.from_env()
     weights_dir = Path(weights_dir)
     check_weights_dir(weights_dir, settings)
     placement = placement or choose_placement(settings.device, settings.dtype)

@@ -99,7 +99,7 @@ def fetch_or_offline(spec: ModelSpec, settings: Settings, dest: Path | None = No
     """`fetch` `spec` into `dest` (default weights/<name>/); where the hub cannot be reached, the offline default
     (`offline_default`) when there is one, else the `DownloadError`."""
     try:
-        return fetch(spec, dest, settings=settings)
+        return fetch(spec, settings, dest)
     except DownloadError:
         if (offline := offline_default(spec, settings)) is None:
             raise
@@ -264,8 +264,7 @@ def verify_weights(spec: ModelSpec, path: Path, full: bool = False) -> int:
     return len(files)
 
 
-def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None,
-          settings: Settings | None = None) -> Path:
+def fetch(spec: ModelSpec, settings: Settings, dest: Path | None = None, revision: str | None = None) -> Path:
     """Download the inference files of `spec` into `dest` (default `weights/<name>/`) and write its manifest.
 
     Pins the revision's commit, takes `HF_TOKEN`, shows progress, continues partial files (also those
@@ -276,7 +275,7 @@ def fetch(spec: ModelSpec, dest: Path | None = None, revision: str | None = None
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
-    dest = Path(dest) if dest else (settings or Settings.from_env()).weights_root / spec.name
+    dest = Path(dest) if dest else settings.weights_root / spec.name
     token = os.environ.get("HF_TOKEN") or None
     # Read at call time: huggingface_hub reads HF_ENDPOINT only once, at import.
     endpoint = os.environ.get("HF_ENDPOINT") or None

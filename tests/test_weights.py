@@ -51,7 +51,7 @@ def hub(checkpoints, tmp_path, monkeypatch):
 def test_fetch_downloads_inference_files_and_writes_a_manifest(hub, weights_root, monkeypatch):
     standin, repo = hub
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    dest = fetch(SPEC)
+    dest = fetch(SPEC, Settings.from_env())
     assert dest == weights_root / SPEC.name
     assert not (dest / "pytorch_model.bin").exists()
     manifest = json.loads((dest / MANIFEST_NAME).read_text())
@@ -62,7 +62,7 @@ def test_fetch_downloads_inference_files_and_writes_a_manifest(hub, weights_root
     assert "Bearer hf_test_token" in standin.tokens_seen
     # Fetching again downloads nothing that is already there and right.
     standin.requests.clear()
-    fetch(SPEC)
+    fetch(SPEC, Settings.from_env())
     assert not [path for method, path, _ in standin.requests if method == "GET" and "/resolve/" in path]
     # The files load through the normal path, verified against the manifest.
     monkeypatch.setenv("E5_MODEL", SPEC.name)
@@ -77,7 +77,8 @@ def test_a_killed_fetch_resumes_from_where_it_stopped(hub, weights_root):
     standin.stall_at[name] = 11 << 20  # the link stalls after 11 MiB, and the fetch is killed
     env = {**os.environ, "E5_WEIGHTS_ROOT": str(weights_root), "HF_ENDPOINT": standin.url}
     child = subprocess.Popen([sys.executable, "-c", "from e5.weights import fetch; from e5.registry import get_spec; "
-                              "fetch(get_spec('e5-small-v2'))"], cwd=REPO_ROOT, env=env,
+                              "from e5.settings import Settings; fetch(get_spec('e5-small-v2'), Settings.from_env())"],
+                             cwd=REPO_ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = weights_root / SPEC.name / PARTIAL_DIR / name
     deadline = time.monotonic() + 60
@@ -93,7 +94,7 @@ def test_a_killed_fetch_resumes_from_where_it_stopped(hub, weights_root):
     assert not (weights_root / SPEC.name / name).exists()  # nor a partial file where a load would find it
 
     standin.requests.clear()
-    dest = fetch(SPEC)
+    dest = fetch(SPEC, Settings.from_env())
     ranges = [r for method, path, r in standin.requests if method == "GET" and path.endswith(name)]
     assert ranges == [f"bytes={11 << 20}-"]  # continued from the 11 MiB on disk, not restarted
     assert sha256_of(dest / name) == sha256_of(repo / name)
@@ -104,7 +105,7 @@ def test_a_download_that_keeps_failing_is_one_line(hub, weights_root):
     standin, repo = hub
     standin.cut_after["model.safetensors"] = (100, 1000)
     with pytest.raises(DownloadError, match="cannot download intfloat/e5-small-v2: [A-Za-z]+Error: "):
-        fetch(SPEC)
+        fetch(SPEC, Settings.from_env())
     assert not (weights_root / SPEC.name / MANIFEST_NAME).exists()
 
 
@@ -121,7 +122,7 @@ def test_a_corrupted_download_is_caught_and_removed(hub, weights_root, monkeypat
 
     monkeypatch.setattr(standin, "_send_file", corrupt)
     with pytest.raises(DownloadError, match="model.safetensors arrived corrupted .* `python -m e5 fetch e5-small-v2`"):
-        fetch(SPEC)
+        fetch(SPEC, Settings.from_env())
     assert not (weights_root / SPEC.name / "model.safetensors").exists()
     assert not (weights_root / SPEC.name / PARTIAL_DIR / "model.safetensors").exists()
     assert not (weights_root / SPEC.name / MANIFEST_NAME).exists()
@@ -129,7 +130,7 @@ def test_a_corrupted_download_is_caught_and_removed(hub, weights_root, monkeypat
 
 @pytest.fixture()
 def fetched(hub, weights_root):
-    return fetch(SPEC)
+    return fetch(SPEC, Settings.from_env())
 
 
 @pytest.mark.parametrize("damage,message", [
