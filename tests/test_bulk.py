@@ -247,6 +247,26 @@ def test_a_resume_with_other_settings_is_refused(encoders, checkpoints, tmp_path
     assert embed_file(bert, source, out, progress=False).already_done
 
 
+def test_job_json_holds_every_setting_and_a_job_stored_before_a_setting_existed_resumes(encoders, tmp_path,
+                                                                                         monkeypatch):
+    service = EmbeddingService(encoders["bert"])
+    source = write_format("jsonl", tmp_path, corpus(8))
+    out = tmp_path / "out.parquet"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(Interrupted):
+            embed_file(service, source, out, chunk_rows=3, progress=False)
+    job_file = parts_dir(out) / "job.json"
+    stored = json.loads(job_file.read_text())
+    assert stored == {"model": "e5-small-v2", "precision": service.encoder.precision, "input": str(source.resolve()),
+                      "format": "jsonl", "input_type": "passage", "task": None, "normalize": False, "truncate": True,
+                      "text_field": "text", "id_field": "id", "long_texts": "truncate", "chunk_overlap": None}
+    del stored["long_texts"], stored["chunk_overlap"]  # as written before those settings existed: their defaults
+    job_file.write_text(json.dumps(stored))
+    done = embed_file(service, source, out, chunk_rows=3, progress=False)
+    assert done.resumed_at == 3 and done.rows == 8
+
+
 def test_inputs_and_outputs_it_cannot_use_are_named(encoders, tmp_path):
     encoder = encoders["bert"]
     service = EmbeddingService(encoder)

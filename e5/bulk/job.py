@@ -11,7 +11,8 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -51,10 +52,9 @@ class JobOptions:
         object.__setattr__(self, "task", self.task or None)
 
     def as_dict(self) -> dict:
-        """The options as JSON values, as a job stores them."""
-        return {"input_type": self.input_type.value, "task": self.task, "normalize": self.normalize,
-                "truncate": self.truncate, "text_field": self.text_field, "id_field": self.id_field,
-                "long_texts": self.long_texts.value}
+        """The options as JSON values (enums by their value), as a job stores them."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value.value if isinstance(value, Enum) else value for name, value in values.items()}
 
 
 @dataclass(frozen=True)
