@@ -62,7 +62,8 @@ class Settings:
     dtype: DType | None = None  # E5_DTYPE (default: per device)
     quantize: Quantize = Quantize.NONE  # E5_QUANTIZE
     cpu_runtime: CpuRuntime = CpuRuntime.AUTO  # E5_CPU_RUNTIME, for float32 on the CPU
-    cache_dir: Path = Path.home() / ".cache" / "e5"  # E5_CACHE_DIR: ONNX builds and the CPU's measured plans
+    # E5_CACHE_DIR: ONNX builds and the CPU's measured plans (else $XDG_CACHE_HOME/e5, as Hugging Face's caches)
+    cache_dir: Path = Path.home() / ".cache" / "e5"
     remeasure: bool = False  # E5_REMEASURE: measure the CPU's plan at this boot even where one is cached
     token_budget: int | None = None  # E5_TOKEN_BUDGET: padded tokens per pass (default: per device)
     dynamic_batching: bool = True  # E5_DYNAMIC_BATCHING
@@ -89,7 +90,7 @@ class Settings:
             dtype=env.member("E5_DTYPE", DType, None),
             quantize=env.member("E5_QUANTIZE", Quantize, defaults.quantize, lower=True),
             cpu_runtime=env.member("E5_CPU_RUNTIME", CpuRuntime, defaults.cpu_runtime, lower=True),
-            cache_dir=env.path("E5_CACHE_DIR") or defaults.cache_dir,
+            cache_dir=env.path("E5_CACHE_DIR") or _under(env.path("XDG_CACHE_HOME"), "e5") or defaults.cache_dir,
             remeasure=env.flag("E5_REMEASURE", defaults.remeasure),
             token_budget=env.positive_int("E5_TOKEN_BUDGET", None, "number of tokens"),
             dynamic_batching=env.flag("E5_DYNAMIC_BATCHING", defaults.dynamic_batching),
@@ -107,6 +108,10 @@ class Settings:
     def limits(self) -> Limits:
         """The per-request limits."""
         return Limits(self.max_texts, self.max_chars, self.max_tokens, self.max_windows)
+
+
+def _under(directory: Path | None, name: str) -> Path | None:
+    return directory / name if directory is not None else None
 
 
 class SettingsError(ServiceError, ValueError):

@@ -29,6 +29,12 @@ def test_every_variable_is_read():
         verify="full", cpu_runtime="onnxruntime")
 
 
+def test_the_cache_follows_xdg_cache_home_unless_e5_cache_dir_is_set():
+    assert Settings.from_env({"XDG_CACHE_HOME": "/x"}).cache_dir == Path("/x/e5")
+    assert Settings.from_env({"XDG_CACHE_HOME": "/x", "E5_CACHE_DIR": "/c"}).cache_dir == Path("/c")
+    assert Settings.from_env({}).cache_dir == Path.home() / ".cache" / "e5"
+
+
 @pytest.mark.parametrize("name,value,message", [
     ("E5_TOKEN_BUDGET", "lots", "E5_TOKEN_BUDGET must be a positive number of tokens, not 'lots'"),
     ("E5_MAX_TEXTS", "0", "E5_MAX_TEXTS must be a positive whole number, not '0'"),
