@@ -4,6 +4,7 @@ engine as a second peer, plus the runtime crossover (`library-e5`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -76,15 +77,18 @@ def _e5_small_runners(weights: Path) -> dict:
     from e5.settings import DType, Settings
 
     spec = get_spec(E5_MODEL_NAME)
-    runners = {DEFAULT_RUNNER: Encoder.load(spec, weights, settings=Settings()),
+    # Each runner as a user sets it, whatever this shell sets (the tests pin E5_DTYPE), but with its cache.
+    default = Settings(cache_dir=Settings.from_env().cache_dir)
+    float32 = replace(default, dtype=DType.FLOAT32)
+    runners = {DEFAULT_RUNNER: Encoder.load(spec, weights, settings=default),
                "E5_CPU_RUNTIME=torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch",
-                                                         settings=Settings(dtype=DType.FLOAT32)),
+                                                         settings=float32),
                "E5_CPU_RUNTIME=onnxruntime fp32": Encoder.load(spec, weights, quantize="none", runtime="onnxruntime",
-                                                               settings=Settings(dtype=DType.FLOAT32))}
+                                                               settings=float32)}
     if bf16_matmul_speedup() >= BF16_MATMUL_GATE:  # elsewhere bfloat16 runs several times slower: not timed
         runners["E5_DTYPE=bfloat16 (torch)"] = Encoder.load(spec, weights, runtime="torch",
-                                                            settings=Settings(dtype=DType.BFLOAT16))
-    runners["E5_QUANTIZE=int8"] = Encoder.load(spec, weights, quantize="int8", settings=Settings(dtype=DType.FLOAT32))
+                                                            settings=replace(default, dtype=DType.BFLOAT16))
+    runners["E5_QUANTIZE=int8"] = Encoder.load(spec, weights, quantize="int8", settings=float32)
     return runners
 
 
