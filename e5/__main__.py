@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .weights import (
     MANIFEST_NAME, WeightsError, choose_model_name, fetch, find_checkpoint, is_present, shown_path, verify_weights,
     weights_dir_for,
 )
+
+if TYPE_CHECKING:
+    from .bulk import JobOptions  # needs pyarrow: embed-file imports it when it runs
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -102,7 +106,7 @@ def _cmd_embed_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_file_ray(args: argparse.Namespace, options) -> int:
+def _embed_file_ray(args: argparse.Namespace, options: JobOptions) -> int:
     try:
         from .ray_embed import RayCluster, embed_file_ray
     except ImportError as exc:
