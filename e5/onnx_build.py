@@ -51,12 +51,10 @@ def float32_layers_kept(num_layers: int) -> list[int]:
 def build_in_subprocess(weights_dir: Path, outputs: dict[str, Path], threads: int, timeout: float = 1800) -> None:
     """Build each precision of `outputs` ("float32", "int8") for `weights_dir` into its directory (made
     atomically) in a child Python; `BuildError` with the child's last lines of output when it fails."""
-    from .settings import PROJECT_ROOT
+    from .settings import child_pythonpath
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-c", "import sys; from e5.onnx_build import main; sys.exit(main(sys.argv[1:]))",
-               str(weights_dir), "--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}
+    command = [sys.executable, "-m", "e5.onnx_build", str(weights_dir), "--threads", str(threads)]
     for precision, out_dir in outputs.items():
         command += [f"--{precision}", str(out_dir)]
     what = " and ".join(outputs)

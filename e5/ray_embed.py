@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from .bulk.job import JobOptions, JobSettings, embed_records
 from .bulk.reading import DEFAULT_CHUNK_ROWS, MISSING, BulkError, Record, detect_format, require_column
-from .settings import PROJECT_ROOT as REPO_ROOT
+from .settings import child_pythonpath
 
 # Passed on to the actors, which may start on another machine with another environment.
 FORWARDED_ENV = ("E5_", "HF_")
@@ -79,7 +79,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address is None:
         # Local actors import e5 from this checkout; on a cluster, install it on the nodes
         # or pass runtime_env={"working_dir": ...} yourself.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = child_pythonpath()
     ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
              runtime_env={"env_vars": env}, ignore_reinit_error=True, log_to_driver=True)
 

@@ -21,6 +21,11 @@ from .memory import DEFAULT_TRIM_SECONDS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child Python (the ONNX builder, local Ray actors) that imports e5 from this checkout."""
+    return os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+
+
 class Quantize(str, Enum):
     """E5_QUANTIZE: float weights, or int8 through ONNX Runtime (CPU, opt-in)."""
 
