@@ -61,6 +61,10 @@ class CheckpointTokenizer:
     adds_eos: bool  # whether the tokenizer itself ends a text with EOS
     source: str  # the checkpoint directory, where `Encoder.tokenizer` loads the Hugging Face one from
 
+    def __post_init__(self) -> None:
+        self.rust.no_truncation()  # `TextTokenizer` cuts to the model's limit itself
+        self.rust.no_padding()
+
     @classmethod
     def from_hugging_face(cls, tokenizer) -> "CheckpointTokenizer":
         """Take over `tokenizer`'s Rust tokenizer. Taken rather than copied: multilingual-e5-small's is about
@@ -70,10 +74,7 @@ class CheckpointTokenizer:
         eos = tokenizer.eos_token_id
         ids = tokenizer("a", add_special_tokens=True)["input_ids"]
         adds_eos = eos is not None and bool(ids) and ids[-1] == eos
-        rust = tokenizer.backend_tokenizer
-        rust.no_truncation()
-        rust.no_padding()
-        return cls(rust, eos, tokenizer.pad_token_id, adds_eos, str(tokenizer.name_or_path))
+        return cls(tokenizer.backend_tokenizer, eos, tokenizer.pad_token_id, adds_eos, str(tokenizer.name_or_path))
 
     def to_files(self, path: Path) -> dict[Path, str]:
         """What `from_file(path)` reads back, by file: the Rust tokenizer's JSON at `path`, the ids beside it."""
@@ -83,10 +84,7 @@ class CheckpointTokenizer:
     @classmethod
     def from_file(cls, path: Path) -> "CheckpointTokenizer":
         ids = json.loads(_ids_path(path).read_text())
-        rust = Tokenizer.from_file(str(path))
-        rust.no_truncation()
-        rust.no_padding()
-        return cls(rust, ids["eos_id"], ids["pad_id"], bool(ids["adds_eos"]), ids["source"])
+        return cls(Tokenizer.from_file(str(path)), ids["eos_id"], ids["pad_id"], bool(ids["adds_eos"]), ids["source"])
 
 
 def _ids_path(path: Path) -> Path:
