@@ -105,15 +105,15 @@ def overflow_warning(count: int, precision: str, fallback: Float32Fallback | Non
     return f"{_rows(count)} overflowed {precision}; recomputed in float32 (E5_DTYPE=float32 avoids this)"
 
 
-def non_finite_cause(precisions: list[str], fallback: Float32Fallback | None) -> str:
+def non_finite_cause(precisions: list[str], fallback: Float32Fallback) -> str:
     """Why an input's vector is not finite, for an encoder that serves in `precisions` (one, or a measured
-    plan's two) and whose `fallback` is None until a float16 or bfloat16 row first needed it.
+    plan's two) and whose `fallback` is settled when a float16 or bfloat16 row first needed it.
 
-    Every such row asks for the fallback before its pass returns, so without one the row came from a runtime
-    that is not recomputed (float32, int8).
+    Every such row settles the fallback before its pass returns, so while it is unsettled the row came from a
+    runtime that is not recomputed (float32, int8).
     """
     reduced = next((p for p in precisions if p in REDUCED_PRECISIONS), None)
-    if reduced is not None and fallback is not None and fallback.settled:
+    if reduced is not None and fallback.settled:
         if fallback.backbone is None:
             return (f"the model's activations overflow {_named(reduced)} on it, and it cannot be recomputed in "
                     f"float32 here ({fallback.refusal}); E5_DTYPE=float32 avoids this")

@@ -284,12 +284,13 @@ def test_check_finite_names_the_first_input_and_counts_the_others():
     (["bfloat16"], Float32Fallback(backbone=object()),
      "the model's output for it is not finite in bfloat16, nor in float32 when recomputed (an activation overflows "
      "even float32), so E5_DTYPE=float32 does not avoid it; check the checkpoint's weights"),
-    (["float32"], None, "the model's output for it is not finite in float32 (an activation overflows); check the "
-                        "checkpoint's weights"),
+    (["float32"], Float32Fallback(),
+     "the model's output for it is not finite in float32 (an activation overflows); check the checkpoint's weights"),
     # A measured plan's float32 pass, before any bfloat16 row needed recomputing.
-    (["float32", "bfloat16"], None, "the model's output for it is not finite in float32 (an activation overflows); "
-                                    "check the checkpoint's weights"),
-    (["int8"], None, "the model's output for it is not finite in int8; E5_QUANTIZE=none (float32) may avoid it"),
+    (["float32", "bfloat16"], Float32Fallback(), "the model's output for it is not finite in float32 (an activation "
+                                                 "overflows); check the checkpoint's weights"),
+    (["int8"], Float32Fallback(),
+     "the model's output for it is not finite in int8; E5_QUANTIZE=none (float32) may avoid it"),
 ])
 def test_non_finite_cause_names_the_precision_and_what_avoids_it(precisions, fallback, cause):
     assert non_finite_cause(precisions, fallback) == cause
