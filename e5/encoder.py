@@ -1,34 +1,36 @@
-"""Running the forward passes that turn token ids into pooled vectors (`e5.loader` builds the encoder)."""
+"""Running the forward passes that turn token ids into pooled vectors (`e5.loader` builds the encoder).
+
+The encoder runs the passes it is given in its `e5.backend.Backend`s and keeps what is common to every
+backend: the pass policy, halving a pass the device has no memory for, and recomputing in float32 the rows
+that overflow float16 or bfloat16.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from .backend import Backend, PaddedBackend, Padding
 from .batching import PassPolicy, default_token_budget
 from .devices import Placement
 from .finite import (
-    REDUCED_PRECISIONS, Float32Fallback, finite_rows, float32_copy, float32_size, non_finite_cause,
-    overflow_warning, precision_of,
+    REDUCED_PRECISIONS, Float32Fallback, finite_rows, float32_copy, float32_size, non_finite_cause, overflow_warning,
+    precision_of,
 )
 from .memory import HeapTrimmer
 from .pass_plan import PassPlan, Runtime
-from .pass_timing import Measurements
-from .pooling import pool
 from .registry import ModelSpec
-from .runtimes import Backbone, TorchBackbone
-from .settings import CpuRuntime, Quantize, Settings
+from .runtimes import TorchBackbone
+from .settings import Settings
 from .tokenizer import CheckpointTokenizer, TextTokenizer, Tokenized, TooLongError
 from .weights import WeightsError, weights_problem
 
 if TYPE_CHECKING:
-    from .loader import LoadReport
+    from .load_report import LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +62,23 @@ def position_capacity(spec: ModelSpec, config) -> int:
 
 
 class Encoder:
-    """A loaded checkpoint: tokenizer, the runtime(s) that run its model, and the registry entry that says
-    how to use them."""
+    """A loaded checkpoint: tokenizer, the backend(s) that run its passes, and the registry entry that says
+    how to use them (`e5.loader.load_encoder` makes one)."""
 
-    def __init__(self, spec: ModelSpec, tokenizer: CheckpointTokenizer, backbone: Backbone, placement: Placement,
+    def __init__(self, spec: ModelSpec, tokenizer: CheckpointTokenizer, backend: Backend, placement: Placement,
                  token_budget: int | None = None, heap: HeapTrimmer | None = None, plan: PassPlan | None = None,
-                 large_backbone: Backbone | None = None, report: LoadReport | None = None):
+                 large_backend: Backend | None = None, report: LoadReport | None = None):
         self.spec = spec
         self.heap = heap  # gives the activations' freed heap back to the OS now and then (see e5.memory)
         self.placement = placement
-        # What runs the model (`e5.runtimes.Backbone`): `backbone` the small passes (all of them without a
-        # `large_backbone`), `large_backbone` the passes above the split of a measured `plan`.
-        self.backbone: Backbone = backbone
-        self.large_backbone = large_backbone
+        # What runs the passes (`e5.backend.Backend`): `backend` the small ones (all of them without a
+        # `large_backend`), `large_backend` the passes above the split of a measured `plan`.
+        self.backend: Backend = backend
+        self.large_backend = large_backend
         self.plan = plan
         self.report = report  # what the loader (e5.loader) chose, measured and checked, and why
         self._fallback = Float32Fallback()  # float32 for rows that overflow float16: settled on first need
-        config = backbone.config
+        config = backend.config
         self.dimensions = int(config.hidden_size)
         self.token_budget = default_token_budget(placement.device.type, token_budget)
         self.max_tokens = min(spec.max_tokens, position_capacity(spec, config))
@@ -84,21 +86,11 @@ class Encoder:
         self.text_tokenizer = TextTokenizer(tokenizer, spec, self.max_tokens)
         self._tokenizer_dir = tokenizer.source
         self._tokenizer = None
-        self._pad_id = self.text_tokenizer.pad_id
+        # How the float32 fallback (a padded torch model) pads its rows.
+        self._padding = Padding(tokenizer.padding_id, placement.device)
         if self.dimensions != spec.dimensions:
             log.warning("%s: weights have %d dimensions, the registry says %d",
                         spec.name, self.dimensions, spec.dimensions)
-
-    @classmethod
-    def load(cls, spec: ModelSpec, weights_dir: Path, placement: Placement | None = None,
-             quantize: Quantize | None = None, runtime: CpuRuntime | None = None,
-             settings: Settings | None = None, measurements: Measurements | None = None) -> "Encoder":
-        """`e5.loader.load_encoder`: the checkpoint in `weights_dir`, in the runtime(s) chosen for this machine,
-        with `settings` (default: read from the environment here, as the library's entry points do)."""
-        from .loader import load_encoder
-
-        return load_encoder(spec, weights_dir, settings or Settings.from_env(), placement, quantize, runtime,
-                            measurements)
 
     @property
     def tokenizer(self):
@@ -112,14 +104,19 @@ class Encoder:
         return self._tokenizer
 
     @property
+    def backends(self) -> list[Backend]:
+        """The backends that serve passes: one, or two where a measured plan splits them."""
+        return [b for b in (self.backend, self.large_backend) if b is not None]
+
+    @property
     def runtimes(self) -> list[Runtime]:
         """The names of the runtimes that serve passes: one, or two where a measured plan splits them."""
-        return [b.name for b in (self.backbone, self.large_backbone) if b is not None]
+        return [b.name for b in self.backends]
 
     @property
     def runtime(self) -> str:
         """What runs the model, in words: 'torch float32', 'onnxruntime int8', or a measured plan's description."""
-        return self.plan.describe() if self.plan is not None else self.backbone.name
+        return self.plan.describe() if self.plan is not None else self.backend.name
 
     @property
     def precision(self) -> str:
@@ -128,19 +125,21 @@ class Encoder:
 
     @property
     def pass_policy(self) -> PassPolicy:
-        """How this encoder's passes are cut: its token budget and, on the CPU, what one more pass costs in padded
-        tokens (measured by the plan, else per runtime); on a GPU passes are cut by the budget only."""
+        """How this encoder's passes are cut: its token budget, whether the backend of large passes is packed (its
+        budget then counts real tokens) and, on the CPU, what one more pass costs in padded tokens (measured by
+        the plan, else per runtime); on a GPU padded passes are cut by the budget only."""
         overhead = None
         if self.placement.device.type == "cpu":
             overhead = (self.plan.overhead_tokens if self.plan is not None else
-                        Runtime.named(self.backbone.name).pass_overhead_tokens)
-        return PassPolicy(self.token_budget, overhead_tokens=overhead)
+                        self.backend.name.pass_overhead_tokens)
+        packed = (self.large_backend or self.backend).name.packed
+        return PassPolicy(self.token_budget, overhead_tokens=overhead, packed=packed)
 
-    def backbone_for(self, rows: int, width: int) -> Backbone:
-        """The runtime that runs a pass of `rows` x `width` padded tokens."""
-        if self.large_backbone is not None and self.plan.runtime_for(rows * width) == self.plan.large:
-            return self.large_backbone
-        return self.backbone
+    def backend_for(self, rows: int, width: int) -> Backend:
+        """The backend that runs a pass of `rows` x `width` padded tokens."""
+        if self.large_backend is not None and self.plan.runtime_for(rows * width) == self.plan.large:
+            return self.large_backend
+        return self.backend
 
     def embed_ids(self, ids: list[list[int]], token_budget: int | None = None) -> torch.Tensor:
         """Pooled float32 vectors (not normalised) for token id lists, in the given order, on the CPU, in the
@@ -162,13 +161,13 @@ class Encoder:
         order: list[int] = []
         pooled: list[torch.Tensor] = []
         finite: list[torch.Tensor] = []
-        runs: list[tuple[int, Backbone]] = []  # how many rows each piece holds, and what computed them
+        runs: list[tuple[int, Backend]] = []  # how many rows each piece holds, and what computed them
         for batch in passes:
-            for rows, vectors, backbone in self._forward_splitting(batch, ids):
+            for rows, vectors, backend in self._forward_splitting(batch, ids):
                 order.extend(rows)
                 pooled.append(vectors)
                 finite.append(finite_rows(vectors))  # on the device, like the vectors: no sync per pass
-                runs.append((len(rows), backbone))
+                runs.append((len(rows), backend))
             if self.heap is not None:
                 self.heap.trim_if_grown()  # rising shapes grow the heap a pass at a time (see e5.memory)
         # Results stay on the device until every pass is queued: one copy back, no sync per pass.
@@ -191,37 +190,35 @@ class Encoder:
             raise TooLongError(f"a row of {longest} tokens, more than the {self.max_tokens} that {self.spec.name} "
                                "accepts, reached the model; it was refused before the forward pass")
 
-    def _forward_splitting(self, batch: list[int], ids: list[list[int]], backbone: Backbone | None = None,
-                           ) -> list[tuple[list[int], torch.Tensor, Backbone]]:
-        """Pool one batch in `backbone` (by default the one `backbone_for` its shape picks), with the runtime
-        that computed each piece; when the device runs out of memory, halve the batch and retry each half."""
+    def _forward_splitting(self, batch: list[int], ids: list[list[int]], backend: Backend | None = None,
+                           ) -> list[tuple[list[int], torch.Tensor, Backend]]:
+        """Pool one batch in `backend` (by default the one `backend_for` its shape picks), with the backend that
+        computed each piece; when the device runs out of memory, halve the batch and retry each half."""
+        rows = [ids[i] for i in batch]
+        runtime = self.backend_for(len(rows), max(map(len, rows))) if backend is None else backend
         try:
-            input_ids, mask = self.pad([ids[i] for i in batch])
-            runtime = self.backbone_for(*input_ids.shape) if backbone is None else backbone
-            hidden = runtime(input_ids, mask)
-            return [(batch, pool(hidden, mask, self.spec.pooling), runtime)]
+            return [(batch, runtime.embed(rows), runtime)]
         except Exception as exc:
             if not is_out_of_memory(exc) or len(batch) == 1:
                 raise
-        hidden = input_ids = mask = None  # drop references so the allocator can reuse that memory
         if self.placement.device.type == "cuda":
             torch.cuda.empty_cache()
         half = len(batch) // 2
         log.warning("out of memory on a batch of %d texts; retrying as %d + %d", len(batch), half, len(batch) - half)
-        return (self._forward_splitting(batch[:half], ids, backbone)
-                + self._forward_splitting(batch[half:], ids, backbone))
+        return (self._forward_splitting(batch[:half], ids, backend)
+                + self._forward_splitting(batch[half:], ids, backend))
 
     def _recompute_non_finite(self, ids: list[list[int]], vectors: torch.Tensor, order: list[int],
-                              finite: torch.Tensor, runs: list[tuple[int, Backbone]]) -> None:
+                              finite: torch.Tensor, runs: list[tuple[int, Backend]]) -> None:
         """Recompute in float32, in place, the rows of `vectors` (in pass `order`; `runs` says what computed
         them) that `finite` marks and a float16 or bfloat16 runtime computed, and log what became of them."""
         reduced: list[int] = []  # positions in `vectors` of rows to recompute
         reduced_names: dict[str, None] = {}
         others: dict[str, int] = {}  # rows not finite at a precision that is not recomputed (float32, int8)
         start = 0
-        for count, backbone in runs:
+        for count, backend in runs:
             bad = torch.nonzero(~finite[start:start + count]).flatten().tolist()
-            if bad and (precision := precision_of(backbone)) in REDUCED_PRECISIONS:
+            if bad and (precision := precision_of(backend)) in REDUCED_PRECISIONS:
                 reduced += [start + i for i in bad]
                 reduced_names[precision] = None
             elif bad:
@@ -233,20 +230,20 @@ class Encoder:
             return
         fallback = self._float32_fallback()
         still = 0
-        if fallback.backbone is not None:
-            recomputed = self._pooled_in(fallback.backbone, [order[p] for p in reduced], ids)
+        if fallback.backend is not None:
+            recomputed = self._pooled_in(fallback.backend, [order[p] for p in reduced], ids)
             vectors[torch.tensor(reduced)] = recomputed
             still = int((~finite_rows(recomputed)).sum())
         # One line per call (an engine turn): the count says how many rows ran twice.
         log.warning("%s", overflow_warning(len(reduced), " and ".join(reduced_names), fallback, still))
 
-    def _pooled_in(self, backbone: Backbone, rows: list[int], ids: list[list[int]]) -> torch.Tensor:
-        """Pooled vectors of `ids[row]` for each of `rows`, in that order, on the CPU, computed in `backbone` in
-        the passes this encoder's policy cuts them into."""
+    def _pooled_in(self, backend: Backend, rows: list[int], ids: list[list[int]]) -> torch.Tensor:
+        """Pooled vectors of `ids[row]` for each of `rows`, in that order, on the CPU, computed in `backend` in
+        the passes this encoder's policy cuts them into (padded: the fallback pads)."""
         out = torch.empty((len(rows), self.dimensions), dtype=torch.float32)
         position = {row: i for i, row in enumerate(rows)}
-        for batch in self.pass_policy.passes([len(ids[row]) for row in rows]):
-            for pieces, vectors, _ in self._forward_splitting([rows[i] for i in batch], ids, backbone):
+        for batch in replace(self.pass_policy, packed=False).passes([len(ids[row]) for row in rows]):
+            for pieces, vectors, _ in self._forward_splitting([rows[i] for i in batch], ids, backend):
                 out[torch.tensor([position[row] for row in pieces])] = vectors.cpu()
         return out
 
@@ -258,17 +255,17 @@ class Encoder:
         with fallback.lock:
             if fallback.settled:
                 return fallback
-            served = [b for b in (self.backbone, self.large_backbone) if b is not None]
+            served = self.backends
             float32 = next((b for b in served if precision_of(b) == "float32"), None)
-            source = next((b for b in served if precision_of(b) in REDUCED_PRECISIONS
-                           and isinstance(getattr(b, "model", None), torch.nn.Module)), None)
+            source = next((b for b in served if precision_of(b) in REDUCED_PRECISIONS and b.model is not None), None)
             if float32 is not None:
-                fallback.backbone = float32
+                fallback.backend = float32
             elif source is None:
                 fallback.refusal = "there is no torch model to copy"
             else:
                 try:
-                    fallback.backbone = TorchBackbone(float32_copy(source.model))
+                    fallback.backend = PaddedBackend(TorchBackbone(float32_copy(source.model)), self._padding,
+                                                     self.spec.pooling)
                     log.warning("%s: made a float32 copy of the model (%s) to recompute rows that overflow %s",
                                 self.spec.name, float32_size(source.model), precision_of(source))
                 except Exception as exc:
@@ -283,24 +280,7 @@ class Encoder:
     def non_finite_cause(self) -> str:
         """Why a vector this encoder returned is not finite (`e5.finite.non_finite_cause`), for the error that
         fails its request."""
-        return non_finite_cause([precision_of(b) for b in (self.backbone, self.large_backbone) if b is not None],
-                                self._fallback)
-
-    def pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token rows as one right-padded batch on the encoder's device: input ids and attention mask."""
-        # Right padding keeps every text at the positions it has when embedded alone. Built in one go: the
-        # mask from the lengths, the ids dropped into its true cells in row order, no tensor per row.
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        mask_array = np.arange(int(lengths.max())) < lengths[:, None]
-        ids_array = np.full(mask_array.shape, self._pad_id, dtype=np.int64)
-        ids_array[mask_array] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
-                                            count=int(lengths.sum()))
-        input_ids, mask = torch.from_numpy(ids_array), torch.from_numpy(mask_array.astype(np.int64))
-        device = self.placement.device
-        if device.type == "cuda":
-            # Pinned host memory lets the copy run asynchronously with the previous batch.
-            return input_ids.pin_memory().to(device, non_blocking=True), mask.pin_memory().to(device, non_blocking=True)
-        return input_ids, mask
+        return non_finite_cause([precision_of(b) for b in self.backends], self._fallback)
 
     def tokenize(self, texts: list[str], truncate: bool = True, labels: list[str] | None = None) -> Tokenized:
         """`TextTokenizer.tokenize` of this encoder's tokenizer: ids cut to the model's limit."""

@@ -37,9 +37,9 @@ class NonFiniteError(ServiceError):
     recomputed in one that holds it); the message names the input, the precision and what avoids it."""
 
 
-def precision_of(backbone) -> str:
+def precision_of(backend) -> str:
     """The precision a runtime computes in ('torch float16' -> 'float16')."""
-    return Runtime.named(backbone.name).precision
+    return Runtime.named(backend.name).precision
 
 
 def finite_rows(vectors: torch.Tensor) -> torch.Tensor:
@@ -64,17 +64,17 @@ def float32_size(model: torch.nn.Module) -> str:
 
 @dataclass(eq=False)
 class Float32Fallback:
-    """What recomputes the rows a float16 or bfloat16 model could not hold: a float32 runtime (`backbone`),
+    """What recomputes the rows a float16 or bfloat16 model could not hold: a float32 backend (`backend`),
     or why there is none (`refusal`). Settled once, on first need, under `lock`; a refusal stays, so that a
     GPU without room for the copy is not asked again by every request that overflows."""
 
-    backbone: object | None = None
+    backend: object | None = None
     refusal: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def settled(self) -> bool:
-        return self.backbone is not None or self.refusal is not None
+        return self.backend is not None or self.refusal is not None
 
 
 def _rows(count: int) -> str:
@@ -95,7 +95,7 @@ def overflow_warning(count: int, precision: str, fallback: Float32Fallback | Non
     recomputed (`fallback` None), left to fail their requests."""
     if fallback is None:
         return f"{_rows(count)} {'is' if count == 1 else 'are'} not finite in {precision}; {_requests_fail(count)}"
-    if fallback.backbone is None:
+    if fallback.backend is None:
         return (f"{_rows(count)} overflowed {precision} and cannot be recomputed in float32 ({fallback.refusal}); "
                 f"{_requests_fail(count)} (E5_DTYPE=float32 avoids this)")
     if still:
@@ -114,7 +114,7 @@ def non_finite_cause(precisions: list[str], fallback: Float32Fallback) -> str:
     """
     reduced = next((p for p in precisions if p in REDUCED_PRECISIONS), None)
     if reduced is not None and fallback.settled:
-        if fallback.backbone is None:
+        if fallback.backend is None:
             return (f"the model's activations overflow {_named(reduced)} on it, and it cannot be recomputed in "
                     f"float32 here ({fallback.refusal}); E5_DTYPE=float32 avoids this")
         return (f"the model's output for it is not finite in {reduced}, nor in float32 when recomputed (an "

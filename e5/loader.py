@@ -1,13 +1,16 @@
-"""Loading a checkpoint into an `Encoder`: which runtime(s) serve it here, measured once per machine and cached.
+"""Loading a checkpoint into an `Encoder`: which backend(s) run its passes here, measured once per machine and cached.
 
 On a GPU, or with the CPU's runtime pinned to torch, the model loads in torch and nothing is measured.
 Elsewhere on the CPU (ONNX Runtime, int8, or nothing pinned) the load is planned:
 - from the `e5.plan_cache` record of this machine, checkpoint, versions and settings, when there is one:
   only the runtimes the plan uses are loaded (the ONNX build from the cache, a torch model in the plan's
-  precision), and nothing is timed or checked again;
+  precision, run padded or packed as the plan says), and nothing is timed or checked again;
 - else measured: the ONNX build(s) are made in a child process first (`e5.onnx_build`), then checked
   against torch float32 on `PROBE_TEXTS`, and with nothing pinned every candidate runtime is timed on two
   probe passes for `e5.pass_plan` to split passes between; the record is written for the next boot.
+A packed torch runtime (`e5.packed`, as E5_PACKING and `choose_packing` allow) serves only once its vectors
+agree with the padded path's at the same precision on `PROBE_TEXTS` (`packed_twin`); where they do not,
+passes stay padded and the log says why (with E5_PACKING=on, setup fails instead).
 Whatever the load does not keep is dropped and the freed heap given back before the encoder is returned.
 """
 
@@ -17,29 +20,31 @@ import gc
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from .backend import Backend, PaddedBackend, Padding
 from .batching import CPU_TOKEN_BUDGET
 from .devices import Placement, choose_placement
 from .encoder import Encoder, check_weights_dir
+from .load_report import LoadReport
 from .memory import HeapTrimmer
-from .onnx_runtime import (
-    PROBE_TEXTS, Int8Check, OnnxRuntimeError, cosine_check, onnx_backbones, onnx_model, onnx_refusal,
-)
+from .onnx_runtime import PROBE_TEXTS, OnnxRuntimeError, cosine_check, onnx_backbones, onnx_model, onnx_refusal
+from .packed import PackedBackend, attention_for, spec_refusal
 from .pass_plan import (
     BF16_MATMUL_GATE, ONNX_FLOAT32, ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Engine, PassPlan, Runtime, fit_cost,
 )
 from .pass_timing import Measurements
 from .plan_cache import LoadRecord, PlanCache, PlanKey, now, plan_key
-from .pooling import pool
 from .registry import ModelSpec
-from .runtimes import TORCH, Backbone, RuntimeChoice, TorchBackbone, choose_runtime
-from .settings import CpuRuntime, Quantize, Settings
-from .tokenizer import CheckpointTokenizer
+from .runtimes import (
+    TORCH, PackingChoice, PackingError, PackingMode, RuntimeChoice, TorchBackbone, choose_packing, choose_runtime,
+)
+from .settings import CpuRuntime, Packing, Quantize, Settings
+from .tokenizer import CheckpointTokenizer, TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -47,80 +52,47 @@ log = logging.getLogger(__name__)
 PROBE_BATCH_WIDTH = 512
 
 
-@dataclass(frozen=True)
-class LoadReport:
-    """What a load chose and why: `choice` (`choose_runtime`'s decision), `record` (the CPU's measured or
-    cached plan and checks; None where nothing is measured: a GPU, or torch pinned), and where the plan
-    came from (`source`)."""
-
-    choice: RuntimeChoice
-    record: LoadRecord | None = None
-    source: str = "nothing measured"
-
-    @property
-    def onnx_max_abs_diff(self) -> float | None:
-        """ONNX Runtime float32's largest difference to torch on `PROBE_TEXTS`, where it serves."""
-        return self.record.onnx_max_abs_diff if self.record else None
-
-    @property
-    def bf16_min_cosine(self) -> float | None:
-        """The bfloat16 model's least cosine to float32 on `PROBE_TEXTS`, where it serves."""
-        if self.record is None or TORCH_BFLOAT16 not in self.record.runtimes:
-            return None
-        return self.record.bf16_min_cosine
-
-    @property
-    def int8_check(self) -> Int8Check | None:
-        """The int8 vectors' cosine to float32 on `PROBE_TEXTS`, with E5_QUANTIZE=int8."""
-        record = self.record
-        if record is None or record.int8_min_cosine is None:
-            return None
-        return Int8Check(record.int8_texts, record.int8_min_cosine, record.int8_mean_cosine)
-
-    def why(self) -> str:
-        """Why these runtimes serve, with the accuracy checks and the record's notes, in one line."""
-        plan = self.record.plan if self.record else None
-        why = plan.reason if plan is not None else self.choice.reason
-        checks = []
-        if self.onnx_max_abs_diff is not None:
-            checks.append(f"ONNX Runtime float32 within {self.onnx_max_abs_diff:.1e} of torch")
-        if self.bf16_min_cosine is not None:
-            checks.append(f"bfloat16 min cosine to float32 {self.bf16_min_cosine:.6f}")
-        if (int8 := self.int8_check) is not None:
-            checks.append(f"int8 cosine to float32 min {int8.min_cosine:.4f}, mean {int8.mean_cosine:.4f}")
-        if checks:
-            why += f"; on {len(PROBE_TEXTS)} probe texts: " + ", ".join(checks)
-        return "; ".join([why, *(self.record.notes if self.record else ())])
-
-
-def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings,
+def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None = None,
                  placement: Placement | None = None, quantize: Quantize | str | None = None,
-                 runtime: CpuRuntime | str | None = None, measurements: Measurements | None = None) -> Encoder:
+                 runtime: CpuRuntime | str | None = None, measurements: Measurements | None = None,
+                 packing: Packing | str | None = None) -> Encoder:
     """Load tokenizer and model from a local Hugging Face directory (safetensors, no remote code).
 
-    `quantize` (`Quantize.NONE`/`INT8`) and `runtime` (`CpuRuntime.TORCH`/`ONNXRUNTIME`/`AUTO`) override
-    `settings`, which also give the device, dtype, token budget and cache.
+    `settings` give the device, dtype, runtime, packing, token budget and cache (default: read from the
+    environment here, as the library's entry points do); `quantize` (`Quantize.NONE`/`INT8`), `runtime`
+    (`CpuRuntime.TORCH`/`ONNXRUNTIME`/`AUTO`) and `packing` (`Packing.AUTO`/`ON`/`OFF`) override them.
     `measurements` replaces what the CPU's plan measures and decides by (tests).
     """
+    settings = settings if settings is not None else Settings.from_env()
     weights_dir = Path(weights_dir)
     check_weights_dir(weights_dir, settings)
     placement = placement or choose_placement(settings.device, settings.dtype)
     quantize = Quantize(settings.quantize if quantize is None else quantize)
     runtime = CpuRuntime(settings.cpu_runtime if runtime is None else runtime)
+    settings = replace(settings, quantize=quantize, cpu_runtime=runtime,
+                       packing=Packing(settings.packing if packing is None else packing))
     device, dtype = placement.device, placement.dtype
     # Asked only where ONNX Runtime may serve: E5_CPU_RUNTIME=torch reads no headers and imports no onnx.
     refusal = (onnx_refusal(spec, device, dtype, weights_dir)
                if quantize == Quantize.INT8 or runtime != CpuRuntime.TORCH else None)
-    choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal)
-    log.info("%s: %s (%s)", spec.name, choice.runtime, choice.reason)
+    choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal, settings.packing)
+    packing_choice = choose_packing(settings.packing, device.type, choice.measure, spec_refusal(spec))
+    log.info("%s: %s (%s); %s", spec.name, choice.runtime, choice.reason, packing_choice.reason)
     heap = HeapTrimmer(settings.heap_trim_seconds)
     if choice.runtime == TORCH and not choice.measure:
-        model = torch_model(weights_dir, placement.dtype, placement.device)
-        encoder = Encoder(spec, checkpoint_tokenizer(weights_dir), TorchBackbone(model), placement,
-                          settings.token_budget, heap, report=LoadReport(choice))
-        del model
+        tokenizer = checkpoint_tokenizer(weights_dir)
+        padded = padded_torch(spec, weights_dir, tokenizer, placement, placement.dtype)
+        backend, note = padded, packing_choice.reason
+        if packing_choice.mode is PackingMode.ONLY:  # nothing is measured, so packing is all or nothing
+            backend, note, _ = packed_twin(spec, tokenizer, padded, placement, measurements or Measurements(),
+                                           required=True)
+        report = LoadReport(choice, packing_choice, packed_note=note)
+        encoder = Encoder(spec, tokenizer, backend, placement, settings.token_budget, heap, report=report)
+        # A warning so that it reaches Cog's setup log: what serves and why (on a GPU, whether passes are packed).
+        log.warning("%s on %s: %s. Why: %s", spec.name, device.type, encoder.runtime, report.why())
+        del padded, backend
     else:
-        encoder = _planned(spec, weights_dir, placement, settings, quantize, runtime, choice, heap,
+        encoder = _planned(spec, weights_dir, placement, settings, choice, packing_choice, heap,
                            measurements or Measurements())
     gc.collect()
     heap.trim()  # what the checks and probes used, given back before the first request
@@ -141,19 +113,19 @@ def checkpoint_config(weights_dir: Path) -> SimpleNamespace:
     return SimpleNamespace(**json.loads((Path(weights_dir) / "config.json").read_text()))
 
 
-def _planned(spec: ModelSpec, weights_dir: Path, placement: Placement, settings: Settings,
-             quantize: Quantize, runtime: CpuRuntime, choice: RuntimeChoice, heap: HeapTrimmer,
-             measurements: Measurements) -> Encoder:
+def _planned(spec: ModelSpec, weights_dir: Path, placement: Placement, settings: Settings, choice: RuntimeChoice,
+             packing: PackingChoice, heap: HeapTrimmer, measurements: Measurements) -> Encoder:
     """The CPU's encoder as this machine's cached record says, else measured (and the record written)."""
-    key = plan_key(weights_dir, f"dtype {settings.dtype and settings.dtype.value}, quantize {quantize.value}, "
-                               f"cpu_runtime {runtime.value}, token_budget {settings.token_budget}",
+    key = plan_key(weights_dir, f"dtype {settings.dtype and settings.dtype.value}, quantize {settings.quantize.value}, "
+                               f"cpu_runtime {settings.cpu_runtime.value}, packing {settings.packing.value}, "
+                               f"token_budget {settings.token_budget}",
                    torch.get_num_threads())
     cache = PlanCache(settings.cache_dir, spec.name)
     record, why = (None, "E5_REMEASURE=1") if settings.remeasure else cache.read(key)
     if record is not None:
         try:
             tokenizer = CheckpointTokenizer.from_file(cache.tokenizer_path(key))
-            backbones = _from_record(record, spec, weights_dir, placement, settings)
+            backends = _from_record(record, spec, weights_dir, tokenizer, placement, settings)
             source = f"the plan {why}"
         except Exception as exc:  # whatever makes a cached record or file unusable: measure again
             why = f"the cached plan could not be used ({type(exc).__name__}: {exc})"
@@ -161,14 +133,15 @@ def _planned(spec: ModelSpec, weights_dir: Path, placement: Placement, settings:
     if record is None:
         log.warning("%s: measuring this CPU's runtimes: %s (E5_CACHE_DIR keeps the result)", spec.name, why)
         tokenizer = checkpoint_tokenizer(weights_dir)
-        backbones, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, key, measurements)
+        backends, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, packing, key,
+                                    measurements)
         problem = cache.write(record, tokenizer)
         source = f"measured in {record.measure_seconds:.1f} s" + (
             f"; not cached ({problem}): the next boot measures again" if problem else f", cached in {cache.path(key)}")
     plan = record.plan
-    report = LoadReport(choice, record, source)
-    small = backbones[plan.small] if plan else next(iter(backbones.values()))
-    large = backbones[plan.large] if plan and plan.large else None
+    report = LoadReport(choice, packing, record, source)
+    small = backends[plan.small] if plan else next(iter(backends.values()))
+    large = backends[plan.large] if plan and plan.large else None
     encoder = Encoder(spec, tokenizer, small, placement, settings.token_budget, heap, plan, large, report)
     # A warning so that it reaches Cog's setup log: what serves, where the plan came from, and why.
     log.warning("%s on the CPU: %s (%s). Why: %s", spec.name, encoder.runtime, source, report.why())
@@ -193,43 +166,91 @@ def torch_model(weights_dir: Path, dtype: torch.dtype, device: torch.device):
     return model.to(device).eval()
 
 
-def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, placement: Placement,
-                 settings: Settings) -> dict[Runtime, Backbone]:
+def padded_torch(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer, placement: Placement,
+                 dtype: torch.dtype) -> PaddedBackend:
+    """The checkpoint's torch model in `dtype` on the placement's device, run on padded passes."""
+    model = torch_model(weights_dir, dtype, placement.device)
+    return PaddedBackend(TorchBackbone(model), Padding(tokenizer.padding_id, placement.device), spec.pooling)
+
+
+def packed_twin(spec: ModelSpec, tokenizer: CheckpointTokenizer, padded: PaddedBackend, placement: Placement,
+                measurements: Measurements, required: bool = False) -> tuple[Backend, str, float | None]:
+    """`padded`'s torch model run packed (`e5.packed`), where its vectors agree with `padded`'s on
+    `PROBE_TEXTS` (each row's cosine at least `measurements.packed_min_cosine`), else `padded` itself; with the
+    sentence that says which and why, and the least cosine where the packed one serves.
+
+    `PackingError` instead of `padded` when packing is `required` (E5_PACKING=on).
+    """
+    attention, attention_why = attention_for(placement.device, placement.dtype)
+    rows = TextTokenizer(tokenizer, spec, spec.max_tokens).encode(PROBE_TEXTS)
+    try:
+        packed = (measurements.packed_backend or PackedBackend)(padded.model, attention)
+        with torch.inference_mode():
+            cosine = float(torch.nn.functional.cosine_similarity(
+                packed.embed(rows).cpu(), padded.embed(rows).cpu(), dim=1).min())
+    except Exception as exc:  # a config packing does not cover, a kernel this device or torch lacks ...
+        refusal = f"{type(exc).__name__}: {exc}"
+    else:
+        if cosine >= measurements.packed_min_cosine:  # also false for NaN
+            return packed, (f"{packed.name} ({attention_why}) agrees with the padded path on {len(rows)} probe "
+                            f"texts: min cosine {cosine:.6f}"), cosine
+        refusal = (f"its vectors differ from the padded path's on {len(rows)} probe texts (min cosine {cosine:.6f}, "
+                   f"at least {measurements.packed_min_cosine} needed)")
+    if required:
+        raise PackingError(f"E5_PACKING=on: {spec.name} cannot run packed here: {refusal}; unset E5_PACKING")
+    message = f"packed passes refused, {padded.name} stays padded: {refusal}"
+    log.warning("%s: %s", spec.name, message)
+    return padded, message, None
+
+
+def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
+                 placement: Placement, settings: Settings) -> dict[Runtime, Backend]:
     """The runtimes a cached record names, loaded and nothing else: nothing is timed or checked."""
     config = checkpoint_config(weights_dir)
-    backbones: dict[Runtime, Backbone] = {}
+    padding = Padding(tokenizer.padding_id, placement.device)
+    models: dict[str, torch.nn.Module] = {}  # one torch model a precision, whether run padded, packed or both
+    backends: dict[Runtime, Backend] = {}
     for name in record.runtimes:
         if name.engine is Engine.ONNXRUNTIME:
-            backbones[name] = onnx_model(spec, weights_dir, config, settings.cache_dir, name.precision)
+            onnx = onnx_model(spec, weights_dir, config, settings.cache_dir, name.precision)
+            backends[name] = PaddedBackend(onnx, padding, spec.pooling)
+            continue
+        if name.precision not in models:
+            models[name.precision] = torch_model(weights_dir, getattr(torch, name.precision), placement.device)
+        model = models[name.precision]
+        if name.packed:
+            backends[name] = PackedBackend(model, attention_for(placement.device, getattr(torch, name.precision))[0])
         else:
-            backbones[name] = TorchBackbone(torch_model(weights_dir, getattr(torch, name.precision), placement.device))
-    return backbones
+            backends[name] = PaddedBackend(TorchBackbone(model), padding, spec.pooling)
+    return backends
 
 
 def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer, placement: Placement,
-             settings: Settings, choice: RuntimeChoice, key: PlanKey,
-             measurements: Measurements) -> tuple[dict[Runtime, Backbone], LoadRecord]:
+             settings: Settings, choice: RuntimeChoice, packing: PackingChoice, key: PlanKey,
+             measurements: Measurements) -> tuple[dict[Runtime, Backend], LoadRecord]:
     """Build, check and (with nothing pinned) time the CPU's candidate runtimes; the runtimes kept and the
     record (the probes run through a scratch encoder of torch float32, dropped afterwards)."""
     started = time.perf_counter()
-    onnx: dict[Runtime, Backbone] = {}
+    padding = Padding(tokenizer.padding_id, placement.device)
+    onnx: dict[Runtime, Backend] = {}
     if choice.runtime in (ONNX_FLOAT32, ONNX_INT8):
         # int8 is timed against the float32 build, made by the same export.
         precisions = ("float32", "int8") if choice.runtime == ONNX_INT8 else ("float32",)
         config = checkpoint_config(weights_dir)
         try:
             # Before the torch model loads: the build's memory peak is its own process's, not added to ours.
-            onnx = onnx_backbones(spec, weights_dir, config, settings.cache_dir, precisions)
+            onnx = {name: PaddedBackend(backbone, padding, spec.pooling) for name, backbone in
+                    onnx_backbones(spec, weights_dir, config, settings.cache_dir, precisions).items()}
         except Exception as exc:
             if not choice.fallback_to_torch:
                 raise
             # E5_CPU_RUNTIME=auto: a build that fails (a read-only cache, say) costs speed, never the service.
             log.warning("%s: the ONNX Runtime float32 build failed (%s); it runs in torch instead "
                         "(E5_CPU_RUNTIME=torch skips the attempt)", spec.name, exc)
-    torch_float32 = TorchBackbone(torch_model(weights_dir, torch.float32, placement.device))
+    torch_float32 = padded_torch(spec, weights_dir, tokenizer, placement, torch.float32)
     encoder = Encoder(spec, tokenizer, torch_float32, placement, settings.token_budget)
     reference = probe_vectors(encoder)
-    candidates: dict[Runtime, Backbone] = {TORCH_FLOAT32: torch_float32}
+    candidates: dict[Runtime, Backend] = {TORCH_FLOAT32: torch_float32}
     default = TORCH_FLOAT32
     checks: dict = {}
     notes: list[str] = []
@@ -253,39 +274,55 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
         check = cosine_check(probe_vectors(encoder, int8), reference)
         checks.update(int8_min_cosine=check.min_cosine, int8_mean_cosine=check.mean_cosine, int8_texts=check.texts)
         # Against what would serve without E5_QUANTIZE: the float32 runtimes, and bfloat16 where it passes.
-        _add_bfloat16(encoder, weights_dir, candidates, default, measurements)
+        _add_bfloat16(encoder, spec, weights_dir, tokenizer, candidates, default, measurements)
         notes.append(_int8_speed(encoder, int8, candidates, measurements))
         kept = {ONNX_INT8: int8}
-    elif choice.measure:
-        plan, bf16_cosine = _plan(encoder, weights_dir, candidates, default, measurements)
-        if bf16_cosine is not None and TORCH_BFLOAT16 in plan.runtimes:
-            checks["bf16_min_cosine"] = bf16_cosine
-        kept = {name: candidates[name] for name in plan.runtimes}
     else:
-        kept = {default: candidates[default]}
+        bf16_cosine, bf16_note = None, None
+        if choice.measure:
+            bf16_cosine, bf16_note = _add_bfloat16(encoder, spec, weights_dir, tokenizer, candidates, default,
+                                                   measurements)
+        if packing.mode is not PackingMode.OFF:
+            packed_cosine, refusals = _add_packed(spec, tokenizer, candidates, placement, measurements,
+                                                  only=packing.mode is PackingMode.ONLY)
+            notes += refusals
+            if packing.mode is PackingMode.ONLY:
+                default = TORCH_FLOAT32.as_packed()
+            if packed_cosine is not None:
+                checks["packed_min_cosine"] = packed_cosine
+        if choice.measure:
+            plan = _plan(encoder, candidates, default, measurements, bf16_note)
+            if bf16_cosine is not None and any(name.precision == "bfloat16" for name in plan.runtimes):
+                checks["bf16_min_cosine"] = bf16_cosine
+            kept = {name: candidates[name] for name in plan.runtimes}
+        else:
+            kept = {default: candidates[default]}
+    if not any(name.packed for name in kept):
+        checks.pop("packed_min_cosine", None)
     record = LoadRecord(key, tuple(kept), plan, notes=tuple(notes), measured_at=now(),
                         measure_seconds=round(time.perf_counter() - started, 2), **checks)
     return kept, record
 
 
-def _plan(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime, Backbone], default: Runtime,
-          measurements: Measurements) -> tuple[PassPlan, float | None]:
-    """Time each runtime this CPU can serve the model in on the two probe passes and split passes between them.
+def _plan(encoder: Encoder, candidates: dict[Runtime, Backend], default: Runtime, measurements: Measurements,
+          note: str | None = None) -> PassPlan:
+    """Time each runtime in `candidates` on the two probe passes and split passes between them (`note`, why
+    bfloat16 is not among them, joins the plan's reason).
 
-    The candidates: the float32 runtimes loaded (ONNX Runtime where it passed its check, torch), and torch
-    bfloat16 where a bf16 matmul runs `BF16_MATMUL_GATE` times faster than float32 here and its vectors stay
-    within `measurements.bf16_min_cosine` of float32 on the probe texts.
+    The candidates: the float32 runtimes loaded (ONNX Runtime where it passed its check, torch), torch bfloat16
+    where `_add_bfloat16` admitted it, and each torch precision run packed where `_add_packed` admitted it.
     """
-    bf16_cosine, note = _add_bfloat16(encoder, weights_dir, candidates, default, measurements)
     small, large = probe_passes(encoder)
     timings = measurements.timings(candidates, {"small": small, "large": large})
-    costs = [fit_cost(name, (small[0].numel(), timings[name]["small"]), (large[0].numel(), timings[name]["large"]))
+    small_tokens, large_tokens = _tokens(small), _tokens(large)
+    costs = [fit_cost(name, (small_tokens, timings[name]["small"]), (large_tokens, timings[name]["large"]))
              for name in candidates]
-    plan = measurements.choose_plan(costs, default, small[0].numel(), large[0].numel())
-    return replace(plan, reason="; ".join([plan.reason, *filter(None, [note])])), bf16_cosine
+    plan = measurements.choose_plan(costs, default, small_tokens, large_tokens)
+    return replace(plan, reason="; ".join([plan.reason, *filter(None, [note])]))
 
 
-def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime, Backbone], default: Runtime,
+def _add_bfloat16(encoder: Encoder, spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
+                  candidates: dict[Runtime, Backend], default: Runtime,
                   measurements: Measurements) -> tuple[float | None, str | None]:
     """Add torch bfloat16 to `candidates` where a bf16 matmul runs `BF16_MATMUL_GATE` times faster than float32
     here and its vectors stay within `measurements.bf16_min_cosine` of `default`'s on the probe texts; its
@@ -294,7 +331,7 @@ def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime,
     if speedup < BF16_MATMUL_GATE:
         return None, (f"bfloat16 not tried: a bf16 matmul runs at {speedup:.2f}x float32 on this CPU "
                       f"(at least {BF16_MATMUL_GATE}x needed, as AMX gives)")
-    bf16 = TorchBackbone(torch_model(weights_dir, torch.bfloat16, torch.device("cpu")))
+    bf16 = padded_torch(spec, weights_dir, tokenizer, encoder.placement, torch.bfloat16)
     cosine = float(torch.nn.functional.cosine_similarity(
         probe_vectors(encoder, bf16), probe_vectors(encoder, candidates[default]), dim=1).min())
     if cosine < measurements.bf16_min_cosine:
@@ -304,12 +341,30 @@ def _add_bfloat16(encoder: Encoder, weights_dir: Path, candidates: dict[Runtime,
     return cosine, None
 
 
-def _int8_speed(encoder: Encoder, int8: Backbone, others: dict[Runtime, Backbone], measurements: Measurements) -> str:
+def _add_packed(spec: ModelSpec, tokenizer: CheckpointTokenizer, candidates: dict[Runtime, Backend],
+                placement: Placement, measurements: Measurements, only: bool) -> tuple[float | None, list[str]]:
+    """Add each padded torch candidate's packed twin (`packed_twin`: the same model, checked against it) to
+    `candidates`, and with `only` (E5_PACKING=on) drop the padded ones; the least cosine of those added, and
+    why any was refused."""
+    cosines, refusals = [], []
+    for name in [name for name in candidates if name.engine is Engine.TORCH and not name.packed]:
+        backend, note, cosine = packed_twin(spec, tokenizer, candidates[name], placement, measurements, required=only)
+        if cosine is None:
+            refusals.append(note)
+            continue
+        candidates[backend.name] = backend
+        cosines.append(cosine)
+        if only:
+            del candidates[name]
+    return (min(cosines) if cosines else None), refusals
+
+
+def _int8_speed(encoder: Encoder, int8: Backend, others: dict[Runtime, Backend], measurements: Measurements) -> str:
     """How int8 compares in speed with the fastest of `others` (what serves without E5_QUANTIZE) on the probe
     passes, in one sentence; a warning in the log where int8 is not faster on a batch."""
     small, large = probe_passes(encoder)
     timings = measurements.timings({ONNX_INT8: int8, **others}, {"small": small, "large": large})
-    tokens = large[0].numel()
+    tokens = _tokens(large)
 
     def fastest(shape: str) -> str:
         return min(others, key=lambda name: timings[name][shape])
@@ -324,8 +379,12 @@ def _int8_speed(encoder: Encoder, int8: Backbone, others: dict[Runtime, Backbone
     return sentence
 
 
-def probe_passes(encoder: Encoder) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The load-time plan's two probe passes (padded ids and mask): a short query alone, and the largest pass
+def _tokens(rows: list[list[int]]) -> int:
+    return sum(map(len, rows))
+
+
+def probe_passes(encoder: Encoder) -> tuple[list[list[int]], list[list[int]]]:
+    """The load-time plan's two probe passes (rows of token ids): a short query alone, and the largest pass
     `encoder` cuts by default: the CPU's token budget (a larger E5_TOKEN_BUDGET is not probed beyond it) in
     rows of the model's full width (at most `PROBE_BATCH_WIDTH`).
 
@@ -338,11 +397,11 @@ def probe_passes(encoder: Encoder) -> tuple[tuple[torch.Tensor, torch.Tensor], t
     width = min(PROBE_BATCH_WIDTH, encoder.max_tokens)
     count = max(1, min(encoder.token_budget, CPU_TOKEN_BUDGET) // width)
     batch = [(stream * (1 + count * width // len(stream)))[i * width: (i + 1) * width] for i in range(count)]
-    return encoder.pad(rows[:1]), encoder.pad(batch)
+    return rows[:1], batch
 
 
-def probe_vectors(encoder: Encoder, backbone: Backbone | None = None) -> torch.Tensor:
-    """Pooled vectors of `PROBE_TEXTS` from `backbone` (default: the encoder's own), for the load-time checks."""
-    input_ids, mask = encoder.pad(encoder.text_tokenizer.encode(PROBE_TEXTS))
+def probe_vectors(encoder: Encoder, backend: Backend | None = None) -> torch.Tensor:
+    """Pooled vectors of `PROBE_TEXTS` from `backend` (default: the encoder's own), on the CPU, for the load-time
+    checks."""
     with torch.inference_mode():
-        return pool((backbone or encoder.backbone)(input_ids, mask), mask, encoder.spec.pooling)
+        return (backend or encoder.backend).embed(encoder.text_tokenizer.encode(PROBE_TEXTS)).cpu()

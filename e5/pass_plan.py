@@ -1,8 +1,8 @@
 """Which runtime runs each forward pass on the CPU, chosen from timings taken on this machine.
 
-Each candidate runtime (ONNX Runtime float32, torch float32, torch bfloat16) is timed at load on two
-probe passes, one short query and the largest batch the encoder cuts (rows of full width), which fits its
-cost as `fixed + per_token x padded tokens`.
+Each candidate runtime (ONNX Runtime float32, torch float32, torch bfloat16, each torch one also packed:
+e5.packed) is timed at load on two probe passes, one short query and the largest batch the encoder cuts
+(rows of full width), which fits its cost as `fixed + per_token x padded tokens`.
 Small passes go to the runtime that is cheapest for the short query, large ones to the cheapest for the
 batch, split where their two cost lines cross. The default runtime keeps a pass shape unless another is
 at least `SWITCH_MARGIN` faster there, so timing noise never swaps runtimes (or costs a second copy of
@@ -35,31 +35,44 @@ class Engine(str, Enum):
 PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 
 
+PACKED = "packed"  # the last word of a padding-free runtime's name (e5.packed)
+
+
 class Runtime(str):
-    """An engine at a precision, named 'engine precision' ('torch bfloat16', 'onnxruntime int8'). It compares,
-    hashes and serialises as that name (plans, logs, the plan cache), and tells its parts without parsing."""
+    """An engine at a precision, padded or packed, named 'engine precision' or 'engine precision packed'
+    ('torch bfloat16', 'onnxruntime int8', 'torch float32 packed'). It compares, hashes and serialises as that
+    name (plans, logs, the plan cache), and tells its parts without parsing."""
 
     engine: Engine
     precision: str
+    packed: bool
 
-    def __new__(cls, engine: Engine | str, precision: str) -> "Runtime":
+    def __new__(cls, engine: Engine | str, precision: str, packed: bool = False) -> "Runtime":
         engine = Engine(engine)
         if precision not in PRECISIONS:
             raise ValueError(f"a runtime's precision is one of {', '.join(PRECISIONS)}, not {precision!r}")
-        runtime = super().__new__(cls, f"{engine.value} {precision}")
-        runtime.engine, runtime.precision = engine, precision
+        if packed and engine is not Engine.TORCH:
+            raise ValueError(f"packed passes run in torch, not {engine.value}")
+        runtime = super().__new__(cls, f"{engine.value} {precision}" + (f" {PACKED}" if packed else ""))
+        runtime.engine, runtime.precision, runtime.packed = engine, precision, packed
         return runtime
 
     @classmethod
     def named(cls, name: str) -> "Runtime":
-        """The runtime a name ('torch float32') stands for; ValueError for any other text."""
+        """The runtime a name ('torch float32', 'torch bfloat16 packed') stands for; ValueError for any other text."""
         if isinstance(name, Runtime):
             return name
-        engine, _, precision = str(name).partition(" ")
-        return cls(engine, precision)
+        engine, precision, *rest = str(name).split(" ") + [""]
+        if rest not in ([""], [PACKED, ""]):
+            raise ValueError(f"not a runtime's name: {name!r}")
+        return cls(engine, precision, packed=rest[0] == PACKED)
 
     def __getnewargs__(self):
-        return (self.engine, self.precision)
+        return (self.engine, self.precision, self.packed)
+
+    def as_packed(self) -> "Runtime":
+        """The same engine and precision run padding-free."""
+        return Runtime(self.engine, self.precision, packed=True)
 
     @property
     def pass_overhead_tokens(self) -> int:
@@ -80,6 +93,8 @@ BF16_MATMUL_GATE = 1.5
 # The lowest cosine to float32 on the probe texts at which bfloat16 may serve (measured 0.99997 on
 # multilingual-e5-small with AMX).
 BF16_MIN_COSINE = 0.9999
+# The lowest cosine per probe text at which a packed runtime may serve, against the padded one at its precision.
+PACKED_MIN_COSINE = 0.9999
 # Bounds on a pass's fixed cost in padded tokens, which decides where the encoder cuts a joined pass
 # (e5.batching): measured 16 in ONNX Runtime and 48 in torch float32 on MiniLM, about 150 in torch bfloat16.
 OVERHEAD_TOKENS_RANGE = (16, 256)

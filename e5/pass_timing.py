@@ -13,33 +13,35 @@ from typing import Callable
 import torch
 
 from .onnx_runtime import ONNX_FLOAT32_TOLERANCE
-from .pass_plan import BF16_MIN_COSINE, choose_plan
+from .pass_plan import BF16_MIN_COSINE, PACKED_MIN_COSINE, choose_plan
 
 
-def pass_seconds(backbone, input_ids: torch.Tensor, mask: torch.Tensor, calls: int, warm_up: bool = True) -> float:
-    """The median seconds of `calls` forward passes of `backbone` on one padded batch (after one warm-up call)."""
+def pass_seconds(backend, rows: list[list[int]], calls: int, warm_up: bool = True) -> float:
+    """The median seconds of `calls` forward passes of `backend` (an `e5.backend.Backend` on the CPU) on one pass
+    of token id rows, padding or packing and pooling included (after one warm-up call)."""
     timings = []
     with torch.inference_mode():
         for _ in range(calls + warm_up):
             started = time.perf_counter()
-            backbone(input_ids, mask)
+            backend.embed(rows)
             timings.append(time.perf_counter() - started)
     timings = sorted(timings[warm_up:])
     return timings[len(timings) // 2]
 
 
 def alternating_timings(models: dict, passes: dict, rounds: int = 3) -> dict[str, dict[str, float]]:
-    """Median seconds of each model on each probe pass, the models taking turns in every round so that the
-    machine's drift (up to 30% here) falls on all of them alike; short passes take the median of 3 calls."""
+    """Median seconds of each backend in `models` on each probe pass (rows of token ids) in `passes`, the backends
+    taking turns in every round so that the machine's drift (up to 30% here) falls on all of them alike; short
+    passes take the median of 3 calls."""
     for model in models.values():  # warm-up: first calls allocate and plan
-        for input_ids, mask in passes.values():
-            pass_seconds(model, input_ids, mask, calls=1)
+        for rows in passes.values():
+            pass_seconds(model, rows, calls=1)
     seconds: dict[str, dict[str, list[float]]] = {name: {shape: [] for shape in passes} for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            for shape, (input_ids, mask) in passes.items():
-                calls = 3 if input_ids.numel() < 64 else 1
-                seconds[name][shape].append(pass_seconds(model, input_ids, mask, calls=calls, warm_up=False))
+            for shape, rows in passes.items():
+                calls = 3 if sum(map(len, rows)) < 64 else 1
+                seconds[name][shape].append(pass_seconds(model, rows, calls=calls, warm_up=False))
     return {name: {shape: sorted(v)[len(v) // 2] for shape, v in by.items()} for name, by in seconds.items()}
 
 
@@ -71,5 +73,8 @@ class Measurements:
     bf16_matmul_speedup: Callable[[], float] = bf16_matmul_speedup
     timings: Callable[[dict, dict], dict[str, dict[str, float]]] = alternating_timings
     bf16_min_cosine: float = BF16_MIN_COSINE
+    packed_min_cosine: float = PACKED_MIN_COSINE
+    # What makes a packed backend of a torch model and its attention (default: e5.packed.PackedBackend).
+    packed_backend: Callable | None = None
     onnx_float32_tolerance: float = ONNX_FLOAT32_TOLERANCE
     choose_plan: Callable = field(default=choose_plan)

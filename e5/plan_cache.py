@@ -28,7 +28,7 @@ from .pass_plan import PassPlan, Runtime
 log = logging.getLogger(__name__)
 
 # Bumped when what is measured, or how, changes: older records are then measured again.
-PLAN_VERSION = "1"
+PLAN_VERSION = "2"
 # The instruction sets that decide which runtime and precision are fastest (bf16 and int8 units, vector width).
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile",
                "fma", "f16c")
@@ -118,6 +118,7 @@ class LoadRecord:
     plan: PassPlan | None = None
     onnx_max_abs_diff: float | None = None
     bf16_min_cosine: float | None = None
+    packed_min_cosine: float | None = None
     int8_min_cosine: float | None = None
     int8_mean_cosine: float | None = None
     int8_texts: int | None = None

@@ -20,6 +20,7 @@ from .engine import BatchingEngine
 from .errors import RequestError, ServiceError, parse_choice
 from .finite import check_finite
 from .limits import Limits
+from .loader import load_encoder
 from .pooling import cosine_scores, l2_normalize
 from .prepare import Rows, TextInput, rows_for
 from .prompts import InputType, resolve_task
@@ -294,7 +295,7 @@ def load_service(model_name: str | None = None, batching: bool = False,
     """
     settings = settings or Settings.from_env()
     checkpoint = find_checkpoint(settings, model_name)
-    encoder = Encoder.load(checkpoint.spec, checkpoint.path, settings=settings)
+    encoder = load_encoder(checkpoint.spec, checkpoint.path, settings=settings)
     # A warning so that it reaches the setup log: nothing configures logging in a Cog worker.
     log.warning("%s runs on %s, in %s", checkpoint.label, describe(encoder.placement), encoder.runtime)
     engine = BatchingEngine(encoder, settings.batch_wait_ms, settings.dynamic_batching, encoder.heap) if batching else None

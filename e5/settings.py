@@ -41,6 +41,16 @@ class CpuRuntime(str, Enum):
     ONNXRUNTIME = "onnxruntime"
 
 
+class Packing(str, Enum):
+    """E5_PACKING: padding-free passes for the BERT and XLM-RoBERTa checkpoints (e5.packed). `auto`: a candidate
+    the CPU's measured plan times like the others, padded on CUDA until a GPU has confirmed the packed path;
+    `on`: every pass packed (in torch), checked against the padded path at load; `off`: every pass padded."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class DType(str, Enum):
     """E5_DTYPE: the precision the model runs in (unset: per device)."""
 
@@ -67,6 +77,7 @@ class Settings:
     dtype: DType | None = None  # E5_DTYPE (default: per device)
     quantize: Quantize = Quantize.NONE  # E5_QUANTIZE
     cpu_runtime: CpuRuntime = CpuRuntime.AUTO  # E5_CPU_RUNTIME, for float32 on the CPU
+    packing: Packing = Packing.AUTO  # E5_PACKING: padding-free passes (BERT and XLM-RoBERTa)
     # E5_CACHE_DIR: ONNX builds and the CPU's measured plans (else $XDG_CACHE_HOME/e5, as Hugging Face's caches)
     cache_dir: Path = Path.home() / ".cache" / "e5"
     remeasure: bool = False  # E5_REMEASURE: measure the CPU's plan at this boot even where one is cached
@@ -95,6 +106,7 @@ class Settings:
             dtype=env.member("E5_DTYPE", DType, None),
             quantize=env.member("E5_QUANTIZE", Quantize, defaults.quantize, lower=True),
             cpu_runtime=env.member("E5_CPU_RUNTIME", CpuRuntime, defaults.cpu_runtime, lower=True),
+            packing=env.member("E5_PACKING", Packing, defaults.packing, lower=True),
             cache_dir=env.path("E5_CACHE_DIR") or _under(env.path("XDG_CACHE_HOME"), "e5") or defaults.cache_dir,
             remeasure=env.flag("E5_REMEASURE", defaults.remeasure),
             token_budget=env.positive_int("E5_TOKEN_BUDGET", None, "number of tokens"),

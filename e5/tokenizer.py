@@ -65,6 +65,11 @@ class CheckpointTokenizer:
         self.rust.no_truncation()  # `TextTokenizer` cuts to the model's limit itself
         self.rust.no_padding()
 
+    @property
+    def padding_id(self) -> int:
+        """The id padded rows are filled with: the checkpoint's pad token, else its EOS, else 0."""
+        return self.pad_id if self.pad_id is not None else (self.eos_id or 0)
+
     @classmethod
     def from_hugging_face(cls, tokenizer) -> "CheckpointTokenizer":
         """Take over `tokenizer`'s Rust tokenizer. Taken rather than copied: multilingual-e5-small's is about
@@ -104,7 +109,7 @@ class TextTokenizer:
         if spec.append_eos and eos is None:
             raise WeightsError(f"{spec.name} needs an EOS token but the tokenizer defines none")
         self.eos_id = eos
-        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (eos or 0)
+        self.pad_id = tokenizer.padding_id
         # Transformers 5 tokenizers no longer append EOS for e5-mistral; whether this one does was learnt
         # once, so EOS ends up there exactly once either way.
         self.append_eos = spec.append_eos and not tokenizer.adds_eos

@@ -32,6 +32,7 @@ from cog_server import CogServer  # noqa: E402
 from tiny_checkpoints import BUILDERS, build_overflowing_bert  # noqa: E402
 
 from e5.encoder import Encoder  # noqa: E402
+from e5.loader import load_encoder
 from e5.registry import get_spec  # noqa: E402
 
 # Which registry entry each tiny family stands in for.
@@ -88,8 +89,16 @@ def encoders(checkpoints) -> dict[str, Encoder]:
     loaded = {}
     for key, model in FAMILY_MODELS.items():
         family = key.removesuffix("-instruct")
-        loaded[key] = Encoder.load(get_spec(model), checkpoints[family])
+        loaded[key] = load_encoder(get_spec(model), checkpoints[family])
     return loaded
+
+
+@pytest.fixture(scope="session")
+def packed_encoders(checkpoints) -> dict[str, Encoder]:
+    """The stand-ins of the families that run packed (e5.packed), with E5_PACKING=on E5_CPU_RUNTIME=torch."""
+    return {key: load_encoder(get_spec(model), checkpoints[key.removesuffix("-instruct")], runtime="torch",
+                              packing="on")
+            for key, model in FAMILY_MODELS.items() if not key.startswith("mistral")}
 
 
 @pytest.fixture(scope="session")

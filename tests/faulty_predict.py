@@ -30,29 +30,28 @@ SLOW_PASS_LOG = "[fault] slow pass"
 
 
 class _FaultyForward(torch.nn.Module):
-    """Wraps a backbone; decodes each row to find the markers, then behaves as the marker says."""
+    """Wraps a backend; decodes each row to find the markers, then behaves as the marker says."""
 
-    def __init__(self, backbone, tokenizer, slow_seconds: float):
-        super().__init__()
-        self.backbone = backbone
-        self.name, self.config = backbone.name, backbone.config
+    def __init__(self, backend, tokenizer, slow_seconds: float):
+        self.backend = backend
+        self.name, self.config, self.model = backend.name, backend.config, backend.model
         self.tokenizer = tokenizer
         self.slow_seconds = slow_seconds
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        rows = [self.tokenizer.decode(row, skip_special_tokens=True).replace(" ", "") for row in input_ids.tolist()]
+    def embed(self, ids: list[list[int]]) -> torch.Tensor:
+        rows = [self.tokenizer.decode(row, skip_special_tokens=True).replace(" ", "") for row in ids]
         if any(SLOW_MARKER in row for row in rows):
             print(f"{SLOW_PASS_LOG} of {len(rows)} rows", flush=True)  # the tests count these in the server log
             time.sleep(self.slow_seconds)
         if any(OUT_OF_MEMORY_MARKER in row for row in rows) or (
                 len(rows) > 1 and any(WIDE_OUT_OF_MEMORY_MARKER in row for row in rows)):
             raise torch.OutOfMemoryError(f"CUDA out of memory on {len(rows)} rows (injected)")
-        return self.backbone(input_ids, attention_mask)
+        return self.backend.embed(ids)
 
 
 class FaultyPredictor(Predictor):
     def setup(self) -> None:
         super().setup()
         encoder = self.service.encoder
-        encoder.backbone = _FaultyForward(encoder.backbone, encoder.tokenizer,
+        encoder.backend = _FaultyForward(encoder.backend, encoder.tokenizer,
                                           float(os.environ.get("E5_FAULT_SLOW_S", "3")))

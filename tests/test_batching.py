@@ -3,10 +3,10 @@ import random
 import pytest
 import torch
 
-from e5.batching import (CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, default_token_budget,
-                         token_budget_batches)
+from e5.batching import (CPU_PASS_OVERHEAD_TOKENS, CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, PassPolicy,
+                         default_token_budget, real_token_batches, token_budget_batches)
 from e5.devices import Placement
-from e5.encoder import Encoder
+from e5.loader import load_encoder
 from e5.registry import get_spec
 from e5.settings import Settings
 
@@ -78,12 +78,26 @@ def test_mixed_lengths_are_cut_where_padding_costs_more_than_a_pass():
 
 def test_the_cpu_runs_cut_passes_by_padding_and_the_gpu_by_budget_only(checkpoints):
     spec = get_spec("e5-small-v2")
-    torch_cpu = Encoder.load(spec, checkpoints["bert"], runtime="torch")
+    torch_cpu = load_encoder(spec, checkpoints["bert"], runtime="torch")
     assert torch_cpu.pass_policy.overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["torch"]
-    onnx_cpu = Encoder.load(spec, checkpoints["bert"], runtime="onnxruntime")
+    onnx_cpu = load_encoder(spec, checkpoints["bert"], runtime="onnxruntime")
     assert onnx_cpu.pass_policy.overhead_tokens == CPU_PASS_OVERHEAD_TOKENS["onnxruntime"]
     torch_cpu.placement = Placement(torch.device("cuda"), torch.float16)  # only the device type is read
     assert torch_cpu.pass_policy.overhead_tokens is None
+
+
+def test_a_packed_backends_passes_hold_the_budget_in_real_tokens():
+    lengths = [512, 16, 16, 16, 300, 40, 16, 700]
+    batches = real_token_batches(lengths, 1024, max_batch=4)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert [[lengths[i] for i in batch] for batch in batches] == [[16, 16, 16, 16], [40, 300, 512], [700]]
+    # Padded, rows x longest counts the padding: 40, 300 and 512 would be 3 x 512 tokens, over the budget.
+    assert [[lengths[i] for i in b] for b in token_budget_batches(lengths, 1024, 4)] == [
+        [16, 16, 16, 16], [40, 300], [512], [700]]
+    packed = PassPolicy(1024, max_rows=4, packed=True)
+    assert packed.chunks(lengths) == packed.passes(lengths) == batches
+    assert packed.fits(rows=3, width=512, tokens=1000) and not packed.fits(rows=3, width=512, tokens=1100)
+    assert not PassPolicy(1024, max_rows=4).fits(rows=3, width=512, tokens=1000)  # padded: 3 x 512
 
 
 def test_budget_defaults_per_device_and_env_override():

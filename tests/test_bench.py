@@ -64,8 +64,13 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     assert all(r["giant"]["tokens"] == r["model"]["tokens"] == 8 * 512 for r in giant.values())  # the same ids
     assert all(r["giant"]["rss_peak_mb"] >= r["giant"]["rss_before_mb"] > 100 for r in giant.values())
 
-    assert set(report["gpu"]["models"]) == {"e5-small-v2@128", "e5-small-v2@512"}
+    gpu = report["gpu"]["models"]
+    assert set(gpu) == {"e5-small-v2 parity"} | {f"e5-small-v2@{shape}/{layout}" for layout in ("padded", "packed")
+                                                 for shape in ("1 x 16", "1 x 128", "8 x 128", "8 x 16-128")}
+    assert gpu["e5-small-v2 parity"]["min_cosine"] >= 0.9999 and gpu["e5-small-v2 parity"]["finite"]
     assert all(0 < p["cpu_seconds"] and 0 < p["wall_seconds"] for p in report["gpu"]["passes"].values())
+    rate = gpu["e5-small-v2@8 x 128/packed"]
+    assert rate["tokens_per_second"] == pytest.approx(8 * 128 / rate["wall_seconds"])
 
 
 def test_the_size_measurement_runs_and_every_format_carries_the_same_vectors(server, tmp_path):

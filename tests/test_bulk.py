@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from e5.bulk import job as bulk_job
 from e5.__main__ import main
 from e5.bulk import BulkError, JobOptions, embed_file, parts_dir, read_embeddings
+from e5.bulk import job as bulk_job
 from e5.encoder import Encoder
+from e5.loader import load_encoder
 from e5.prompts import DEFAULT_TASK, InputType, UnknownTaskError, format_text
 from e5.registry import DEMO_MODEL, get_spec
 from e5.service import EmbeddingService
@@ -159,7 +160,7 @@ def test_under_float16_no_vector_written_is_non_finite_and_a_row_that_stays_so_s
         assert main(["embed-file", str(good), "--out", str(out), "--long-texts", mode, *args]) == 0
         vectors = read_embeddings(out)[1]
         assert np.isfinite(vectors).all() and len(vectors) >= len(texts)
-    reference = Encoder.load(get_spec("e5-small-v2"), overflowing_bert, settings=Settings.from_env(
+    reference = load_encoder(get_spec("e5-small-v2"), overflowing_bert, settings=Settings.from_env(
         {"E5_DTYPE": "float32", "E5_CPU_RUNTIME": "torch", "E5_CACHE_DIR": str(tmp_path / "cache")}))
     expected = library_vectors(reference, texts)
     vectors = read_embeddings(tmp_path / "good-truncate.parquet")[1]
@@ -452,7 +453,7 @@ def test_ray_gives_the_same_vectors_as_the_single_process_run(ray_job, minilm_di
     assert returncode == 0, err[-3000:]
     assert "e5: skipped id bad: text is empty or only whitespace" in err
     assert len(list((root / "ray-out").glob("*.parquet"))) > 1  # the work was spread over blocks
-    encoder = Encoder.load(get_spec(DEMO_MODEL), minilm_dir, quantize="none")
+    encoder = load_encoder(get_spec(DEMO_MODEL), minilm_dir, quantize="none")
     embed_file(EmbeddingService(encoder), root / "in.parquet", root / "single.parquet", progress=False,
                report=lambda _: None)
     ray_ids, ray_vectors = read_embeddings(root / "ray-out")

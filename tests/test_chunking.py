@@ -11,6 +11,7 @@ import torch
 from e5.chunking import best_per_group, default_overlap, group_rows, weighted_means, window_spans
 from e5.encoder import Encoder
 from e5.limits import Limits
+from e5.loader import load_encoder
 from e5.prompts import DEFAULT_TASK, InputType, format_text
 from e5.registry import get_spec
 from e5.service import EmbeddingRequest, EmbeddingService, RequestError
@@ -20,7 +21,7 @@ LONG = " ".join(f"Sentence {i} says that proteins, enzymes and cells work togeth
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir) -> Encoder:
-    return Encoder.load(get_spec("e5-small-v2"), minilm_dir)
+    return load_encoder(get_spec("e5-small-v2"), minilm_dir)
 
 
 def _covers(spans: list[tuple[int, int]], n: int) -> bool:

@@ -3,13 +3,15 @@
 import json
 import shutil
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from e5.encoder import Encoder, TooLongError, WeightsError, check_weights_dir
+from e5.encoder import TooLongError, WeightsError, check_weights_dir
+from e5.loader import load_encoder
 from e5.prompts import DEFAULT_TASK, TASK_PRESETS, InputType, format_texts
 from e5.registry import get_spec
 
@@ -78,10 +80,14 @@ def our_embeddings(encoder, batched):
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
 @pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
-@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "xlm-roberta-instruct", "mistral"])
-def test_parity_with_the_model_card_reference(key, batched, normalize, encoders, checkpoints):
+@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "xlm-roberta-instruct", "mistral",
+                                 "bert packed", "xlm-roberta packed", "xlm-roberta-instruct packed"])
+def test_parity_with_the_model_card_reference(key, batched, normalize, encoders, packed_encoders, checkpoints):
+    key, _, packed = key.partition(" ")
     family = key.removesuffix("-instruct")
-    ours = our_embeddings(encoders[key], batched)
+    encoder = packed_encoders[key] if packed else encoders[key]
+    assert encoder.backend.name.packed == bool(packed)
+    ours = our_embeddings(encoder, batched)
     ref = reference_embeddings(checkpoints[family], reference_texts(key), mistral=family == "mistral")
     if normalize:
         ours, ref = F.normalize(ours, p=2, dim=1), F.normalize(ref, p=2, dim=1)
@@ -141,7 +147,7 @@ def test_eos_is_not_doubled_when_the_tokenizer_adds_it(checkpoints, tmp_path):
     post["single"].append({"SpecialToken": {"id": "</s>", "type_id": 0}})
     post["special_tokens"]["</s>"] = {"id": "</s>", "ids": [2], "tokens": ["</s>"]}
     (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    encoder = Encoder.load(get_spec("e5-mistral-7b-instruct"), path)
+    encoder = load_encoder(get_spec("e5-mistral-7b-instruct"), path)
     eos = encoder.tokenizer.eos_token_id
     assert encoder.tokenizer("a text")["input_ids"][-1] == eos
     ids = encoder.tokenize(["a text", "word " * 5000]).ids
@@ -213,7 +219,7 @@ def test_tokenize_is_safe_to_share_between_threads(key, encoders):
 
 @pytest.mark.parametrize("key", ["bert", "xlm-roberta", "mistral", "minilm"])
 def test_tokenize_equals_the_tokenizers_own_truncation(key, encoders, minilm_dir):
-    encoder = Encoder.load(get_spec("demo-all-minilm-l6-v2"), minilm_dir) if key == "minilm" else encoders[key]
+    encoder = load_encoder(get_spec("demo-all-minilm-l6-v2"), minilm_dir) if key == "minilm" else encoders[key]
     eos = [encoder.tokenizer.eos_token_id] if encoder.spec.append_eos else []
     # The last four are read only up to a head past the limit: whitespace-free, CJK and punctuation-dense ones too.
     texts = ["short", PASSAGES[0], PASSAGES[1] * 80, "protein " * (encoder.max_tokens + 7), "naïve café " * 900,
@@ -245,29 +251,29 @@ def test_weights_must_be_safetensors(tmp_path, checkpoints):
     shutil.copy(checkpoints["bert"] / "config.json", pickled / "config.json")
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(WeightsError, match="no .safetensors weights.*pickled pytorch_model.bin.*refused"):
-        Encoder.load(get_spec("e5-small-v2"), pickled)
+        load_encoder(get_spec("e5-small-v2"), pickled)
 
 
 class _OutOfMemoryAbove:
     """Stands in for a model on a small GPU: batches of more than `max_rows` texts raise CUDA's OOM."""
 
-    def __init__(self, backbone, max_rows: int):
-        self.backbone, self.max_rows, self.rows_seen = backbone, max_rows, []
-        self.name, self.config = backbone.name, backbone.config
+    def __init__(self, backend, max_rows: int):
+        self.backend, self.max_rows, self.rows_seen = backend, max_rows, []
+        self.name, self.config, self.model = backend.name, backend.config, backend.model
 
-    def __call__(self, input_ids, attention_mask):
-        self.rows_seen.append(input_ids.shape[0])
-        if input_ids.shape[0] > self.max_rows:
+    def embed(self, rows):
+        self.rows_seen.append(len(rows))
+        if len(rows) > self.max_rows:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return self.backbone(input_ids, attention_mask)
+        return self.backend.embed(rows)
 
 
 def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(encoders, monkeypatch):
     enc = encoders["bert"]
     texts = [f"passage: the fox number {i} " + "eat " * (i % 5) for i in range(11)]
     expected = enc.embed(texts)[0]
-    faulty = _OutOfMemoryAbove(enc.backbone, max_rows=3)
-    monkeypatch.setattr(enc, "backbone", faulty)
+    faulty = _OutOfMemoryAbove(enc.backend, max_rows=3)
+    monkeypatch.setattr(enc, "backend", faulty)
     got = enc.embed(texts)[0]
     assert faulty.rows_seen == [11, 5, 2, 3, 6, 3, 3]  # halved until each part fits
     assert (got - expected).abs().max().item() <= 1e-5
@@ -275,7 +281,7 @@ def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(encoders, mon
 
 def test_out_of_memory_on_a_single_text_is_raised(encoders, monkeypatch):
     enc = encoders["bert"]
-    monkeypatch.setattr(enc, "backbone", _OutOfMemoryAbove(enc.backbone, max_rows=0))
+    monkeypatch.setattr(enc, "backend", _OutOfMemoryAbove(enc.backend, max_rows=0))
     with pytest.raises(torch.OutOfMemoryError):
         enc.embed(["passage: a", "passage: b"])
 
@@ -284,12 +290,12 @@ def test_other_errors_are_not_retried(encoders, monkeypatch):
     enc = encoders["bert"]
     calls = []
 
-    def broken(input_ids, attention_mask):
-        calls.append(input_ids.shape[0])
+    def broken(rows):
+        calls.append(len(rows))
         raise ValueError("not a memory problem")
 
-    broken.name = enc.backbone.name
-    monkeypatch.setattr(enc, "backbone", broken)
+    monkeypatch.setattr(enc, "backend", SimpleNamespace(name=enc.backend.name, config=enc.backend.config, model=None,
+                                                        embed=broken))
     with pytest.raises(ValueError, match="not a memory problem"):
         enc.embed(["passage: a", "passage: b", "passage: c"])
     assert calls == [3]
@@ -311,11 +317,11 @@ def test_remote_code_in_a_checkpoint_is_never_run(tmp_path, checkpoints):
         (hostile / name).write_text(json.dumps(config))
     try:
         # In torch, so that the model object itself can be checked (both runtimes load it the same way).
-        encoder = Encoder.load(get_spec("e5-small-v2"), hostile, runtime="torch")
+        encoder = load_encoder(get_spec("e5-small-v2"), hostile, runtime="torch")
     except Exception as exc:  # refusing the checkpoint is fine too; running its code is not
         print(f"refused: {exc}")
     else:
-        assert type(encoder.backbone.model).__module__.startswith("transformers.")
+        assert type(encoder.backend.model).__module__.startswith("transformers.")
     assert not ran.exists()
 
 

@@ -12,6 +12,7 @@ import torch
 
 from e5.batching import PassPolicy
 from e5.engine import BatchingEngine
+from e5.loader import load_encoder
 from e5.service import EmbeddingRequest, EmbeddingService, RequestError
 from e5.settings import Settings
 
@@ -271,12 +272,11 @@ def test_waiting_requests_join_a_pass_oldest_first_not_shortest_first(bert):
 def test_a_row_that_stays_non_finite_fails_only_its_request_in_a_shared_pass(overflowing_bert, tmp_path):
     # float16 overflows on every row of this checkpoint and the engine's pass recomputes them in float32; the
     # poison word overflows float32 too, so its request fails, named, and its neighbour gets its vectors.
-    from e5.encoder import Encoder
     from e5.finite import NonFiniteError
     from e5.registry import get_spec
 
     settings = Settings.from_env({"E5_DTYPE": "float16", "E5_CACHE_DIR": str(tmp_path)})
-    encoder = Encoder.load(get_spec("e5-small-v2"), overflowing_bert, settings=settings)
+    encoder = load_encoder(get_spec("e5-small-v2"), overflowing_bert, settings=settings)
     gated = GatedEncoder(encoder)
     service = EmbeddingService(encoder, engine=BatchingEngine(gated, max_wait_ms=0))
     bad_request = EmbeddingRequest(texts=["the dog", f"the {POISON}"])

@@ -21,9 +21,9 @@ from transformers import AutoModel
 
 from e5 import encoder as encoder_module
 from e5.encoder import Encoder
-from e5.finite import (
-    Float32Fallback, NonFiniteError, check_finite, finite_rows, non_finite_cause, overflow_warning,
-)
+from e5.finite import Float32Fallback, NonFiniteError, check_finite, finite_rows, non_finite_cause, overflow_warning
+from e5.loader import load_encoder
+from e5.pass_plan import Runtime
 from e5.registry import get_spec
 from e5.service import EmbeddingRequest, EmbeddingService
 from e5.settings import Settings
@@ -41,7 +41,7 @@ FLOAT32_TOO = ("could not be embedded: the model's output for it is not finite i
 
 def load(path, cache_dir, **env: str) -> Encoder:
     """An encoder of `path` loaded with these E5_* settings (and nothing from the environment)."""
-    return Encoder.load(get_spec(MODEL), path, settings=Settings.from_env({"E5_CACHE_DIR": str(cache_dir), **env}))
+    return load_encoder(get_spec(MODEL), path, settings=Settings.from_env({"E5_CACHE_DIR": str(cache_dir), **env}))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def _ffn_peak_and_states(path, dtype: torch.dtype, input_ids, mask) -> tuple[flo
 
 
 def test_the_checkpoint_overflows_float16_but_not_float32_or_bfloat16(overflowing_bert, float32):
-    input_ids, mask = float32.pad(float32.text_tokenizer.encode([f"passage: {t}" for t in TEXTS]))
+    input_ids, mask = float32.backend.padding(float32.text_tokenizer.encode([f"passage: {t}" for t in TEXTS]))
     peak, states = _ffn_peak_and_states(overflowing_bert, torch.float32, input_ids, mask)
     assert 1e5 < peak < 1e6 and torch.isfinite(states).all()
     peak, states = _ffn_peak_and_states(overflowing_bert, torch.bfloat16, input_ids, mask)
@@ -83,7 +83,7 @@ def test_the_checkpoint_overflows_float16_but_not_float32_or_bfloat16(overflowin
     assert peak == float("inf")
     assert not torch.isfinite(states).all(dim=2).any(), "every row must overflow float16, or the tests prove nothing"
     # The poison word overflows float32 as well, on the texts that hold it only.
-    input_ids, mask = float32.pad(float32.text_tokenizer.encode([f"the {OVERFLOW_POISON}", "the dog"]))
+    input_ids, mask = float32.backend.padding(float32.text_tokenizer.encode([f"the {OVERFLOW_POISON}", "the dog"]))
     _, states = _ffn_peak_and_states(overflowing_bert, torch.float32, input_ids, mask)
     assert torch.isfinite(states).all(dim=2).all(dim=1).tolist() == [False, True]
 
@@ -107,11 +107,11 @@ def test_float16_rows_that_overflow_are_recomputed_in_float32_with_a_warning(flo
 def test_the_float32_copy_is_made_once_and_leaves_the_served_model_in_float16(float16):
     float16.embed(["passage: one"])
     fallback = float16._float32_fallback()
-    kept = fallback.backbone
+    kept = fallback.backend
     float16.embed(["passage: two"])
-    assert float16._float32_fallback().backbone is kept and kept.name == "torch float32"
-    assert float16.backbone.name == "torch float16"
-    assert next(float16.backbone.model.parameters()).dtype == torch.float16
+    assert float16._float32_fallback().backend is kept and kept.name == "torch float32"
+    assert float16.backend.name == "torch float16"
+    assert next(float16.backend.model.parameters()).dtype == torch.float16
 
 
 def test_float32_vectors_are_left_as_they_are_and_nothing_is_logged(float32, caplog):
@@ -220,22 +220,23 @@ def test_in_float32_the_input_that_overflows_fails_alone(float32, caplog):
 
 
 class NaNRows:
-    """A backbone that gives NaN hidden states for the rows holding `poison_id`, under another runtime's name."""
+    """A backend that gives NaN vectors for the rows holding `poison_id`, under another runtime's name."""
 
-    def __init__(self, backbone, poison_id: int, name: str):
-        self.backbone, self.poison_id, self.name, self.config = backbone, poison_id, name, backbone.config
+    def __init__(self, backend, poison_id: int, name: str):
+        self.backend, self.poison_id, self.name = backend, poison_id, Runtime.named(name)
+        self.config, self.model = backend.config, backend.model
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids, attention_mask).clone()
-        hidden[(input_ids == self.poison_id).any(dim=1)] = float("nan")
-        return hidden
+    def embed(self, rows: list[list[int]]) -> torch.Tensor:
+        vectors = self.backend.embed(rows).clone()
+        vectors[torch.tensor([self.poison_id in row for row in rows])] = float("nan")
+        return vectors
 
 
 def test_whatever_runtime_gives_a_non_finite_vector_it_never_leaves_the_service(checkpoints, tmp_path):
     # int8 is never recomputed: the service's guard names the input and what may avoid it.
     encoder = load(checkpoints["bert"], tmp_path, E5_DTYPE="float32", E5_CPU_RUNTIME="torch")
     poison_id = encoder.tokenizer.convert_tokens_to_ids("protein")
-    encoder.backbone = NaNRows(encoder.backbone, poison_id, "onnxruntime int8")
+    encoder.backend = NaNRows(encoder.backend, poison_id, "onnxruntime int8")
     service = EmbeddingService(encoder)
     for encoding in FORMATS:
         with pytest.raises(NonFiniteError) as err:
@@ -252,14 +253,14 @@ def test_a_measured_plans_bfloat16_rows_are_recomputed_in_its_float32_runtime_wi
     encoder = load(checkpoints["bert"], tmp_path, E5_DTYPE="float32", E5_CPU_RUNTIME="torch")
     reference = EmbeddingService(encoder).handle(EmbeddingRequest(texts=["how much protein", "a dog"])).embeddings
     marker = encoder.tokenizer.convert_tokens_to_ids("protein")
-    encoder.large_backbone = NaNRows(encoder.backbone, marker, "torch bfloat16")
+    encoder.large_backend = NaNRows(encoder.backend, marker, "torch bfloat16")
     encoder.plan = SimpleNamespace(large="torch bfloat16", runtime_for=lambda tokens: "torch bfloat16",
                                    overhead_tokens=48)
     with caplog.at_level("WARNING", logger="e5.encoder"):
         got = EmbeddingService(encoder).handle(EmbeddingRequest(texts=["how much protein", "a dog"])).embeddings
     np.testing.assert_allclose(got, reference, atol=1e-6)
     assert "1 row overflowed bfloat16; recomputed in float32 (E5_DTYPE=float32 avoids this)" in caplog.text
-    assert encoder._float32_fallback().backbone is encoder.backbone and "float32 copy" not in caplog.text
+    assert encoder._float32_fallback().backend is encoder.backend and "float32 copy" not in caplog.text
 
 
 # --- the helpers -------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def test_check_finite_names_the_first_input_and_counts_the_others():
     (["float16"], Float32Fallback(refusal="no room"),
      "the model's activations overflow float16 (its range ends at 65,504) on it, and it cannot be recomputed in "
      "float32 here (no room); E5_DTYPE=float32 avoids this"),
-    (["bfloat16"], Float32Fallback(backbone=object()),
+    (["bfloat16"], Float32Fallback(backend=object()),
      "the model's output for it is not finite in bfloat16, nor in float32 when recomputed (an activation overflows "
      "even float32), so E5_DTYPE=float32 does not avoid it; check the checkpoint's weights"),
     (["float32"], Float32Fallback(),
@@ -297,7 +298,7 @@ def test_non_finite_cause_names_the_precision_and_what_avoids_it(precisions, fal
 
 
 def test_overflow_warning_counts_rows():
-    made, refused = Float32Fallback(backbone=object()), Float32Fallback(refusal="no room")
+    made, refused = Float32Fallback(backend=object()), Float32Fallback(refusal="no room")
     assert overflow_warning(3, "float16", made) == f"3 rows {RECOMPUTED}"
     assert overflow_warning(3, "float16", made, still=1) == (
         "3 rows overflowed float16; recomputed in float32, where 1 of them is not finite either and fails its request")

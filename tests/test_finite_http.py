@@ -19,6 +19,7 @@ from conftest import serving
 from tiny_checkpoints import OVERFLOW_POISON
 
 from e5.encoder import Encoder
+from e5.loader import load_encoder
 from e5.registry import get_spec
 from e5.service import EmbeddingRequest, EmbeddingService
 from e5.settings import Settings
@@ -40,7 +41,7 @@ def float32(overflowing_bert, tmp_path_factory) -> Encoder:
     """The same weights in float32 in this process: the vectors the server should come close to."""
     settings = Settings.from_env({"E5_DTYPE": "float32", "E5_CPU_RUNTIME": "torch",
                                   "E5_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))})
-    return Encoder.load(get_spec(MODEL), overflowing_bert, settings=settings)
+    return load_encoder(get_spec(MODEL), overflowing_bert, settings=settings)
 
 
 def _strict(text: str) -> dict:

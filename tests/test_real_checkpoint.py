@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from e5.loader import load_encoder
 from e5.service import EmbeddingRequest, load_service
 
 QUERY = "how much protein should a female eat"
@@ -47,13 +48,12 @@ def test_a_protein_query_scores_the_protein_passage_above_a_recipe(minilm_servic
 
 
 def test_int8_stays_within_the_accuracy_targets_on_real_weights(minilm_dir, tmp_path, monkeypatch):
-    from e5.encoder import Encoder
     from e5.registry import get_spec
 
     monkeypatch.setenv("E5_CACHE_DIR", str(tmp_path))
     spec = get_spec("demo-all-minilm-l6-v2")
-    int8 = Encoder.load(spec, minilm_dir, quantize="int8")
-    fp32 = Encoder.load(spec, minilm_dir, quantize="none")
+    int8 = load_encoder(spec, minilm_dir, quantize="int8")
+    fp32 = load_encoder(spec, minilm_dir, quantize="none")
     texts = [f"query: {QUERY}", f"passage: {PROTEIN}", f"passage: {RECIPE}", "passage: short",
              "query: Größe und café, 南瓜"]
     cosine = torch.nn.functional.cosine_similarity(int8.embed(texts)[0], fp32.embed(texts)[0])

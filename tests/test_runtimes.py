@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from e5.loader import load_encoder
 from e5.onnx_runtime import OnnxBackbone, OnnxRuntimeError
 from e5.pass_plan import ONNX_FLOAT32, ONNX_INT8, Engine, Runtime
-from e5.runtimes import TORCH, TorchBackbone, choose_runtime
-from e5.settings import CpuRuntime, Quantize
+from e5.runtimes import TORCH, PackingError, PackingMode, TorchBackbone, choose_packing, choose_runtime
+from e5.settings import CpuRuntime, Packing, Quantize
 
 REFUSED = "supports the bert, xlm-roberta checkpoints, not e5-mistral-7b-instruct (mistral)"
 
@@ -60,17 +61,81 @@ def test_a_runtime_is_a_typed_name():
     assert pickle.loads(pickle.dumps(bf16)).precision == "bfloat16"
 
 
+def test_a_packed_runtime_is_named_and_read_back_as_one():
+    packed = Runtime(Engine.TORCH, "bfloat16", packed=True)
+    assert packed == "torch bfloat16 packed" == TORCH.value + " bfloat16 packed" and packed.packed
+    assert Runtime.named("torch bfloat16 packed") == packed and Runtime.named("torch bfloat16 packed").packed
+    assert Runtime(Engine.TORCH, "float32").as_packed() == "torch float32 packed"
+    assert not Runtime.named("torch bfloat16").packed and packed.precision == "bfloat16"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(packed)).packed
+    with pytest.raises(ValueError, match="packed passes run in torch, not onnxruntime"):
+        Runtime(Engine.ONNXRUNTIME, "float32", packed=True)
+    for name in ("torch float32 padded", "torch float32 packed extra"):
+        with pytest.raises(ValueError, match="not a runtime's name"):
+            Runtime.named(name)
+
+
+MISTRAL = "packed passes run the bert and xlm-roberta checkpoints, not e5-mistral-7b-instruct (mistral)"
+
+
+@pytest.mark.parametrize("packing,device,measure,refusal,mode", [
+    (Packing.AUTO, "cpu", True, None, PackingMode.CANDIDATE),  # timed beside the padded runtimes
+    (Packing.AUTO, "cpu", False, None, PackingMode.OFF),  # a runtime or precision pinned: nothing is timed
+    (Packing.AUTO, "cuda", False, None, PackingMode.OFF),  # until a GPU has confirmed the packed path
+    (Packing.AUTO, "cpu", True, MISTRAL, PackingMode.OFF),
+    (Packing.ON, "cpu", False, None, PackingMode.ONLY),
+    (Packing.ON, "cuda", False, None, PackingMode.ONLY),
+    (Packing.OFF, "cpu", True, None, PackingMode.OFF),
+    ("off", "cuda", False, MISTRAL, PackingMode.OFF),
+])
+def test_packing_follows_e5_packing_the_device_and_the_checkpoint(packing, device, measure, refusal, mode):
+    choice = choose_packing(packing, device, measure, refusal)
+    assert choice.mode is mode and choice.reason
+    if refusal and packing != Packing.OFF:
+        assert choice.reason == f"passes stay padded: {refusal}"
+    if device == "cuda" and packing == Packing.AUTO:
+        assert choice.reason.startswith("passes stay padded on cuda: E5_PACKING=auto packs them only once a GPU")
+
+
+def test_packing_on_where_it_cannot_serve_fails_naming_the_setting():
+    with pytest.raises(PackingError) as refused:
+        choose_packing(Packing.ON, "cuda", False, MISTRAL)
+    assert str(refused.value) == f"E5_PACKING=on: {MISTRAL}; unset E5_PACKING"
+
+
+@pytest.mark.parametrize("device,pinned,runtime,measure", [
+    ("cpu", False, CpuRuntime.AUTO, True),  # the torch precisions, packed, timed against each other
+    ("cpu", True, CpuRuntime.AUTO, False),
+    ("cpu", False, CpuRuntime.TORCH, False),
+    ("cuda", False, CpuRuntime.AUTO, False),
+])
+def test_packing_on_runs_torch(device, pinned, runtime, measure):
+    choice = choose_runtime(device, pinned, Quantize.NONE, runtime, None, Packing.ON)
+    assert (choice.runtime, choice.measure, choice.reason) == (TORCH, measure, "E5_PACKING=on: packed passes in torch")
+
+
+@pytest.mark.parametrize("quantize,runtime,pinned", [(Quantize.INT8, CpuRuntime.AUTO, "E5_QUANTIZE=int8"),
+                                                     (Quantize.NONE, CpuRuntime.ONNXRUNTIME, "E5_CPU_RUNTIME=onnxruntime")])
+def test_packing_on_beside_a_setting_that_runs_onnx_runtime_is_refused(quantize, runtime, pinned):
+    with pytest.raises(PackingError) as refused:
+        choose_runtime("cpu", False, quantize, runtime, None, Packing.ON)
+    assert str(refused.value) == (f"E5_PACKING=on runs every pass packed in torch, and {pinned} runs ONNX Runtime; "
+                                  "unset one of them")
+
+
 def test_every_runtime_takes_ids_and_mask_and_gives_hidden_states(checkpoints):
-    from e5.encoder import Encoder
     from e5.registry import get_spec
 
-    torch_encoder = Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], runtime=CpuRuntime.TORCH)
-    onnx = Encoder.load(get_spec("e5-small-v2"), checkpoints["bert"], runtime=CpuRuntime.ONNXRUNTIME)
-    assert isinstance(torch_encoder.backbone, TorchBackbone) and isinstance(onnx.backbone, OnnxBackbone)
-    assert (torch_encoder.backbone.name, onnx.backbone.name) == ("torch float32", "onnxruntime float32")
+    torch_encoder = load_encoder(get_spec("e5-small-v2"), checkpoints["bert"], runtime=CpuRuntime.TORCH)
+    onnx = load_encoder(get_spec("e5-small-v2"), checkpoints["bert"], runtime=CpuRuntime.ONNXRUNTIME)
+    assert isinstance(torch_encoder.backend.backbone, TorchBackbone)
+    assert isinstance(onnx.backend.backbone, OnnxBackbone)
+    assert (torch_encoder.backend.name, onnx.backend.name) == ("torch float32", "onnxruntime float32")
     ids = torch.tensor([[1, 5, 7, 2], [1, 5, 2, 0]])  # within the tiny vocabulary
     mask = (ids != 0).long()
-    hidden = [backbone(ids, mask) for backbone in (torch_encoder.backbone, onnx.backbone)]
+    hidden = [backend.backbone(ids, mask) for backend in (torch_encoder.backend, onnx.backend)]
     assert all(h.shape == (2, 4, torch_encoder.dimensions) and h.dtype == torch.float32 for h in hidden)
     assert (hidden[0] - hidden[1])[mask.bool()].abs().max() <= 1e-5
     assert onnx.report.choice.runtime == ONNX_FLOAT32 and onnx.runtime == "onnxruntime float32"

@@ -5,9 +5,9 @@ import base64
 import io
 import math
 import re
+from types import SimpleNamespace
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -191,12 +191,13 @@ def test_e5_weights_dir_loads_any_local_directory(monkeypatch, checkpoints):
      "embedding failed with an internal error (RuntimeError); the server log has the details"),
 ])
 def test_a_failed_pass_is_told_plainly_without_internals(encoders, monkeypatch, exc, message):
-    def failing_model(input_ids, attention_mask):
+    def fail(rows):
         raise exc
 
     encoder = encoders["bert"]
-    failing_model.name = encoder.backbone.name  # a runtime (e5.runtimes.Backbone) that fails every pass
-    monkeypatch.setattr(encoder, "backbone", failing_model)
+    # A backend (e5.backend.Backend) that fails every pass.
+    failing = SimpleNamespace(name=encoder.backend.name, config=encoder.backend.config, model=None, embed=fail)
+    monkeypatch.setattr(encoder, "backend", failing)
     service = EmbeddingService(encoder)
     with pytest.raises(EmbeddingFailed) as sync_err:
         service.handle(EmbeddingRequest(texts=["a", "b"]))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from harness import REPO_ROOT, alternating_rounds, median, mixed_texts, print_table
 
-from e5.encoder import Encoder
+from e5.loader import load_encoder
 from e5.registry import DEMO_MODEL, get_spec
 from e5.weights import demo_weights_dir
 
@@ -50,7 +50,7 @@ def bench_bulk(args) -> dict:
     from e5.service import EmbeddingService
 
     spec = get_spec(DEMO_MODEL)
-    engine = Encoder.load(spec, demo_weights_dir(), quantize="none")
+    engine = load_encoder(spec, demo_weights_dir(), quantize="none")
     texts = [t.removeprefix("passage: ") for t in mixed_texts(engine.tokenizer, args.bulk_texts, 16, 128, seed=2)]
     formatted = ["passage: " + t for t in texts]  # what embed-file's default input type makes of them
     tokens = engine.tokenize(formatted).token_count

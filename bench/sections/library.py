@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from harness import E5_MODEL_NAME, SHORT_QUERY, alternating_rounds, converted_e5_small, median, mixed_texts, print_table
 
-from e5.encoder import Encoder
+from e5.loader import load_encoder
 from e5.pooling import l2_normalize
 from e5.registry import DEMO_MODEL, get_spec
 from e5.weights import demo_weights_dir
@@ -24,9 +24,9 @@ def bench_library(args) -> dict:
 
     weights = demo_weights_dir()
     spec = get_spec(DEMO_MODEL)
-    engine = Encoder.load(spec, weights, quantize="none", runtime="onnxruntime")
-    torch_engine = Encoder.load(spec, weights, quantize="none", runtime="torch")
-    int8 = Encoder.load(spec, weights, quantize="int8")
+    engine = load_encoder(spec, weights, quantize="none", runtime="onnxruntime")
+    torch_engine = load_encoder(spec, weights, quantize="none", runtime="torch")
+    int8 = load_encoder(spec, weights, quantize="int8")
     peer = SentenceTransformer(str(weights), device="cpu")
     texts = mixed_texts(engine.tokenizer, args.texts, 16, 512)
     tokens = engine.tokenize(texts).token_count  # both cut at the model's 256-token limit
@@ -71,24 +71,29 @@ def bench_library(args) -> dict:
 
 def _e5_small_runners(weights: Path) -> dict:
     """This engine on the converted model: the default (each pass in the runtime measured fastest at load), torch
-    and ONNX Runtime float32 pinned, torch bfloat16 pinned where this CPU's bf16 matmul is fast, and int8."""
-    from e5.pass_timing import bf16_matmul_speedup
+    and ONNX Runtime float32 pinned, torch bfloat16 pinned where this CPU's bf16 matmul is fast, each torch one
+    also packed (E5_PACKING=on), and int8."""
     from e5.pass_plan import BF16_MATMUL_GATE
+    from e5.pass_timing import bf16_matmul_speedup
     from e5.settings import DType, Settings
 
     spec = get_spec(E5_MODEL_NAME)
     # Each runner as a user sets it, whatever this shell sets (the tests pin E5_DTYPE), but with its cache.
     default = Settings(cache_dir=Settings.from_env().cache_dir)
     float32 = replace(default, dtype=DType.FLOAT32)
-    runners = {DEFAULT_RUNNER: Encoder.load(spec, weights, settings=default),
-               "E5_CPU_RUNTIME=torch fp32": Encoder.load(spec, weights, quantize="none", runtime="torch",
-                                                         settings=float32),
-               "E5_CPU_RUNTIME=onnxruntime fp32": Encoder.load(spec, weights, quantize="none", runtime="onnxruntime",
-                                                               settings=float32)}
+    runners = {DEFAULT_RUNNER: load_encoder(spec, weights, settings=default),
+               "E5_CPU_RUNTIME=torch fp32": load_encoder(spec, weights, quantize="none", runtime="torch",
+                                                        settings=float32),
+               "E5_CPU_RUNTIME=onnxruntime fp32": load_encoder(spec, weights, quantize="none", runtime="onnxruntime",
+                                                              settings=float32),
+               "E5_PACKING=on (torch) fp32": load_encoder(spec, weights, quantize="none", runtime="torch",
+                                                         packing="on", settings=float32)}
     if bf16_matmul_speedup() >= BF16_MATMUL_GATE:  # elsewhere bfloat16 runs several times slower: not timed
-        runners["E5_DTYPE=bfloat16 (torch)"] = Encoder.load(spec, weights, runtime="torch",
-                                                            settings=replace(default, dtype=DType.BFLOAT16))
-    runners["E5_QUANTIZE=int8"] = Encoder.load(spec, weights, quantize="int8", settings=float32)
+        bfloat16 = replace(default, dtype=DType.BFLOAT16)
+        runners["E5_DTYPE=bfloat16 (torch)"] = load_encoder(spec, weights, runtime="torch", settings=bfloat16)
+        runners["E5_PACKING=on (torch) bfloat16"] = load_encoder(spec, weights, runtime="torch", packing="on",
+                                                                settings=bfloat16)
+    runners["E5_QUANTIZE=int8"] = load_encoder(spec, weights, quantize="int8", settings=float32)
     return runners
 
 
@@ -153,14 +158,14 @@ def _crossover(encoders: dict, texts: list[str], rounds: int) -> dict:
     """Milliseconds of one forward pass of rows x width tokens in each float runtime, the shapes alternating."""
     from e5.pass_timing import pass_seconds
 
-    runtimes = {name: e for name, e in encoders.items() if name.startswith(("E5_CPU_RUNTIME", "E5_DTYPE"))}
+    runtimes = {name: e for name, e in encoders.items() if name.startswith(("E5_CPU_RUNTIME", "E5_DTYPE", "E5_PACKING"))}
     stream = [t for row in next(iter(runtimes.values())).tokenize(texts).ids for t in row]
     ms: dict[str, dict[str, list[float]]] = {}
     for _ in range(rounds):
         for rows, width in CROSSOVER_SHAPES:
             for name, encoder in runtimes.items():
-                input_ids, mask = encoder.pad([stream[i * width:(i + 1) * width] for i in range(rows)])
-                seconds = pass_seconds(encoder.backbone, input_ids, mask, calls=3)
+                seconds = pass_seconds(encoder.backend, [stream[i * width:(i + 1) * width] for i in range(rows)],
+                                       calls=3)
                 ms.setdefault(f"{rows}x{width}", {}).setdefault(name, []).append(1000 * seconds)
     table = {shape: {name: median(values) for name, values in by.items()} for shape, by in ms.items()}
     print_table(f"runtime crossover: ms per forward pass of rows x tokens (median of 3 calls, of {rounds} rounds); "
