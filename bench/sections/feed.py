@@ -185,13 +185,15 @@ def bench_feed(args) -> dict:
                                                                           BATCH_CLIENTS, batch_count),
              f"{BATCH_CLIENTS} clients x {BATCH_TEXTS} passages, base64": (
                  [{"texts": b, "encoding_format": "base64"} for b in batches], BATCH_CLIENTS, batch_count)}
-    results: dict = {"configs": {}, "cores": FEED_CORES, "a40_e5_large_tokens_per_second": A40_E5_LARGE_TOKENS_PER_SECOND}
+    results: dict = {"configs": {}, "cores": FEED_CORES, "a40_e5_large_tokens_per_second": A40_E5_LARGE_TOKENS_PER_SECOND,
+                     "env": args.feed_env}
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for dims, layers in configs:
             path = _zero_work_checkpoint(dims, layers, Path(root), source)
             env = {"E5_MODEL": "multilingual-e5-small", "E5_WEIGHTS_DIR": str(path), "E5_CPU_RUNTIME": "torch",
-                   "E5_CACHE_DIR": str(Path(root) / "cache")}
+                   "E5_CACHE_DIR": str(Path(root) / "cache"),
+                   **dict(setting.split("=", 1) for setting in args.feed_env)}
             servers = {NOW: Server("feed", env, serve_args=(), startup_seconds=300)}
             if args.baseline:
                 servers[BEFORE] = Server(BEFORE, env, serve_args=(), startup_seconds=300, repo=args.baseline_tree)
