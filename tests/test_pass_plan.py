@@ -73,7 +73,7 @@ def test_the_default_keeps_a_shape_unless_another_runtime_is_clearly_faster():
 
 
 def test_a_packed_runtime_competes_as_any_other():
-    # As this Zen 4 measured multilingual-e5-small: packed bfloat16 just ahead of padded on the batch probe.
+    # As a Xeon with AMX measured multilingual-e5-small: packed bfloat16 just ahead of padded on the batch probe.
     costs = [_cost(ORT, 6.5, 2_778), _cost(BF16, 17.4, 11_948), _cost(BF16.as_packed(), 16.3, 12_126)]
     plan = choose_plan(costs, ORT, 12, 2048)
     assert plan.runtimes == (ORT, BF16.as_packed()) and plan.runtime_for(2048) == "torch bfloat16 packed"
