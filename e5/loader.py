@@ -181,7 +181,7 @@ def packed_twin(spec: ModelSpec, tokenizer: CheckpointTokenizer, padded: PaddedB
 
     `PackingError` instead of `padded` when packing is `required` (E5_PACKING=on).
     """
-    attention, attention_why = attention_for(placement.device, placement.dtype)
+    attention, attention_why = attention_for(placement.device, next(padded.model.parameters()).dtype)
     rows = TextTokenizer(tokenizer, spec, spec.max_tokens).encode(PROBE_TEXTS)
     try:
         packed = (measurements.packed_backend or PackedBackend)(padded.model, attention)
