@@ -269,6 +269,7 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
                 raise OnnxRuntimeError(message)
             log.warning("%s; it runs in torch float32 instead", message)
     plan = None
+    packed_cosines: dict[Runtime, float] = {}
     if choice.runtime == ONNX_INT8:
         int8 = onnx[ONNX_INT8]
         check = cosine_check(probe_vectors(encoder, int8), reference)
@@ -283,13 +284,11 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
             bf16_cosine, bf16_note = _add_bfloat16(encoder, spec, weights_dir, tokenizer, candidates, default,
                                                    measurements)
         if packing.mode is not PackingMode.OFF:
-            packed_cosine, refusals = _add_packed(spec, tokenizer, candidates, placement, measurements,
-                                                  only=packing.mode is PackingMode.ONLY)
+            packed_cosines, refusals = _add_packed(spec, tokenizer, candidates, placement, measurements,
+                                                   only=packing.mode is PackingMode.ONLY)
             notes += refusals
             if packing.mode is PackingMode.ONLY:
                 default = TORCH_FLOAT32.as_packed()
-            if packed_cosine is not None:
-                checks["packed_min_cosine"] = packed_cosine
         if choice.measure:
             plan = _plan(encoder, candidates, default, measurements, bf16_note)
             if bf16_cosine is not None and any(name.precision == "bfloat16" for name in plan.runtimes):
@@ -297,8 +296,8 @@ def _measure(spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,
             kept = {name: candidates[name] for name in plan.runtimes}
         else:
             kept = {default: candidates[default]}
-    if not any(name.packed for name in kept):
-        checks.pop("packed_min_cosine", None)
+    if served_packed := [cosine for name, cosine in packed_cosines.items() if name in kept]:
+        checks["packed_min_cosine"] = min(served_packed)  # of the packed runtimes that serve, not all checked
     record = LoadRecord(key, tuple(kept), plan, notes=tuple(notes), measured_at=now(),
                         measure_seconds=round(time.perf_counter() - started, 2), **checks)
     return kept, record
@@ -342,21 +341,22 @@ def _add_bfloat16(encoder: Encoder, spec: ModelSpec, weights_dir: Path, tokenize
 
 
 def _add_packed(spec: ModelSpec, tokenizer: CheckpointTokenizer, candidates: dict[Runtime, Backend],
-                placement: Placement, measurements: Measurements, only: bool) -> tuple[float | None, list[str]]:
+                placement: Placement, measurements: Measurements, only: bool) -> tuple[dict[Runtime, float], list[str]]:
     """Add each padded torch candidate's packed twin (`packed_twin`: the same model, checked against it) to
-    `candidates`, and with `only` (E5_PACKING=on) drop the padded ones; the least cosine of those added, and
+    `candidates`, and with `only` (E5_PACKING=on) drop the padded ones; the least cosine of each one added, and
     why any was refused."""
-    cosines, refusals = [], []
+    cosines: dict[Runtime, float] = {}
+    refusals: list[str] = []
     for name in [name for name in candidates if name.engine is Engine.TORCH and not name.packed]:
         backend, note, cosine = packed_twin(spec, tokenizer, candidates[name], placement, measurements, required=only)
         if cosine is None:
             refusals.append(note)
             continue
         candidates[backend.name] = backend
-        cosines.append(cosine)
+        cosines[backend.name] = cosine
         if only:
             del candidates[name]
-    return (min(cosines) if cosines else None), refusals
+    return cosines, refusals
 
 
 def _int8_speed(encoder: Encoder, int8: Backend, others: dict[Runtime, Backend], measurements: Measurements) -> str:
