@@ -18,6 +18,8 @@ from cog import BaseModel, BaseRunner, Input, Path, concurrent  # noqa: E402
 # feed cost 4-10% more server CPU per request (bench feed at 1,024 dims, against the same baseline commit).
 from e5 import EmbeddingRequest, load_service  # noqa: E402
 from e5.cog_output import for_cog  # noqa: E402
+from e5.cog_tools.folders import PredictionFolders  # noqa: E402
+from e5.settings import Settings  # noqa: E402
 
 
 class Output(BaseModel):
@@ -54,8 +56,11 @@ class Output(BaseModel):
 
 class Predictor(BaseRunner):
     def setup(self) -> None:
-        self.service = load_service(batching=True)
+        settings = Settings.from_env()
+        self.service = load_service(batching=True, settings=settings)
         self.npy_dir = tempfile.mkdtemp(prefix="e5-npy-")
+        # coglet leaves a folder behind for every prediction: removed once no prediction here can still use it.
+        self.folders = PredictionFolders(settings.prediction_folder_seconds).start()
 
     # Async so that coglet runs up to 64 predictions at once (`cog build` reads the literal `max`; above the
     # benchmark's 32 clients, as coglet frees a slot just after its answer goes out); the service's batching
@@ -108,15 +113,16 @@ class Predictor(BaseRunner):
             description="A text over the model's token limit: 'truncate' reads its first tokens, as the model cards do; 'chunks' gives one row per overlapping window, with `chunk_*` spans; 'mean' one row, the windows' mean.",
         ),
     ) -> Output:
-        response = await self.service.handle_async(
-            EmbeddingRequest(query, passage, texts, input_type, task, normalize, truncate, document=document,
-                             encoding_format=encoding_format, long_texts=long_texts)
-        )
-        self.record_metric("token_count", response.token_count)
-        # Vectors and scores stay float32 arrays, which coglet writes as JSON numbers without a walk per float.
-        fields = {name: for_cog(value) for name, value in vars(response).items()}
-        npy = fields.pop("embeddings_npy")
-        return Output(**fields, embeddings_file=None if npy is None else self._npy_file(npy))
+        with self.folders.running():
+            response = await self.service.handle_async(
+                EmbeddingRequest(query, passage, texts, input_type, task, normalize, truncate, document=document,
+                                 encoding_format=encoding_format, long_texts=long_texts)
+            )
+            self.record_metric("token_count", response.token_count)
+            # Vectors and scores stay float32 arrays, which coglet writes as JSON numbers without a walk per float.
+            fields = {name: for_cog(value) for name, value in vars(response).items()}
+            npy = fields.pop("embeddings_npy")
+            return Output(**fields, embeddings_file=None if npy is None else self._npy_file(npy))
 
     def _npy_file(self, data: bytes) -> Path:
         """`data` in a new .npy file that is deleted once the returned Path is dropped.

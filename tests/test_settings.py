@@ -14,6 +14,7 @@ def test_unset_means_the_defaults():
     assert defaults.weights_root == PROJECT_ROOT / "weights" and defaults.quantize == "none"
     assert defaults.token_budget is None and defaults.dynamic_batching and defaults.batch_wait_ms == 2.0
     assert defaults.heap_trim_seconds == 1.0 and not defaults.allow_download
+    assert defaults.prediction_folder_seconds == 30.0
 
 
 def test_every_variable_is_read():
@@ -21,12 +22,13 @@ def test_every_variable_is_read():
            "E5_DEVICE": "cpu", "E5_DTYPE": "bfloat16", "E5_QUANTIZE": "INT8", "E5_CACHE_DIR": "/c",
            "E5_TOKEN_BUDGET": "4096", "E5_DYNAMIC_BATCHING": "off", "E5_BATCH_WAIT_MS": "0.5", "E5_MAX_TEXTS": "7",
            "E5_MAX_CHARS": "70", "E5_MAX_TOKENS": "700", "E5_HEAP_TRIM_SECONDS": "off",
-           "E5_VERIFY": "FULL", "E5_CPU_RUNTIME": "onnxruntime", "E5_PACKING": "On"}
+           "E5_VERIFY": "FULL", "E5_CPU_RUNTIME": "onnxruntime", "E5_PACKING": "On",
+           "E5_PREDICTION_FOLDER_SECONDS": "2.5"}
     assert Settings.from_env(env) == Settings(
         model="e5-base-v2", weights_dir=Path("/w"), weights_root=Path("/r"), allow_download=True, device="cpu",
         dtype="bfloat16", quantize="int8", cache_dir=Path("/c"), token_budget=4096, dynamic_batching=False,
         batch_wait_ms=0.5, max_texts=7, max_chars=70, max_tokens=700, heap_trim_seconds=None,
-        verify="full", cpu_runtime="onnxruntime", packing="on")
+        verify="full", cpu_runtime="onnxruntime", packing="on", prediction_folder_seconds=2.5)
 
 
 def test_the_cache_follows_xdg_cache_home_unless_e5_cache_dir_is_set():
@@ -45,6 +47,8 @@ def test_the_cache_follows_xdg_cache_home_unless_e5_cache_dir_is_set():
     ("E5_DTYPE", "float8", "E5_DTYPE must be one of float32, float16, bfloat16, not 'float8'"),
     ("E5_HEAP_TRIM_SECONDS", "-1", "E5_HEAP_TRIM_SECONDS must be a number of seconds between 0 and 3600, or off, "
                                    "not '-1'"),
+    ("E5_PREDICTION_FOLDER_SECONDS", "1h", "E5_PREDICTION_FOLDER_SECONDS must be a number of seconds between 0 "
+                                           "and 3600, or off, not '1h'"),
     ("E5_VERIFY", "sha", "E5_VERIFY must be one of size, full, not 'sha'"),
     ("E5_PACKING", "yes", "E5_PACKING must be one of auto, on, off, not 'yes'"),
 ])
