@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -41,6 +43,26 @@ def minimum_driver(cuda: str) -> str:
     return _MINIMUM_DRIVER[int(cuda.split(".")[0])]
 
 
+# The NVIDIA kernel module's own record, which containers on NVIDIA's runtime see too.
+NVIDIA_VERSION_FILE = Path("/proc/driver/nvidia/version")
+
+
+def nvidia_driver(version_file: Path | None = None) -> str | None:
+    """The host's NVIDIA driver ("580.65.06"), or None where no NVIDIA kernel module is loaded."""
+    try:
+        text = (version_file or NVIDIA_VERSION_FILE).read_text()
+    except OSError:
+        return None
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.129.03  ..." or "... Open Kernel Module for x86_64  580.65.06 ..."
+    match = re.search(r"Kernel Module\b.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
+    return match.group(1) if match else None
+
+
+def _driver_phrase() -> str:
+    driver = nvidia_driver()
+    return f"the host's NVIDIA driver is {driver}" if driver else "no NVIDIA driver is loaded on the host"
+
+
 def cuda_expected(requested: str | None = None) -> str | None:
     """Why CUDA must be used, or None: `requested` (E5_DEVICE) is cuda..., or an image built on NVIDIA's CUDA base image.
 
@@ -62,8 +84,8 @@ def _cuda_unavailable_reason() -> str | None:
     if torch.version.cuda is None:
         return f"this torch ({torch.__version__}) is a CPU-only build; install its CUDA build"
     told = next((str(w.message).splitlines()[0] for w in caught if "CUDA" in str(w.message)), None)
-    needs = (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} and needs an NVIDIA GPU with "
-             f"driver >= {minimum_driver(torch.version.cuda)} on the host")
+    needs = (f"{_driver_phrase()}; torch {torch.__version__} is built for CUDA {torch.version.cuda} and needs an "
+             f"NVIDIA GPU with driver >= {minimum_driver(torch.version.cuda)}")
     return f"torch finds no usable GPU ({told}); {needs}" if told else f"torch finds no GPU; {needs}"
 
 
@@ -80,13 +102,14 @@ def check_cuda_expected(requested: str | None = None) -> None:
 
 
 def describe(placement: Placement) -> str:
-    """One line for the setup log: the device (with the GPU's name and compute capability) and the dtype."""
+    """One line for the setup log: the device (with the GPU's name and compute capability, torch's CUDA and the
+    host's driver) and the dtype."""
     dtype = str(placement.dtype).removeprefix("torch.")
     if placement.device.type != "cuda":
         return f"{placement.device}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     major, minor = torch.cuda.get_device_capability(placement.device)
     return (f"{placement.device} ({torch.cuda.get_device_name(placement.device)}, sm_{major}{minor}), {dtype}, "
-            f"torch {torch.__version__} built for CUDA {torch.version.cuda}")
+            f"torch {torch.__version__} built for CUDA {torch.version.cuda}, NVIDIA driver {nvidia_driver() or 'unknown'}")
 
 
 def choose_placement(device_name: str | None = None, dtype: DType | None = None) -> Placement:
