@@ -53,7 +53,8 @@ def nvidia_driver(version_file: Path | None = None) -> str | None:
         text = (version_file or NVIDIA_VERSION_FILE).read_text()
     except OSError:
         return None
-    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.129.03  ..." or "... Open Kernel Module for x86_64  580.65.06 ..."
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.129.03  ...", or for the open module
+    # "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  ..."
     match = re.search(r"Kernel Module\b.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
     return match.group(1) if match else None
 
@@ -109,7 +110,8 @@ def describe(placement: Placement) -> str:
         return f"{placement.device}, {dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     major, minor = torch.cuda.get_device_capability(placement.device)
     return (f"{placement.device} ({torch.cuda.get_device_name(placement.device)}, sm_{major}{minor}), {dtype}, "
-            f"torch {torch.__version__} built for CUDA {torch.version.cuda}, NVIDIA driver {nvidia_driver() or 'unknown'}")
+            f"torch {torch.__version__} built for CUDA {torch.version.cuda}, "
+            f"NVIDIA driver {nvidia_driver() or 'unknown'}")
 
 
 def choose_placement(device_name: str | None = None, dtype: DType | None = None) -> Placement:

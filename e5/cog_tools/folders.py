@@ -13,8 +13,8 @@ time: a folder is removed when
 - it is older, by `keep` seconds, than the start of every prediction this worker is running or ended less than
   `keep` seconds ago, so that a prediction in flight never loses its folder, however long it runs.
 
-So at most the folders of the last `keep` seconds, plus those made while the longest prediction in flight has
-been running, exist at once.
+So at most the folders of the last two and a half `keep`s (the sweep runs every `keep / 2` seconds), plus those
+made while the longest prediction in flight has been running, exist at once.
 """
 
 from __future__ import annotations
