@@ -126,8 +126,8 @@ def _damaged_weights_root(root: Path, checkpoints, damage: str) -> None:
     ("corrupt", {"E5_VERIFY": "full"}, "e5-small-v2: model.safetensors does not match its sha256 in the manifest; "
                                        "fetch it again with `python -m e5 fetch e5-small-v2`"),
     # Sound weights, but the image was built for CUDA (nvidia/cuda sets CUDA_VERSION) and there is no GPU.
-    ("none", {"CUDA_VERSION": "13.0.3"}, "CUDA was expected (this image was built for CUDA 13.0.3 (gpu: true)) but "
-                                         "is not usable: this torch ("),
+    ("none", {"CUDA_VERSION": "12.8.1"}, "CUDA was expected (this image was built for CUDA 12.8.1 (gpu: true)) but "
+                                         "is not usable: "),
 ])
 def test_a_failed_setup_is_reported_with_its_reason_not_a_hang(damage, env, reason, checkpoints, tmp_path):
     # coglet directly (as in a built image): `python -m e5 serve` would stop before starting it.
