@@ -5,6 +5,7 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,16 @@ def test_the_size_measurement_runs_and_every_format_carries_the_same_vectors(ser
     assert measured["base64"]["output_bytes"] < measured["float"]["output_bytes"] / 2
     assert measured["ubinary"]["output_bytes"] < measured["base64"]["output_bytes"] / 4
     assert report["projected"]["1024"]["npy_file"] == 128 + 4 * 16 * 1024
+
+
+def test_the_torch_versions_comparison_runs_one_venv_against_itself():
+    venv = Path(sys.executable).parent.parent
+    proc = subprocess.run([sys.executable, "bench/torch_versions.py", "--venv", str(venv), "--venv", str(venv),
+                           "--rounds", "1", "--dtypes", "float32"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (header, first, second) = proc.stdout.strip().splitlines()
+    assert header.split()[:2] == ["dtype", "torch"] and first.split()[3] == "1.00" and second.split()[0] == "float32"
 
 
 def test_the_cold_start_benchmark_times_a_checkpoint_with_a_manifest_to_ready(tmp_path):
