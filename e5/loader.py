@@ -37,7 +37,7 @@ from .packed import PackedBackend, attention_for, spec_refusal
 from .pass_plan import (
     BF16_MATMUL_GATE, ONNX_FLOAT32, ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Engine, PassPlan, Runtime, fit_cost,
 )
-from .pass_timing import Measurements
+from .pass_timing import CoreWatch, Measurements
 from .plan_cache import LoadRecord, PlanCache, PlanKey, now, plan_key
 from .registry import ModelSpec
 from .runtimes import (
@@ -133,9 +133,11 @@ def _planned(spec: ModelSpec, weights_dir: Path, placement: Placement, settings:
     if record is None:
         log.warning("%s: measuring this CPU's runtimes: %s (E5_CACHE_DIR keeps the result)", spec.name, why)
         tokenizer = checkpoint_tokenizer(weights_dir)
+        watch = CoreWatch(measurements.core_use)
         backends, record = _measure(spec, weights_dir, tokenizer, placement, settings, choice, packing, key,
-                                    measurements)
-        problem = cache.write(record, tokenizer)
+                                    replace(measurements, timings=watch.wrap(measurements.timings)))
+        # Timings taken on busy cores serve this boot only: cached, one noisy boot would set the plan for good.
+        problem = measurements.busy(watch.total) or cache.write(record, tokenizer)
         source = f"measured in {record.measure_seconds:.1f} s" + (
             f"; not cached ({problem}): the next boot measures again" if problem else f", cached in {cache.path(key)}")
     plan = record.plan

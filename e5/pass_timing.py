@@ -6,8 +6,10 @@ its own figures instead of patching module globals.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -67,6 +69,68 @@ def bf16_matmul_speedup(rows: int = 256, inner: int = 384, cols: int = 1536, cal
 
 
 @dataclass(frozen=True)
+class CoreUse:
+    """Core seconds: what the machine had, what was busy on it (every process, and time the hypervisor took), and
+    what this process used; a difference of two readings covers the time between them."""
+
+    total: float
+    busy: float
+    own: float
+
+    def __sub__(self, earlier: "CoreUse") -> "CoreUse":
+        return CoreUse(self.total - earlier.total, self.busy - earlier.busy, self.own - earlier.own)
+
+    def __add__(self, other: "CoreUse") -> "CoreUse":
+        return CoreUse(self.total + other.total, self.busy + other.busy, self.own + other.own)
+
+    @property
+    def others_share(self) -> float:
+        """The share of the machine's cores that other processes (or the hypervisor) took."""
+        return max(self.busy - self.own, 0.0) / self.total if self.total > 0 else 0.0
+
+
+def core_use(stat: Path = Path("/proc/stat")) -> CoreUse | None:
+    """This machine's `CoreUse` so far (/proc/stat's first line, in clock ticks, and this process's own CPU time);
+    None where there is no /proc/stat."""
+    try:
+        fields = [int(value) for value in stat.read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    busy = user + nice + system + irq + softirq + steal
+    return CoreUse(total=(busy + idle + iowait) / tick, busy=busy / tick, own=own.user + own.system)
+
+
+class CoreWatch:
+    """The `CoreUse` added up over the calls of the functions it wraps: the time spent timing passes, not loading
+    or building. `total` is None where a reading failed."""
+
+    def __init__(self, read: Callable[[], CoreUse | None]):
+        self._read = read
+        self.total: CoreUse | None = CoreUse(0.0, 0.0, 0.0)
+
+    def wrap(self, function: Callable) -> Callable:
+        def watched(*args, **kwargs):
+            before = self._read()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                after = self._read()
+                if before is None or after is None or self.total is None:
+                    self.total = None
+                else:
+                    self.total = self.total + (after - before)
+        return watched
+
+
+# A plan timed while other processes took more than this share of the cores serves that boot and is not cached:
+# timings taken beside another heavy process were off by up to 70%.
+BUSY_SHARE = 0.25
+
+
+@dataclass(frozen=True)
 class Measurements:
     """What the loader measures on the CPU and the rules it decides by; each replaceable in tests."""
 
@@ -78,3 +142,13 @@ class Measurements:
     packed_backend: Callable | None = None
     onnx_float32_tolerance: float = ONNX_FLOAT32_TOLERANCE
     choose_plan: Callable = field(default=choose_plan)
+    # The machine's use of its cores, to tell timings taken beside another busy process.
+    core_use: Callable[[], CoreUse | None] = core_use
+    busy_share: float = BUSY_SHARE
+
+    def busy(self, during: CoreUse | None) -> str | None:
+        """Why timings taken `during` (a `CoreUse` difference) must not be kept for later boots, or None."""
+        if during is None or during.others_share <= self.busy_share:
+            return None
+        return (f"the cores were busy: other processes took {100 * during.others_share:.0f}% of them while the "
+                f"runtimes were timed (at most {100 * self.busy_share:.0f}% is kept)")

@@ -12,7 +12,7 @@ import pytest
 from e5.encoder import Encoder
 from e5.loader import load_encoder
 from e5.pass_plan import ONNX_FLOAT32, TORCH_FLOAT32, Engine, PassPlan
-from e5.pass_timing import Measurements, alternating_timings
+from e5.pass_timing import CoreUse, Measurements, alternating_timings
 from e5.plan_cache import LoadRecord, PlanCache, cpu_identity, plan_key
 from e5.registry import get_spec
 from e5.settings import Settings
@@ -98,10 +98,38 @@ class CountingTimings:
         return alternating_timings(models, passes, rounds=1)
 
 
-def _load(checkpoint, cache_dir, timings, **settings) -> Encoder:
-    measurements = Measurements(bf16_matmul_speedup=lambda: 0.5, timings=timings)
+class Cores:
+    """The machine's cores as /proc would tell it: each reading adds two core seconds, one of them this process's
+    and `others` of them other processes' (0: a quiet machine; 1: another process as busy as this one)."""
+
+    def __init__(self, others: float = 0.0):
+        self.others, self.readings = others, 0
+
+    def __call__(self) -> CoreUse:
+        self.readings += 1
+        return CoreUse(total=2.0 * self.readings, busy=(1 + self.others) * self.readings, own=float(self.readings))
+
+
+def _load(checkpoint, cache_dir, timings, cores=None, **settings) -> Encoder:
+    measurements = Measurements(bf16_matmul_speedup=lambda: 0.5, timings=timings, core_use=cores or Cores())
     return load_encoder(get_spec("e5-small-v2"), checkpoint, measurements=measurements,
                         settings=Settings(cache_dir=cache_dir, **settings))
+
+
+def test_a_plan_measured_on_busy_cores_serves_that_boot_and_the_next_quiet_one_is_kept(checkpoints, tmp_path,
+                                                                                         caplog):
+    timings = CountingTimings()
+    with caplog.at_level(logging.WARNING, logger="e5.loader"):
+        busy = _load(checkpoints["bert"], tmp_path, timings, cores=Cores(others=0.9))
+    assert timings.calls == 1 and busy.plan is not None and not list(tmp_path.glob("e5-small-v2-plan-*.json"))
+    assert ("not cached (the cores were busy: other processes took 45% of them while the runtimes were timed (at "
+            "most 25% is kept)): the next boot measures again") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="e5.loader"):
+        quiet = _load(checkpoints["bert"], tmp_path, timings, cores=Cores(others=0.1))
+    assert timings.calls == 2 and "cached in" in caplog.text and len(list(tmp_path.glob("e5-small-v2-plan-*.json"))) == 1
+    warm = _load(checkpoints["bert"], tmp_path, timings, cores=Cores(others=0.9))
+    assert timings.calls == 2 and warm.plan == quiet.plan  # a cached plan is read, not measured, whatever the cores
 
 
 def test_a_warm_load_measures_nothing_and_serves_the_same_plan(checkpoints, tmp_path, caplog):
