@@ -30,15 +30,14 @@ import numpy as np
 import torch
 
 from .errors import ServiceError
-from .onnx_build import MODEL_FILE, build_in_subprocess
+from .onnx_build import MODEL_FILE, RECIPE_VERSION, build_in_subprocess
 from .pass_plan import Engine, Runtime
-from .plan_cache import checkpoint_fingerprint
 from .registry import Family, ModelSpec
+from .weights import checkpoint_fingerprint
 
 log = logging.getLogger(__name__)
 
 INT8_FAMILIES = (Family.BERT, Family.XLM_ROBERTA)
-RECIPE_VERSION = "2"
 # Protobuf caps one ONNX file at 2 GiB; the graph itself needs a little room beside the weights.
 ONNX_FILE_LIMIT = 2**31 - 2**26
 # Largest difference to torch's vectors on the probe texts that the float32 ONNX build may show.

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .onnx_build import RECIPE_VERSION
 from .pass_plan import PassPlan, Runtime
+from .weights import checkpoint_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,6 @@ def cpu_identity(cpuinfo: str | None = None) -> tuple[str, str]:
         fields.setdefault(name.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
     return fields.get("model name", "unknown"), " ".join(flag for flag in SPEED_FLAGS if flag in flags)
-
-
-def checkpoint_fingerprint(weights_dir: Path) -> str:
-    """The checkpoint's path and the size and modification time of its weights and configs."""
-    weights_dir = Path(weights_dir).resolve()
-    digest = hashlib.sha256(str(weights_dir).encode())
-    for path in sorted(weights_dir.iterdir()):
-        if path.suffix in (".safetensors", ".json"):
-            stat = path.stat()
-            digest.update(f"|{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return f"{weights_dir} ({digest.hexdigest()[:12]})"
 
 
 @dataclass(frozen=True)
@@ -87,8 +78,6 @@ def library_versions() -> str:
     from importlib import metadata
 
     import torch
-
-    from .onnx_runtime import RECIPE_VERSION
 
     def installed(name: str) -> str:
         try:

@@ -368,3 +368,14 @@ def _download_failure(exc: Exception) -> str:
     if isinstance(exc, LocalEntryNotFoundError) or "Connect" in type(exc).__name__:
         return f"the Hugging Face hub cannot be reached (no network? {detail})"
     return f"{type(exc).__name__}: {detail}"
+
+
+def checkpoint_fingerprint(weights_dir: Path) -> str:
+    """The checkpoint's path and the size and modification time of its weights and configs."""
+    weights_dir = Path(weights_dir).resolve()
+    digest = hashlib.sha256(str(weights_dir).encode())
+    for path in sorted(weights_dir.iterdir()):
+        if path.suffix in (".safetensors", ".json"):
+            stat = path.stat()
+            digest.update(f"|{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{weights_dir} ({digest.hexdigest()[:12]})"
