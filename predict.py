@@ -115,8 +115,9 @@ class Predictor(BaseRunner):
     ) -> Output:
         with self.folders.running():
             response = await self.service.handle_async(
-                EmbeddingRequest(query, passage, texts, input_type, task, normalize, truncate, document=document,
-                                 encoding_format=encoding_format, long_texts=long_texts)
+                EmbeddingRequest(query=query, passage=passage, document=document, texts=texts, input_type=input_type,
+                                 task=task, normalize=normalize, truncate=truncate, encoding_format=encoding_format,
+                                 long_texts=long_texts)
             )
             self.record_metric("token_count", response.token_count)
             # Vectors and scores stay float32 arrays, which coglet writes as JSON numbers without a walk per float.

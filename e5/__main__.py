@@ -64,9 +64,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from .service import EmbeddingRequest, load_service  # torch: only the commands that embed import it
 
     service = load_service(args.model)
-    request = EmbeddingRequest(args.query, args.passage, args.text or None, args.input_type, args.task,
-                               args.normalize, not args.no_truncate, args.document, args.encoding_format,
-                               args.long_texts)
+    request = EmbeddingRequest(query=args.query, passage=args.passage, document=args.document, texts=args.text or None,
+                               input_type=args.input_type, task=args.task, normalize=args.normalize,
+                               truncate=not args.no_truncate, encoding_format=args.encoding_format,
+                               long_texts=args.long_texts)
     response = dict(vars(service.handle(request)))
     # As the predictor does: the .npy bytes go to a file and the output names it.
     npy = response.pop("embeddings_npy")

@@ -44,9 +44,9 @@ def embedding_failure(exc: Exception) -> EmbeddingFailed:
                            "the server log has the details")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmbeddingRequest:
-    """The caller's fields, as the predictor receives them."""
+    """The caller's fields, as the predictor receives them, each passed by its name."""
 
     query: str | None = None
     passage: str | None = None
