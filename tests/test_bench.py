@@ -12,6 +12,10 @@ import pytest
 from conftest import REPO_ROOT
 
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
+
 def assert_ratios_are_round_medians(runners: dict, peer: str, stdout: str) -> None:
     """Each runner's ratio to `peer` is the median of its per-round ratios, the peer's own is 1, and the table
     printed shows it."""

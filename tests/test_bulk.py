@@ -30,6 +30,9 @@ from e5.settings import Settings
 
 from conftest import REPO_ROOT
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 WORDS = ("protein river mountain engine quiet market garden lamp story ocean train window music paper stone "
          "pumpkin recipe guideline marathon average requirement women grams chart Größe café").split()
 

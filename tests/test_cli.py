@@ -5,9 +5,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from e5.registry import MODELS
 
 from conftest import REPO_ROOT
+
+
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
 
 
 def run_cli(*args, **env):

@@ -11,7 +11,11 @@ import io
 import urllib.request
 
 import numpy as np
+import pytest
 from cog_server import predict
+
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
 
 MISTRAL_CLIENT = {"task": "Given a web search query, retrieve relevant passages that answer the query",
                   "query": "What is the recommended sugar intake for women",

@@ -20,6 +20,9 @@ import requests
 from cog_server import REQUEST_SECONDS, CogServer, assert_ready, predict, until_accepted
 from faulty_predict import SLOW_PASS_LOG
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 SLOW_SECONDS = 2.0
 FAULTY_PREDICTOR = "tests/faulty_predict.py:FaultyPredictor"
 

@@ -24,6 +24,9 @@ from e5.registry import get_spec
 from e5.service import EmbeddingRequest, EmbeddingService
 from e5.settings import Settings
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 MODEL = "e5-small-v2"
 TEXTS = ["how much protein should a female eat", "the quick brown dog"]
 LONG = "protein the quick brown dog " * 120  # windows with long_texts chunks or mean

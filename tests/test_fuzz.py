@@ -18,6 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = int(os.environ.get("E5_FUZZ_EXAMPLES", "150"))
 
 

@@ -13,6 +13,10 @@ import pytest
 import requests
 from cog_server import CogServer, predict, until_accepted
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
+
 def test_query_and_passage(server):
     r = predict(server, {"query": "how much protein", "passage": "46 grams per day"})
     assert r.status_code == 200

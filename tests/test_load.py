@@ -17,8 +17,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pytest
 import requests
 from cog_server import REQUEST_SECONDS, assert_no_internals, assert_ready, until_accepted
+
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
 
 REQUESTS = int(os.environ.get("E5_LOAD_REQUESTS", "2000"))
 WARM_UP = 500

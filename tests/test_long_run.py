@@ -14,10 +14,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import requests
 from cog_server import CogServer, until_accepted
 
 from e5.cog_tools.folders import COGLET_PREDICTIONS
+
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
 
 PREDICTIONS = int(os.environ.get("E5_LONG_RUN_PREDICTIONS", "3000"))
 CLIENTS = 64

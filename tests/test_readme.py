@@ -18,6 +18,9 @@ from cog_server import CogServer
 from conftest import REPO_ROOT
 from server_process import free_port
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 README = (REPO_ROOT / "README.md").read_text()
 
 

@@ -7,6 +7,9 @@ import torch
 from e5.loader import load_encoder
 from e5.service import EmbeddingRequest, load_service
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 QUERY = "how much protein should a female eat"
 PROTEIN = ("As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams "
            "per day. But, as you can see from this chart, you'll need to increase that if you're expecting or "

@@ -19,8 +19,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 from cog_server import assert_ready, until_accepted
+
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
 
 ROUNDS = int(os.environ.get("E5_SOAK_ROUNDS", "4"))
 PER_ROUND = int(os.environ.get("E5_SOAK_REQUESTS", "150"))

@@ -24,6 +24,9 @@ from e5.weights import (
     verify_weights,
 )
 
+# Starts servers, runs the benchmark or loads real weights: not in the fast subset.
+pytestmark = pytest.mark.slow
+
 SPEC = get_spec("e5-small-v2")
 
 
