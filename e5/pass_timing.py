@@ -89,18 +89,27 @@ class CoreUse:
         return max(self.busy - self.own, 0.0) / self.total if self.total > 0 else 0.0
 
 
-def core_use(stat: Path = Path("/proc/stat")) -> CoreUse | None:
-    """This machine's `CoreUse` so far (/proc/stat's first line, in clock ticks, and this process's own CPU time);
-    None where there is no /proc/stat."""
+def core_use(stat: Path = Path("/proc/stat"), cpus: set[int] | None = None) -> CoreUse | None:
+    """The `CoreUse` so far of the cores this process may run on (`cpus`, default its affinity: /proc/stat's line
+    of each, in clock ticks) and this process's own CPU time; None where there is no /proc/stat."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    busy = total = 0
     try:
-        fields = [int(value) for value in stat.read_text().split("\n", 1)[0].split()[1:9]]
+        for line in stat.read_text().splitlines():
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+                continue
+            user, nice, system, idle, iowait, irq, softirq, steal = (list(map(int, values[:8])) + [0] * 8)[:8]
+            busy += user + nice + system + irq + softirq + steal
+            total += user + nice + system + idle + iowait + irq + softirq + steal
     except (OSError, ValueError):
         return None
-    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    if total == 0:
+        return None
     tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
-    busy = user + nice + system + irq + softirq + steal
-    return CoreUse(total=(busy + idle + iowait) / tick, busy=busy / tick, own=own.user + own.system)
+    return CoreUse(total=total / tick, busy=busy / tick, own=own.user + own.system)
 
 
 class CoreWatch:

@@ -3,19 +3,26 @@ timed, read from /proc/stat and this process's own CPU time."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from e5.pass_timing import BUSY_SHARE, CoreUse, CoreWatch, Measurements, core_use
 
 
-def test_core_use_reads_the_machine_s_ticks_and_this_process_s_time(tmp_path):
+def test_core_use_adds_up_the_ticks_of_the_cores_this_process_may_run_on(tmp_path):
     stat = tmp_path / "stat"
     # user nice system idle iowait irq softirq steal guest guest_nice, in clock ticks
-    stat.write_text("cpu  1000 0 500 8000 100 0 0 400 0 0\ncpu0 500 0 250 4000 50 0 0 200 0 0\n")
-    use = core_use(stat)
-    tick = __import__("os").sysconf("SC_CLK_TCK")
+    stat.write_text("cpu  1600 0 800 12000 150 0 0 600 0 0\n"
+                    "cpu0 500 0 250 4000 50 0 0 200 0 0\n"
+                    "cpu1 500 0 250 4000 50 0 0 200 0 0\n"
+                    "cpu2 600 0 300 4000 50 0 0 200 0 0\n"
+                    "intr 12345 0 0\n")
+    tick = os.sysconf("SC_CLK_TCK")
+    use = core_use(stat, cpus={0, 1})
     assert use.total == 10000 / tick and use.busy == 1900 / tick and use.own > 0
-    assert core_use(tmp_path / "absent") is None
+    assert core_use(stat, cpus={2}).busy == 1100 / tick
+    assert core_use(tmp_path / "absent") is None and core_use(stat, cpus={7}) is None
 
 
 def test_the_share_other_processes_took_decides_whether_a_measurement_is_kept():
