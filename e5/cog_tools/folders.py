@@ -98,7 +98,7 @@ class PredictionFolders:
                 if not entry.is_dir(follow_symlinks=False):
                     continue
                 made = entry.stat(follow_symlinks=False).st_mtime
-                if made < self.since or made >= cut or last_change(entry.path) >= cut:
+                if made < self.since or made >= cut or last_change(entry) >= cut:
                     continue
             except FileNotFoundError:
                 continue
@@ -131,11 +131,11 @@ class PredictionFolders:
                 failed = True
 
 
-def last_change(folder: str) -> float:
+def last_change(folder: os.DirEntry) -> float:
     """The newest modification time of `folder` and of the folders directly in it (coglet's inputs/ and
-    outputs/, which change when it spills a file into them)."""
-    newest = os.stat(folder, follow_symlinks=False).st_mtime
-    with os.scandir(folder) as entries:
+    outputs/, which change when it spills a file into them); the folder's own from its entry's cached stat."""
+    newest = folder.stat(follow_symlinks=False).st_mtime
+    with os.scandir(folder.path) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
