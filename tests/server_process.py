@@ -131,6 +131,17 @@ class ServerProcess:
         ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in self._group_stats())  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def fds_and_threads(self) -> dict[str, int]:
+        """Open file descriptors and threads of the whole process group, now."""
+        fds = threads = 0
+        for pid, fields in self._group_stats():
+            try:
+                fds += len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:  # exited meanwhile
+                continue
+            threads += int(fields[17])  # field 20 of stat, num_threads
+        return {"fds": fds, "threads": threads}
+
     def group_pids(self) -> list[int]:
         """The processes of the server's group: coglet, and its Python worker."""
         return [pid for pid, _ in self._group_stats()]

@@ -50,38 +50,22 @@ def _payload(rng: random.Random, i: int) -> dict:
     return {**shape, "encoding_format": FORMATS[i % len(FORMATS)]}
 
 
-def _group(server: CogServer) -> dict[str, int]:
-    """Open file descriptors and threads of the server's processes."""
-    fds = threads = 0
-    for pid in server.group_pids():
-        try:
-            fds += len(os.listdir(f"/proc/{pid}/fd"))
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        threads += int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
-    return {"fds": fds, "threads": threads}
-
-
 def _files(directory: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(directory))
 
 
 class Health(threading.Thread):
-    """Polls /health-check every 0.2 s until stopped; the slowest answer and every one that was not READY/BUSY."""
+    """Polls the server's /health-check every 0.2 s until stopped; the slowest answer and every one that was not
+    READY/BUSY (None: no answer)."""
 
-    def __init__(self, base: str):
+    def __init__(self, server: CogServer):
         super().__init__(daemon=True)
-        self.base, self.slowest, self.bad, self.stopped = base, 0.0, [], threading.Event()
+        self.server, self.slowest, self.bad, self.stopped = server, 0.0, [], threading.Event()
 
     def run(self) -> None:
-        session = requests.Session()
         while not self.stopped.wait(0.2):
             start = time.monotonic()
-            try:
-                status = session.get(f"{self.base}/health-check", timeout=10).json()["status"]
-            except (requests.RequestException, ValueError, KeyError) as error:
-                status = repr(error)
+            status = self.server.health().get("status")
             self.slowest = max(self.slowest, time.monotonic() - start)
             if status not in ("READY", "BUSY"):
                 self.bad.append(status)
@@ -121,11 +105,11 @@ def test_nothing_a_prediction_leaves_behind_accumulates(checkpoints, tmp_path):
                 ids.append(body["id"])
             assert time.monotonic() < deadline, "the long run ran past its deadline"
 
-        before = {**_group(server), "tmp files": _files(worker_tmp)}
+        before = {**server.fds_and_threads(), "tmp files": _files(worker_tmp)}
         warm = 200
         with ThreadPoolExecutor(CLIENTS) as pool:
             list(pool.map(send, payloads[:warm]))
-        health = Health(server.base)
+        health = Health(server)
         health.start()
         peak = {"folders": 0, "fds": 0, "threads": 0}
         start = time.monotonic()
@@ -133,7 +117,8 @@ def test_nothing_a_prediction_leaves_behind_accumulates(checkpoints, tmp_path):
             running = [pool.submit(send, payload) for payload in payloads[warm:]]
             while not all(future.done() for future in running):
                 time.sleep(0.25)
-                now = {**_group(server), "folders": sum((COGLET_PREDICTIONS / i).exists() for i in list(ids))}
+                folders = sum((COGLET_PREDICTIONS / i).exists() for i in list(ids))
+                now = {**server.fds_and_threads(), "folders": folders}
                 peak = {name: max(peak[name], now[name]) for name in peak}
             for future in running:
                 future.result()
@@ -149,7 +134,7 @@ def test_nothing_a_prediction_leaves_behind_accumulates(checkpoints, tmp_path):
         threads_bound, fds_bound = before["threads"] + EXECUTOR_THREADS + 2, before["fds"] + 8
         quiet_until = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < quiet_until:
-            after = {**_group(server), "tmp files": _files(worker_tmp)}
+            after = {**server.fds_and_threads(), "tmp files": _files(worker_tmp)}
             if after["threads"] <= threads_bound and after["fds"] <= fds_bound:
                 break
             time.sleep(0.25)
