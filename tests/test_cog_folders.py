@@ -65,6 +65,14 @@ def test_a_folder_stays_while_a_prediction_runs_however_long(folders, tmp_path, 
     assert mine.exists() and folders.sweep() == 1 and not mine.exists()
 
 
+def test_a_folder_with_a_spilled_file_goes_whole(folders, tmp_path, clock):
+    folder = coglet_folder(tmp_path, "pred_spilled", clock.now + 1)
+    (folder / "outputs" / "spill_1.json").write_text("[]")
+    os.utime(folder / "outputs", (clock.now + 1, clock.now + 1))
+    clock.now += 3 * KEEP
+    assert folders.sweep() == 1 and not folder.exists()
+
+
 def test_a_folder_that_changed_lately_stays(folders, tmp_path, clock):
     folder = coglet_folder(tmp_path, "pred_spilled", clock.now + 1)
     clock.now += 2 * KEEP
