@@ -16,6 +16,7 @@ from .registry import PromptStyle
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
 INSTRUCT_MARKER = "Instruct: "
+QUERY_MARKER = "\nQuery: "  # where an instruct query's instruction ends
 
 
 class InputType(str, Enum):
@@ -101,21 +102,30 @@ def resolve_task(task: str | None) -> TaskPreset:
 
 def instruct_query(task: str, query: str) -> str:
     """The instruct models' query format: 'Instruct: {task}\\nQuery: {query}'."""
-    return f"Instruct: {task}\nQuery: {query}"
+    return f"{INSTRUCT_MARKER}{task}{QUERY_MARKER}{query}"
+
+
+def prompt_for(text: str, input_type: InputType, style: PromptStyle, task: TaskPreset) -> tuple[str, int]:
+    """The prompt in front of `text` and where its content starts: the model reads `prompt + text[start:]`.
+
+    A text that already carries its prompt keeps it, as its prompt (so every window of a long text gets the
+    same one), and is never prompted twice.
+    """
+    as_query = input_type is InputType.QUERY or task.symmetric
+    if style is PromptStyle.PREFIX:
+        for own in (QUERY_PREFIX, PASSAGE_PREFIX):
+            if text.startswith(own):
+                return own, len(own)
+        return (QUERY_PREFIX if as_query else PASSAGE_PREFIX), 0
+    if not as_query:
+        return "", 0
+    if text.startswith(INSTRUCT_MARKER):
+        end = text.find(QUERY_MARKER)
+        return (text[:end + len(QUERY_MARKER)], end + len(QUERY_MARKER)) if end >= 0 else ("", 0)
+    return instruct_query(task.instruction, ""), 0
 
 
 def format_text(text: str, input_type: InputType, style: PromptStyle, task: TaskPreset) -> str:
-    """Format one text for `style`, never prefixing a text that already carries its prompt."""
-    as_query = input_type is InputType.QUERY or task.symmetric
-    if style is PromptStyle.PREFIX:
-        if text.startswith((QUERY_PREFIX, PASSAGE_PREFIX)):
-            return text
-        return (QUERY_PREFIX if as_query else PASSAGE_PREFIX) + text
-    if not as_query or text.startswith(INSTRUCT_MARKER):
-        return text
-    return instruct_query(task.instruction, text)
-
-
-def format_texts(texts: list[str], input_type: InputType, style: PromptStyle, task: TaskPreset) -> list[str]:
-    """Format every text of one kind; see `format_text`."""
-    return [format_text(t, input_type, style, task) for t in texts]
+    """`text` as the model reads it, its prompt in front (`prompt_for`)."""
+    prompt, start = prompt_for(text, input_type, style, task)
+    return prompt + text[start:]

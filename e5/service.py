@@ -13,20 +13,20 @@ import numpy as np
 import torch
 
 from .chunking import LongTexts
+from .collapse import collapse
 from .devices import describe
 from .encoder import Encoder, is_out_of_memory
 from .encoding import EncodingFormat, as_float32, matrix_to_npy, vectors_to_text
 from .engine import BatchingEngine
-from .errors import RequestError, ServiceError, parse_choice
-from .finite import check_finite
+from .errors import RequestError, ServiceError
 from .limits import Limits
 from .loader import load_encoder
-from .pooling import cosine_scores, l2_normalize
-from .prepare import Rows, TextInput, rows_for
-from .prompts import InputType, resolve_task
+from .prepare import EmbeddingRequest, PreparedRequest, Preprocessor
 from .settings import Settings
-from .tokenizer import Tokenized
 from .weights import find_checkpoint
+
+__all__ = ["EmbeddingFailed", "EmbeddingRequest", "EmbeddingResponse", "EmbeddingService", "PreparedRequest",
+           "RequestError", "load_service"]
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +42,6 @@ def embedding_failure(exc: Exception) -> EmbeddingFailed:
                                "send fewer or shorter texts")
     return EmbeddingFailed(f"embedding failed with an internal error ({type(exc).__name__}); "
                            "the server log has the details")
-
-
-@dataclass(kw_only=True)
-class EmbeddingRequest:
-    """The caller's fields, as the predictor receives them, each passed by its name."""
-
-    query: str | None = None
-    passage: str | None = None
-    texts: list[str] | None = None
-    input_type: str = InputType.PASSAGE.value
-    task: str | None = None
-    normalize: bool = False
-    truncate: bool = True
-    # Another name for `passage`, as the public e5-mistral-7b-instruct predictor's clients send it.
-    document: str | None = None
-    encoding_format: str = EncodingFormat.FLOAT.value
-    # What a passage or text over the model's limit becomes: cut (`truncate`), windows (`chunks`), or their mean.
-    long_texts: str = LongTexts.TRUNCATE.value
 
 
 @dataclass
@@ -106,35 +88,6 @@ def _is_short(request: EmbeddingRequest) -> bool:
     return sum(len(text) for text in fields if isinstance(text, str)) <= SHORT_REQUEST_CHARS
 
 
-def _passage_input(request: EmbeddingRequest) -> tuple[str, str | None]:
-    """The passage and the input name it came under (`document` is another name for `passage`)."""
-    if request.document is None:
-        return "passage", request.passage
-    if request.passage is not None:
-        raise RequestError("give `passage` or `document`, not both: `document` is another name for `passage`")
-    return "document", request.document
-
-
-@dataclass(frozen=True)
-class PreparedRequest:
-    """A validated request: its inputs in order (the query, the passage, then `texts`) and where each role
-    stands among them, and the prompted token rows the model embeds for them (`e5.prepare.Rows`: one per input,
-    or per window with long_texts chunks or mean)."""
-
-    inputs: list[TextInput]
-    rows: Rows
-    query: int | None  # the query's index among the inputs
-    passage: int | None  # the passage's (sent as `passage` or `document`)
-    texts: range  # the inputs of `texts`
-    normalize: bool
-    encoding: EncodingFormat = EncodingFormat.FLOAT
-    long_texts: LongTexts = LongTexts.TRUNCATE
-
-    @property
-    def tokens(self) -> Tokenized:
-        return self.rows.tokens
-
-
 class EmbeddingService:
     """Answers embedding requests with one loaded `Encoder`, directly or through a `BatchingEngine`."""
 
@@ -142,8 +95,8 @@ class EmbeddingService:
                  model_name: str | None = None, chunk_overlap: int | None = None):
         self.encoder = encoder
         self.engine = engine
-        self.limits = limits or Limits()
-        self.chunk_overlap = chunk_overlap  # tokens neighbouring windows share (None: an eighth of a window)
+        # `chunk_overlap`: the tokens neighbouring windows share (None: an eighth of a window).
+        self.preprocessor = Preprocessor(encoder.text_tokenizer, encoder.spec.prompt_style, limits, chunk_overlap)
         # What responses call the model: the registry name, and what the weights are when not the published ones.
         self.model_name = model_name or encoder.spec.name
 
@@ -181,70 +134,29 @@ class EmbeddingService:
         return self.respond(prepared, vectors)
 
     def prepare(self, request: EmbeddingRequest) -> PreparedRequest:
-        """Check the request, prompt its texts and tokenise them; a `RequestError` (`LimitError`,
-        `TooLongError`, `UnknownTaskError`, raised where each fault is found) names what is wrong."""
-        texts = list(request.texts or [])
-        passage_label, passage = _passage_input(request)
-        if request.query is None and passage is None and not texts:
-            raise RequestError("nothing to embed: give `query`, `passage` (or `document`), or a non-empty `texts` list")
-        singles = (("query", request.query), (passage_label, passage), ("task", request.task))
-        self._check_limits(singles, texts)
-        input_type = parse_choice(InputType, request.input_type, "input_type")
-        encoding = parse_choice(EncodingFormat, request.encoding_format, "encoding_format")
-        long_texts = parse_choice(LongTexts, request.long_texts, "long_texts")
-        task = resolve_task(request.task)
-
-        inputs: list[TextInput] = []
-        query_at = passage_at = None
-        if request.query is not None:
-            query_at = len(inputs)
-            inputs.append(TextInput("query", request.query, InputType.QUERY, windowed=False))
-        if passage is not None:
-            passage_at = len(inputs)
-            inputs.append(TextInput(passage_label, passage, InputType.PASSAGE))
-        first_text = len(inputs)
-        inputs += [TextInput(f"texts[{i}]", text, input_type) for i, text in enumerate(texts)]
-        rows = rows_for(self.encoder.text_tokenizer, inputs, self.encoder.spec.prompt_style, task, long_texts,
-                        request.truncate, self.chunk_overlap, self.limits)
-        self.limits.check_tokens(rows.tokens.token_count)
-        return PreparedRequest(inputs, rows, query_at, passage_at, range(first_text, len(inputs)), request.normalize,
-                               encoding, long_texts)
-
-    def _check_limits(self, singles: tuple[tuple[str, str | None], ...], texts: list[str]) -> None:
-        # Before any prompting or tokenising, so a megabyte paste costs nothing.
-        self.limits.check_count(len(texts))
-        for label, text in singles:
-            if text is not None:
-                self.limits.check_text(label, text)
-        for i, text in enumerate(texts):
-            self.limits.check_text(f"texts[{i}]", text)
+        """The request checked, prompted and tokenised (`Preprocessor.prepare`)."""
+        return self.preprocessor.prepare(request)
 
     def respond(self, prepared: PreparedRequest, raw: torch.Tensor) -> EmbeddingResponse:
-        """Assemble vectors (normalised if asked, in the request's encoding) and cosine scores of the raw vectors.
-
-        An input of several windows has the token-weighted mean of their vectors and the best of their scores.
-        A vector that is not finite fails the request with a `NonFiniteError` naming its input (`_finite_per_input`).
-        """
+        """Assemble vectors (normalised if asked, in the request's encoding) and cosine scores of the raw vectors
+        (`e5.collapse`: an input of several windows has the token-weighted mean of their vectors and the best of
+        their scores; a vector that is not finite fails the request with a `NonFiniteError` naming its input)."""
         rows, encoding, texts = prepared.rows, prepared.encoding, prepared.texts
-        per_input = self._finite_per_input(prepared, raw)
+        vectors = collapse(rows, raw, prepared.normalize, self.encoder.non_finite_cause)
         chunked = prepared.long_texts is LongTexts.CHUNKS and len(texts) > 0
         text_rows = rows.rows_of(texts) if chunked else None
-
-        def returned(vectors: torch.Tensor) -> np.ndarray:
-            return as_float32(l2_normalize(vectors) if prepared.normalize else vectors)
-
         response = EmbeddingResponse(model=self.model_name, dimensions=self.encoder.dimensions,
                                      token_count=prepared.tokens.token_count, truncated=list(rows.truncated))
         for at, name in ((prepared.query, "query_embedding"), (prepared.passage, "passage_embedding")):
             if at is None:
                 continue
-            vector = returned(per_input[at: at + 1])
+            vector = as_float32(vectors.vectors(range(at, at + 1)))
             if encoding.as_text:
                 setattr(response, name + "_base64", vectors_to_text(vector, encoding)[0])
             else:
                 setattr(response, name, vector[0])
         if texts:
-            matrix = returned(raw[text_rows] if chunked else per_input[texts.start: texts.stop])
+            matrix = as_float32(vectors.row_vectors(text_rows) if chunked else vectors.vectors(texts))
             if encoding.as_text:
                 response.embeddings_base64 = vectors_to_text(matrix, encoding)
             elif encoding is EncodingFormat.NPY:
@@ -256,32 +168,15 @@ class EmbeddingService:
             response.chunk_start = np.asarray([rows.spans[row][0] for row in text_rows], dtype=np.int64)
             response.chunk_end = np.asarray([rows.spans[row][1] for row in text_rows], dtype=np.int64)
         if prepared.query is not None and (prepared.passage is not None or texts):
-            query_row = rows.rows_of(range(prepared.query, prepared.query + 1))[0]  # a query is never windowed
-            row_scores = cosine_scores(raw[query_row: query_row + 1], raw)[0]
+            row_scores = vectors.row_scores(prepared.query)
             if prepared.passage is not None:
                 passage = prepared.passage
-                response.score = float(rows.best_per_input(row_scores, range(passage, passage + 1))[0])
+                response.score = float(vectors.scores(row_scores, range(passage, passage + 1))[0])
             if texts:
-                response.scores = as_float32(rows.best_per_input(row_scores, texts))
+                response.scores = as_float32(vectors.scores(row_scores, texts))
                 if chunked:
                     response.chunk_scores = as_float32(row_scores[text_rows])
         return response
-
-    def _finite_per_input(self, prepared: PreparedRequest, raw: torch.Tensor) -> torch.Tensor:
-        """`prepared.rows.per_input(raw)`, once every row and every input's vector is known to be finite.
-
-        The last guard before a response is assembled, whatever runtime computed `raw`: a row that is not finite
-        (one the encoder could not recompute in float32, or one from an int8 or float32 runtime) fails this
-        request with a `NonFiniteError` (`e5.finite`) naming its input; the rows of other requests that shared
-        its passes are theirs, checked in their own responses. Scores and normalised vectors of finite vectors
-        are finite, so nothing later needs checking.
-        """
-        rows, inputs, cause = prepared.rows, prepared.inputs, self.encoder.non_finite_cause
-        check_finite(raw, lambda row: inputs[rows.owners[row]].label, cause)
-        per_input = rows.per_input(raw)
-        if per_input is not raw:  # a mean of finite windows overflows only for absurd magnitudes, but is checked
-            check_finite(per_input, lambda at: inputs[at].label, cause)
-        return per_input
 
 
 def load_service(model_name: str | None = None, batching: bool = False,

@@ -1,8 +1,8 @@
 """A checkpoint's tokenizer as its model reads it: token ids with the special tokens (and EOS where the model
 card appends it), cut to the model's limit, or as overlapping windows of a long text.
 
-Prepare (`e5.prepare.rows_for`) and bulk jobs tokenise through a `TextTokenizer` alone; the encoder only runs
-the passes. Safe to share between threads: the Rust tokenizer is configured once and never reconfigured.
+The preprocessor (`e5.prepare.Preprocessor`) tokenises prompted texts through a `TextTokenizer`; the encoder
+only runs the passes. Safe to share between threads: the Rust tokenizer is configured once and never reconfigured.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 from tokenizers import Tokenizer
 
 from .chunking import Window, default_overlap, window_end, window_spans
@@ -179,18 +177,19 @@ class TextTokenizer:
                 ids[i] = self._with_specials(encoding)
         return Tokenized(ids, counted, [n > self.max_tokens for n in counted])
 
-    def windows(self, text: str, prompt: Callable[[str], str], overlap: int | None = None) -> list[Window]:
-        """`text` as overlapping windows of at most the model's limit, prompt and special tokens included.
+    def windows(self, text: str, prompt: str, overlap: int | None = None) -> list[Window]:
+        """`text` (content, its prompt apart) as overlapping windows of at most the model's limit, `prompt` and
+        special tokens included.
 
         Windows fall on token boundaries (on word starts where the window allows: `window_end`, `next_start`)
         and cover every token of the text; neighbours share about `overlap` tokens (default an eighth of a
-        window, at most half). Each window's ids are its own span of the text tokenised with `prompt`, as a
+        window, at most half). Each window's ids are `prompt` and its own span of the text, tokenised as a
         whole text of that content would be. A text within the limit is one window, the whole text.
         """
-        whole = self.tokenize([prompt(text)])
+        whole = self.tokenize([prompt + text])
         if not whole.truncated[0]:
             return [Window(0, len(text), whole.ids[0])]
-        room = self.max_tokens - len(self.encode([prompt("")])[0])
+        room = self.max_tokens - len(self.encode([prompt])[0])
         if room < 1:
             raise TooLongError(f"the prompt alone fills the {self.max_tokens} tokens of {self.model_name}")
         overlap = default_overlap(room) if overlap is None else overlap
@@ -207,7 +206,7 @@ class TextTokenizer:
                 start, end = offsets[a][0], offsets[b - 1][1]
                 while start < end and text[start].isspace():
                     start += 1
-                row = self.encode([prompt(text[start:end])])[0]
+                row = self.encode([prompt + text[start:end]])[0]
                 # A span can tokenise a little longer alone than inside the text: shorten it by the excess.
                 if len(row) <= self.max_tokens or b - a == 1:
                     break

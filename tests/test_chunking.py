@@ -82,25 +82,20 @@ def test_encoder_windows_slice_the_text_fit_the_model_and_are_prompted_alone(key
     encoder = encoders[key]
     text = " ".join(["protein-rich foods, eaten daily."] * (encoder.max_tokens // 2))
 
-    def prompt(part: str) -> str:
-        return format_text(part, InputType.PASSAGE, encoder.spec.prompt_style, DEFAULT_TASK)
-
+    prompt = format_text("", InputType.PASSAGE, encoder.spec.prompt_style, DEFAULT_TASK)
     windows = encoder.text_tokenizer.windows(text, prompt)
     assert len(windows) > 1
     assert windows[0].start == 0 and windows[-1].end == len(text)
     assert all(w2.start < w1.end for w1, w2 in zip(windows, windows[1:]))  # they overlap: no character is lost
     for window in windows:
         assert len(window.ids) <= encoder.max_tokens
-        assert window.ids == encoder.tokenize([prompt(text[window.start:window.end])]).ids[0]
+        assert window.ids == encoder.tokenize([prompt + text[window.start:window.end]]).ids[0]
     short = encoder.text_tokenizer.windows("protein", prompt)
-    assert [(w.start, w.end, w.ids) for w in short] == [(0, 7, encoder.tokenize([prompt("protein")]).ids[0])]
+    assert [(w.start, w.end, w.ids) for w in short] == [(0, 7, encoder.tokenize([prompt + "protein"]).ids[0])]
 
 
 def test_windows_cover_every_token_of_a_real_text(minilm):
-    def prompt(part: str) -> str:
-        return "passage: " + part
-
-    windows = minilm.text_tokenizer.windows(LONG, prompt)
+    windows = minilm.text_tokenizer.windows(LONG, "passage: ")
     offsets = minilm.text_tokenizer._rust.encode(LONG, add_special_tokens=False).offsets
     assert len(windows) >= 5
     assert all(any(w.start <= a and b <= w.end for w in windows) for a, b in offsets)
@@ -118,7 +113,7 @@ def test_chunks_return_a_row_per_window_with_its_text_and_span(minilm):
     service = EmbeddingService(minilm)
     texts = ["short text about proteins", LONG, "another short one"]
     out = service.handle(_request(texts=texts, long_texts="chunks"))
-    windows = minilm.text_tokenizer.windows(LONG, lambda part: "passage: " + part)
+    windows = minilm.text_tokenizer.windows(LONG, "passage: ")
     assert out.chunk_text.tolist() == [0] + [1] * len(windows) + [2]
     assert out.chunk_start.tolist() == [0] + [w.start for w in windows] + [0]
     assert out.chunk_end.tolist() == [len(texts[0])] + [w.end for w in windows] + [len(texts[2])]
@@ -143,7 +138,7 @@ def test_texts_within_the_limit_keep_todays_vectors_in_every_mode(minilm, mode):
 
 def test_mean_is_the_token_weighted_mean_of_the_windows_normalised_after(minilm):
     service = EmbeddingService(minilm)
-    windows = minilm.text_tokenizer.windows(LONG, lambda part: "passage: " + part)
+    windows = minilm.text_tokenizer.windows(LONG, "passage: ")
     raw = minilm.embed_ids([w.ids for w in windows])
     weights = torch.tensor([float(len(w.ids)) for w in windows])
     mean = (raw * weights[:, None]).sum(0) / weights.sum()
@@ -170,7 +165,7 @@ def test_queries_are_never_chunked(minilm):
 
 def test_too_many_windows_is_an_error_naming_the_input_and_the_count(minilm):
     service = EmbeddingService(minilm, limits=Limits(max_windows=12))
-    count = len(minilm.text_tokenizer.windows(LONG, lambda part: "passage: " + part))
+    count = len(minilm.text_tokenizer.windows(LONG, "passage: "))
     with pytest.raises(RequestError) as err:
         service.handle(EmbeddingRequest(texts=["short", LONG, LONG], long_texts="chunks"))
     assert str(err.value) == (f"texts[2] makes {count} windows, which brings the request to {1 + 2 * count}, more "

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from e5.encoder import TooLongError, WeightsError, check_weights_dir
 from e5.loader import load_encoder
-from e5.prompts import DEFAULT_TASK, TASK_PRESETS, InputType, format_texts
+from e5.prompts import DEFAULT_TASK, TASK_PRESETS, InputType, format_text
 from e5.registry import get_spec
 
 QUERIES = ["how much protein should a female eat", "南瓜的家常做法"]
@@ -71,8 +71,8 @@ def reference_texts(key):
 
 def our_embeddings(encoder, batched):
     style = encoder.spec.prompt_style
-    texts = (format_texts(QUERIES, InputType.QUERY, style, DEFAULT_TASK)
-             + format_texts(PASSAGES, InputType.PASSAGE, style, DEFAULT_TASK))
+    texts = ([format_text(text, InputType.QUERY, style, DEFAULT_TASK) for text in QUERIES]
+             + [format_text(text, InputType.PASSAGE, style, DEFAULT_TASK) for text in PASSAGES])
     if batched:
         return encoder.embed(texts)[0]
     return torch.cat([encoder.embed([t])[0] for t in texts])
@@ -238,8 +238,8 @@ def test_no_row_longer_than_the_model_accepts_reaches_it(encoders):
 def test_instruct_presets_change_the_query_vector(encoders):
     encoder = encoders["mistral"]
     style = encoder.spec.prompt_style
-    web = format_texts(["protein"], InputType.QUERY, style, DEFAULT_TASK)
-    sts = format_texts(["protein"], InputType.QUERY, style, TASK_PRESETS["semantic_similarity"])
+    web = [format_text("protein", InputType.QUERY, style, DEFAULT_TASK)]
+    sts = [format_text("protein", InputType.QUERY, style, TASK_PRESETS["semantic_similarity"])]
     assert not torch.allclose(encoder.embed(web)[0], encoder.embed(sts)[0])
 
 

@@ -6,8 +6,8 @@ from e5.prompts import (
     InputType,
     UnknownTaskError,
     format_text,
-    format_texts,
     instruct_query,
+    prompt_for,
     resolve_task,
 )
 from e5.registry import PromptStyle
@@ -73,5 +73,13 @@ def test_presets_cover_the_families_the_readme_promises():
     assert all(p.instruction and p.source for p in TASK_PRESETS.values())
 
 
-def test_format_texts_keeps_order():
-    assert format_texts(["a", "b"], P, PREFIX, DEFAULT_TASK) == ["passage: a", "passage: b"]
+def test_a_text_that_carries_its_prompt_keeps_it_as_its_prompt():
+    # So every window of a long text is read with the prompt the text came with.
+    assert prompt_for("passage: a long text", P, PREFIX, DEFAULT_TASK) == ("passage: ", 9)
+    assert prompt_for("query: asked as a query", P, PREFIX, DEFAULT_TASK) == ("query: ", 7)
+    assert prompt_for("a long text", P, PREFIX, DEFAULT_TASK) == ("passage: ", 0)
+    own = instruct_query("Retrieve parallel sentences.", "")
+    assert prompt_for(own + "hello", Q, INSTRUCT, DEFAULT_TASK) == (own, len(own))
+    assert prompt_for("Instruct: no query marker", Q, INSTRUCT, DEFAULT_TASK) == ("", 0)
+    assert prompt_for("hello", Q, INSTRUCT, DEFAULT_TASK) == (instruct_query(DEFAULT_TASK.instruction, ""), 0)
+    assert prompt_for("A document.", P, INSTRUCT, DEFAULT_TASK) == ("", 0)

@@ -72,6 +72,6 @@ def test_the_environment_is_read_where_the_service_is_loaded(monkeypatch, checkp
     monkeypatch.setenv("E5_MAX_TEXTS", "5")
     monkeypatch.setenv("E5_BATCH_WAIT_MS", "7")
     service = load_service(batching=True)
-    assert service.encoder.token_budget == 300 and service.limits.max_texts == 5
+    assert service.encoder.token_budget == 300 and service.preprocessor.limits.max_texts == 5
     assert service.engine.max_wait == pytest.approx(0.007)
     service.engine.close()

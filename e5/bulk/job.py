@@ -20,9 +20,8 @@ import pyarrow as pa
 
 from ..chunking import LongTexts
 from ..errors import parse_choice
-from ..finite import check_finite
-from ..pooling import l2_normalize
-from ..prepare import TextInput, rows_for
+from ..collapse import collapse
+from ..prepare import TextInput
 from ..prompts import InputType, resolve_task
 from .parts import assemble, finished_output, finished_parts, output_schema, parts_dir, write_durably, write_part
 from .reading import DEFAULT_CHUNK_ROWS, BulkError, Record, chunks, count_rows, detect_format, read_records, \
@@ -73,7 +72,7 @@ class JobSettings:
         """The settings of a job that `service` runs over `input_path`."""
         windowed = options.long_texts is not LongTexts.TRUNCATE
         return cls(service.encoder.spec.name, service.encoder.precision, str(input_path.resolve()), fmt, options,
-                   service.chunk_overlap if windowed else None)
+                   service.preprocessor.overlap if windowed else None)
 
     def as_dict(self) -> dict:
         """The settings as one flat JSON object, as stored in `job.json` and the output's metadata."""
@@ -110,37 +109,33 @@ def embed_records(service: EmbeddingService, settings: JobSettings,
                   records: list[Record]) -> tuple[pa.Table, list[str]]:
     """Embed the good rows of `records` (by the service's per-text limits) as one token-budget job; returns
     their table and the bad rows' reasons."""
-    encoder, options = service.encoder, settings.options
+    encoder, options, preprocessor = service.encoder, settings.options, service.preprocessor
     problems: list[str] = []
     good: list[Record] = []
     for record in records:
-        problem = row_problem(record, options.text_field, service.limits)
+        problem = row_problem(record, options.text_field, preprocessor.limits)
         if problem:
             problems.append(problem)
         else:
             good.append(record)
     # Cut with truncate on whatever --no-truncate says: an over-long row is then skipped alone, where
     # tokenising with truncate off would fail the whole chunk.
-    tokenizer = encoder.text_tokenizer
-    rows = rows_for(tokenizer, [TextInput(r.where, r.text, options.input_type) for r in good],
-                    encoder.spec.prompt_style, resolve_task(options.task), options.long_texts, truncate=True,
-                    overlap=settings.chunk_overlap)
+    rows = preprocessor.rows([TextInput(r.where, r.text, options.input_type) for r in good],
+                             resolve_task(options.task), options.long_texts, truncate=True)
     if not options.truncate and rows.truncated:
-        problems += [f"{where}: " + tokenizer.too_long_message(options.text_field, "--no-truncate")
+        problems += [f"{where}: " + preprocessor.tokenizer.too_long_message(options.text_field, "--no-truncate")
                      for where in rows.truncated]
         rows, kept = rows.without_truncated()
         good = [good[i] for i in kept]
-    vectors = encoder.embed_ids(rows.tokens.ids)
     # A vector that is not finite is never written: the job stops at its row (`NonFiniteError` names it and
     # the cause), and the parts already finished stay for a resume.
-    check_finite(vectors, lambda row: good[rows.owners[row]].where, encoder.non_finite_cause)
+    collapsed = collapse(rows, encoder.embed_ids(rows.tokens.ids), options.normalize, encoder.non_finite_cause)
     lengths = [len(row) for row in rows.tokens.ids]
     if options.long_texts is LongTexts.MEAN:
-        vectors = rows.per_input(vectors)
-        check_finite(vectors, lambda at: good[at].where, encoder.non_finite_cause)
+        vectors = collapsed.vectors(range(len(good)))
         lengths = [sum(lengths[row] for row in group) for group in rows.groups]
-    if options.normalize:
-        vectors = l2_normalize(vectors)
+    else:
+        vectors = collapsed.row_vectors(slice(None))
     per_row = options.long_texts is LongTexts.CHUNKS
     columns = {"id": pa.array([good[i].id for i in rows.owners] if per_row else [r.id for r in good], type=pa.string()),
                "embedding": _embedding_column(vectors), "token_count": pa.array(lengths, type=pa.int32())}
