@@ -21,8 +21,9 @@ CPU_PASS_OVERHEAD_TOKENS = {"onnxruntime": 16, "torch": 48}
 
 @dataclass(frozen=True)
 class PassPolicy:
-    """How rows of token ids are cut into forward passes, stated by the encoder (`Encoder.pass_policy`) and
-    applied in one place, the batching engine (or `Encoder.embed_ids` for a direct caller).
+    """How rows of token ids are cut into forward passes, stated by the encoder (`Encoder.pass_policy`): the
+    batching engine slices each request by it (`slices`) and joins slices while they `fit`; `Encoder.embed_ids`,
+    the one place passes are cut, cuts the rows it is given (`passes`).
 
     `overhead_tokens` is what one more pass costs in padded tokens of work: on the CPU, where batching saves no
     per-token time, passes are cut where padding costs more than that, and the budget counts the tokens texts
@@ -35,8 +36,8 @@ class PassPolicy:
     overhead_tokens: int | None = None
     packed: bool = False
 
-    def chunks(self, lengths: list[int]) -> list[list[int]]:
-        """One request's rows, shortest first, in chunks of at most the budget (padded tokens, or real ones for
+    def slices(self, lengths: list[int]) -> list[list[int]]:
+        """One request's rows, shortest first, in slices of at most the budget (padded tokens, or real ones for
         a packed backend): what it gives each pass it takes part in."""
         if self.packed:
             return real_token_batches(lengths, self.token_budget, self.max_rows)

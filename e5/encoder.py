@@ -143,7 +143,8 @@ class Encoder:
 
     def embed_ids(self, ids: list[list[int]], token_budget: int | None = None) -> torch.Tensor:
         """Pooled float32 vectors (not normalised) for token id lists, in the given order, on the CPU, in the
-        passes the encoder's `pass_policy` cuts (with `token_budget` in place of its budget, if given)."""
+        passes the encoder's `pass_policy` cuts (with `token_budget` in place of its budget, if given): the one
+        place passes are cut, for the batching engine's turns and for direct callers alike."""
         policy = self.pass_policy
         if token_budget is not None:
             policy = replace(policy, token_budget=token_budget)

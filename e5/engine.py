@@ -1,15 +1,14 @@
 """Dynamic batching: concurrent requests share forward passes run by one worker thread, fairly.
 
 Requests tokenise on their own, then hand their token ids to the engine, which cuts each request
-into token-budget chunks at once. The worker schedules passes, not requests: the request at the
-head of a rotation gives its next chunk, the next chunks of the other waiting requests join it
+into token-budget slices at once. The worker schedules passes, not requests: the request at the
+head of a rotation gives its next slice, the next slices of the other waiting requests join it
 oldest first while the pass stays within the budget, and the head then goes to the back. On the
 CPU the budget counts the tokens the texts hold and the encoder cuts the joined pass where padding
 costs more than a pass; on a GPU it counts padded tokens. A short query that arrives while a large
 request runs waits about one pass, not the whole request, and no request is passed over for
-younger ones that fit better (served shortest first, 32 clients of single passages saw p95 at 3.8x
-and p99 at 4.3x the mean latency; oldest first, 1.1x and 1.5x). Each request gets its rows back in
-order once its last chunk is done. A failed shared pass is retried request by request, so a bad
+younger ones that fit better (oldest first keeps the tail latency near the mean). Each request
+gets its rows back in order once its last slice is done. A failed shared pass is retried request by request, so a bad
 neighbour fails alone; a request cancelled before its turn, or (for asyncio callers) at any time,
 is not computed any further.
 """
@@ -110,14 +109,14 @@ def _deliver(results: list[tuple[_ThreadSink | _LoopSink, torch.Tensor]]) -> Non
 class _Job:
     ids: list[list[int]]
     sink: _ThreadSink | _LoopSink
-    chunks: deque[list[int]]  # row indices of each chunk still to run, from `PassPolicy.chunks`
+    slices: deque[list[int]]  # row indices of each slice still to run, from `PassPolicy.slices`
     vectors: torch.Tensor | None = None
-    in_flight: int = 0  # chunks taken into a pass whose result has not been stored yet
+    in_flight: int = 0  # slices taken into a pass whose result has not been stored yet
     started: bool = False
     failed: bool = False
 
-    def chunk_tokens(self) -> int:
-        return sum(len(self.ids[i]) for i in self.chunks[0]) if self.chunks else 0
+    def slice_tokens(self) -> int:
+        return sum(len(self.ids[i]) for i in self.slices[0]) if self.slices else 0
 
 
 class BatchingEngine:
@@ -131,9 +130,10 @@ class BatchingEngine:
         self.max_wait = max_wait_ms / 1000
         # With dynamic batching off each pass serves one request: the baseline the benchmark compares to.
         self.dynamic = dynamic
-        # The encoder states how its passes are cut; the engine is the one place that applies it.
+        # The encoder states how passes are cut: the engine slices each request by it when it arrives and
+        # joins slices within its budget; the encoder cuts each turn into passes (`Encoder.embed_ids`).
         self.policy = encoder.pass_policy
-        self._rotation: deque[_Job] = deque()  # waiting and running jobs; the head gives the next pass's first chunk
+        self._rotation: deque[_Job] = deque()  # waiting and running jobs; the head gives the next pass's first slice
         self._arriving = 0
         self._closed = False
         self._cond = threading.Condition()
@@ -166,12 +166,12 @@ class BatchingEngine:
         return future
 
     def _enqueue(self, ids: list[list[int]], sink) -> None:
-        chunks = deque(self.policy.chunks([len(row) for row in ids]))
-        job = _Job(ids, sink, chunks)
+        slices = deque(self.policy.slices([len(row) for row in ids]))
+        job = _Job(ids, sink, slices)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batching engine is closed")
-            if not chunks:  # nothing to compute
+            if not slices:  # nothing to compute
                 sink.start()
                 sink.set_result(torch.empty((0, 0), dtype=torch.float32))
                 return
@@ -188,7 +188,7 @@ class BatchingEngine:
     # --- the worker ------------------------------------------------------------------------
 
     def _next_pass(self) -> list[tuple[_Job, list[int]]] | None:
-        """The chunks of the next forward pass, or None once closed and drained."""
+        """The slices of the next forward pass, or None once closed and drained."""
         with self._cond:
             while True:
                 while not self._rotation and not self._closed:
@@ -202,17 +202,17 @@ class BatchingEngine:
                 if not self._rotation:
                     continue
                 head = self._rotation[0]
-                parts = [(head, head.chunks[0])] + (self._fill(head) if self.dynamic else [])
-                parts = [(job, chunk) for job, chunk in parts if self._start(job)]
+                parts = [(head, head.slices[0])] + (self._fill(head) if self.dynamic else [])
+                parts = [(job, slice_) for job, slice_ in parts if self._start(job)]
                 if parts:
                     break
             self._worked_since_trim = True
             for job, _ in parts:
-                job.chunks.popleft()
+                job.slices.popleft()
                 job.in_flight += 1
             self._rotation.rotate(-1)  # the head goes to the back
             for job, _ in parts:
-                if not job.chunks:
+                if not job.slices:
                     self._rotation.remove(job)
             return parts
 
@@ -227,7 +227,7 @@ class BatchingEngine:
     def _wait_for_arrivals(self) -> None:
         # Only while requests are known to be on their way and the next pass is not yet full.
         deadline = time.monotonic() + self.max_wait
-        while self._arriving and sum(job.chunk_tokens() for job in self._rotation) < self.policy.token_budget:
+        while self._arriving and sum(job.slice_tokens() for job in self._rotation) < self.policy.token_budget:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -246,23 +246,23 @@ class BatchingEngine:
         self._rotation.remove(job)
 
     def _fill(self, head: _Job) -> list[tuple[_Job, list[int]]]:
-        """Other jobs' next chunks that fit beside the head's in one pass, oldest first (rotation order).
+        """Other jobs' next slices that fit beside the head's in one pass, oldest first (rotation order).
 
-        A chunk's rows are sorted by length, so its last row is its longest.
+        A slice's rows are sorted by length, so its last row is its longest.
         """
-        first = head.chunks[0]
-        rows, width, tokens = len(first), len(head.ids[first[-1]]), head.chunk_tokens()
+        first = head.slices[0]
+        rows, width, tokens = len(first), len(head.ids[first[-1]]), head.slice_tokens()
         joined = []
         for job in self._rotation:
             if job is head:
                 continue
-            chunk = job.chunks[0]
-            grown_rows, grown_width = rows + len(chunk), max(width, len(job.ids[chunk[-1]]))
-            grown_tokens = tokens + job.chunk_tokens()
+            slice_ = job.slices[0]
+            grown_rows, grown_width = rows + len(slice_), max(width, len(job.ids[slice_[-1]]))
+            grown_tokens = tokens + job.slice_tokens()
             if not self.policy.fits(grown_rows, grown_width, grown_tokens):
                 continue
             rows, width, tokens = grown_rows, grown_width, grown_tokens
-            joined.append((job, chunk))
+            joined.append((job, slice_))
         return joined
 
     def _work(self) -> None:
@@ -274,45 +274,45 @@ class BatchingEngine:
                     self._fail(job, exc)
 
     def _embed(self, ids: list[list[int]]) -> torch.Tensor:
-        """The rows of one turn of the rotation, in the passes the policy cuts them into (on the CPU, a joined
-        pass is cut again where padding costs more than a pass)."""
-        return self.encoder.run_passes(ids, self.policy.passes([len(row) for row in ids]))
+        """The rows of one turn of the rotation, in the passes the encoder cuts them into (on the CPU, a joined
+        turn is cut again where padding costs more than a pass)."""
+        return self.encoder.embed_ids(ids)
 
     def _run(self, parts: list[tuple[_Job, list[int]]]) -> None:
         try:
-            vectors = self._embed([job.ids[i] for job, chunk in parts for i in chunk])
+            vectors = self._embed([job.ids[i] for job, slice_ in parts for i in slice_])
         except Exception as exc:
             if len(parts) == 1:
                 self._fail(parts[0][0], exc)
                 return
             log.warning("a shared pass of %d requests failed (%s); retrying them one by one", len(parts), exc)
-            for job, chunk in parts:
+            for job, slice_ in parts:
                 try:
-                    if self._store(job, chunk, self._embed([job.ids[i] for i in chunk])):
+                    if self._store(job, slice_, self._embed([job.ids[i] for i in slice_])):
                         _deliver([(job.sink, job.vectors)])
                 except Exception as single_exc:
                     self._fail(job, single_exc)
             return
         start, finished = 0, []
-        for job, chunk in parts:
-            if self._store(job, chunk, vectors[start : start + len(chunk)]):
+        for job, slice_ in parts:
+            if self._store(job, slice_, vectors[start : start + len(slice_)]):
                 finished.append((job.sink, job.vectors))
-            start += len(chunk)
+            start += len(slice_)
         _deliver(finished)
 
-    def _store(self, job: _Job, chunk: list[int], vectors: torch.Tensor) -> bool:
-        """Keep a chunk's vectors; True when they were the job's last, its result now ready to deliver."""
+    def _store(self, job: _Job, slice_: list[int], vectors: torch.Tensor) -> bool:
+        """Keep a slice's vectors; True when they were the job's last, its result now ready to deliver."""
         if job.failed:
             return False
-        if job.vectors is None and len(chunk) == len(job.ids) and chunk == list(range(len(chunk))):
-            job.vectors = vectors  # the whole job in one chunk, in order (a single text): nothing to gather
+        if job.vectors is None and len(slice_) == len(job.ids) and slice_ == list(range(len(slice_))):
+            job.vectors = vectors  # the whole job in one slice, in order (a single text): nothing to gather
         else:
             if job.vectors is None:
                 job.vectors = torch.empty((len(job.ids), vectors.shape[1]), dtype=vectors.dtype)
-            job.vectors[torch.tensor(chunk)] = vectors
+            job.vectors[torch.tensor(slice_)] = vectors
         with self._cond:
             job.in_flight -= 1
-            return not job.chunks and not job.in_flight
+            return not job.slices and not job.in_flight
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         with self._cond:
@@ -320,7 +320,7 @@ class BatchingEngine:
                 return
             job.failed = True
             if job in self._rotation:
-                self._rotation.remove(job)  # its remaining chunks are never run
+                self._rotation.remove(job)  # its remaining slices are never run
         # Logged here, on the worker thread, so the traceback reaches the server log and not the caller.
         if is_out_of_memory(exc):
             log.warning("a request of %d texts ran out of memory even one text at a time", len(job.ids))

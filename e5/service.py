@@ -78,6 +78,8 @@ class EmbeddingResponse:
 # A request this small is prepared on the event loop: checking and tokenising it costs less than a thread hop.
 SHORT_REQUEST_TEXTS = 8
 SHORT_REQUEST_CHARS = 4096
+# A response of more rows is assembled on a thread: encoding many vectors (base64, npy) takes milliseconds.
+RESPOND_ON_LOOP_ROWS = 8
 
 
 def _is_short(request: EmbeddingRequest) -> bool:
@@ -129,7 +131,7 @@ class EmbeddingService:
             vectors = await future
         except Exception as exc:  # the engine has logged it on its own thread, out of the request's logs
             raise embedding_failure(exc) from None
-        if len(prepared.tokens.ids) > SHORT_REQUEST_TEXTS:  # encoding many vectors (base64, npy) takes milliseconds
+        if len(prepared.tokens.ids) > RESPOND_ON_LOOP_ROWS:
             return await asyncio.to_thread(self.respond, prepared, vectors)
         return self.respond(prepared, vectors)
 

@@ -95,7 +95,7 @@ def test_a_packed_backends_passes_hold_the_budget_in_real_tokens():
     assert [[lengths[i] for i in b] for b in token_budget_batches(lengths, 1024, 4)] == [
         [16, 16, 16, 16], [40, 300], [512], [700]]
     packed = PassPolicy(1024, max_rows=4, packed=True)
-    assert packed.chunks(lengths) == packed.passes(lengths) == batches
+    assert packed.slices(lengths) == packed.passes(lengths) == batches
     assert packed.fits(rows=3, width=512, tokens=1000) and not packed.fits(rows=3, width=512, tokens=1100)
     assert not PassPolicy(1024, max_rows=4).fits(rows=3, width=512, tokens=1000)  # padded: 3 x 512
 

@@ -30,13 +30,13 @@ class GatedEncoder:
         self.passes: list[int] = []  # rows per call
         self.poison_id = poison_id
 
-    def run_passes(self, ids, passes):
+    def embed_ids(self, ids):
         self.passes.append(len(ids))
         if len(self.passes) == 1:
             assert self.gate.wait(10), "test never opened the gate"
         if self.poison_id is not None and any(self.poison_id in row for row in ids):
             raise RuntimeError("injected fault")
-        return self.encoder.run_passes(ids, passes)
+        return self.encoder.embed_ids(ids)
 
 
 @pytest.fixture()
@@ -208,9 +208,9 @@ class RecordingEncoder(GatedEncoder):
         super().__init__(encoder)
         self.rows: list[list[list[int]]] = []
 
-    def run_passes(self, ids, passes):
+    def embed_ids(self, ids):
         self.rows.append(ids)
-        return super().run_passes(ids, passes)
+        return super().embed_ids(ids)
 
 
 def test_a_short_request_is_served_between_the_passes_of_a_large_one(bert):
