@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -123,11 +123,12 @@ class BatchingEngine:
     """Runs `encoder` on one background thread; concurrent `submit` calls share its passes."""
 
     def __init__(self, encoder: Encoder, max_wait_ms: float = DEFAULT_BATCH_WAIT_MS, dynamic: bool = True,
-                 heap: HeapTrimmer | None = None):
+                 heap: HeapTrimmer | None = None, clock: Callable[[], float] = time.monotonic):
         self.encoder = encoder
         self.heap = heap  # trimmed whenever the worker falls idle after some work (see e5.memory)
         self._worked_since_trim = False
         self.max_wait = max_wait_ms / 1000
+        self._clock = clock  # what bounds the wait for announced requests (injectable for tests)
         # With dynamic batching off each pass serves one request: the baseline the benchmark compares to.
         self.dynamic = dynamic
         # The encoder states how passes are cut: the engine slices each request by it when it arrives and
@@ -226,9 +227,9 @@ class BatchingEngine:
 
     def _wait_for_arrivals(self) -> None:
         # Only while requests are known to be on their way and the next pass is not yet full.
-        deadline = time.monotonic() + self.max_wait
+        deadline = self._clock() + self.max_wait
         while self._arriving and sum(job.slice_tokens() for job in self._rotation) < self.policy.token_budget:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 return
             self._cond.wait(remaining)

@@ -125,7 +125,7 @@ def test_an_out_of_memory_request_fails_alone_and_its_batch_neighbours_succeed(f
     with ThreadPoolExecutor(max_workers=5) as pool:
         # The slow request holds the worker, so the next four queue up and share one pass.
         holder = pool.submit(_predict, base, {"texts": ["hold the worker slowpass"]})
-        time.sleep(SLOW_SECONDS / 4)
+        assert _logged(faulty_server, SLOW_PASS_LOG), "the slow pass never started"
         calls = {text: pool.submit(_predict, base, {"texts": [text]}) for text in [good[0], "bad oomalways", *good[1:]]}
         answers = {text: call.result() for text, call in calls.items()}
         assert holder.result()["status"] == "succeeded"
@@ -146,9 +146,9 @@ def test_a_cancelled_prediction_frees_its_slot_and_is_never_computed(tmp_path, c
     hooks = _Webhooks()
     try:
         assert _start_async(server.base, "running", {"texts": ["first slowpass"]}, hooks.url).status_code == 202
-        time.sleep(SLOW_SECONDS / 4)  # "running" holds the model; "queued" waits behind it
+        assert _logged(server, SLOW_PASS_LOG), "the slow pass never started"  # "running" holds the model
+        # Accepted (202): "queued" holds the second slot, waiting behind "running".
         assert _start_async(server.base, "queued", {"texts": ["second slowpass"]}, hooks.url).status_code == 202
-        time.sleep(SLOW_SECONDS / 8)
         assert predict(server.base, {"texts": ["no room"]}).status_code == 409  # both slots taken
 
         assert requests.post(f"{server.base}/predictions/queued/cancel", timeout=10).status_code == 200
@@ -169,7 +169,7 @@ def test_sigterm_lets_in_flight_predictions_finish(tmp_path, checkpoints):
     try:
         with ThreadPoolExecutor(max_workers=3) as pool:
             in_flight = [pool.submit(_predict, server.base, {"texts": ["a slowpass in flight"]})]
-            time.sleep(SLOW_SECONDS / 4)
+            assert _logged(server, SLOW_PASS_LOG), "the slow pass never started"
             in_flight += [pool.submit(_predict, server.base, {"texts": [f"queued behind it {i}"]}) for i in range(2)]
             time.sleep(SLOW_SECONDS / 8)
             os.kill(server.proc.pid, signal.SIGTERM)  # what `docker stop` sends: to the server, not its worker
