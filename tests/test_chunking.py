@@ -1,4 +1,4 @@
-"""Long texts as windows (e5.chunking, TextTokenizer.windows) and what a request with long_texts chunks or mean returns."""
+"""Long texts as windows (e5.chunking) and what a request with long_texts chunks or mean returns."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from e5.chunking import best_per_group, default_overlap, group_rows, weighted_means, window_spans
+from e5.chunking import best_per_group, group_rows, weighted_means, window_spans
 from e5.encoder import Encoder
 from e5.limits import Limits
 from e5.loader import load_encoder
-from e5.prompts import DEFAULT_TASK, InputType, format_text
 from e5.registry import get_spec
 from e5.service import EmbeddingRequest, EmbeddingService, RequestError
 
@@ -75,34 +74,6 @@ def test_a_single_window_keeps_its_vector_bit_for_bit_and_several_average_by_tok
     assert torch.equal(means[0], vectors[0]) and torch.equal(means[2], vectors[3])
     assert torch.allclose(means[1], (30 * vectors[1] + 10 * vectors[2]) / 40)
     assert best_per_group(torch.tensor([0.1, 0.5, 0.3, -1.0]), groups).tolist() == pytest.approx([0.1, 0.5, -1.0])
-
-
-@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "mistral"])
-def test_encoder_windows_slice_the_text_fit_the_model_and_are_prompted_alone(key, encoders):
-    encoder = encoders[key]
-    text = " ".join(["protein-rich foods, eaten daily."] * (encoder.max_tokens // 2))
-
-    prompt = format_text("", InputType.PASSAGE, encoder.spec.prompt_style, DEFAULT_TASK)
-    windows = encoder.text_tokenizer.windows(text, prompt)
-    assert len(windows) > 1
-    assert windows[0].start == 0 and windows[-1].end == len(text)
-    assert all(w2.start < w1.end for w1, w2 in zip(windows, windows[1:]))  # they overlap: no character is lost
-    for window in windows:
-        assert len(window.ids) <= encoder.max_tokens
-        assert window.ids == encoder.tokenize([prompt + text[window.start:window.end]]).ids[0]
-    short = encoder.text_tokenizer.windows("protein", prompt)
-    assert [(w.start, w.end, w.ids) for w in short] == [(0, 7, encoder.tokenize([prompt + "protein"]).ids[0])]
-
-
-def test_windows_cover_every_token_of_a_real_text(minilm):
-    windows = minilm.text_tokenizer.windows(LONG, "passage: ")
-    offsets = minilm.text_tokenizer._rust.encode(LONG, add_special_tokens=False).offsets
-    assert len(windows) >= 5
-    assert all(any(w.start <= a and b <= w.end for w in windows) for a, b in offsets)
-    room = minilm.max_tokens - len(minilm.tokenize(["passage: "]).ids[0])
-    overlaps = [len(minilm.text_tokenizer._rust.encode(LONG[w2.start:w1.end], add_special_tokens=False).ids)
-                for w1, w2 in zip(windows, windows[1:])]
-    assert all(default_overlap(room) - 8 <= n <= default_overlap(room) + 8 for n in overlaps), overlaps
 
 
 def _request(**fields) -> EmbeddingRequest:

@@ -1,8 +1,6 @@
 """The encoder against the model cards' reference code, on tiny checkpoints of every family."""
 
-import json
 import shutil
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -127,105 +125,6 @@ def test_any_token_budget_gives_the_same_vectors_in_the_callers_order(key, encod
     assert (one_batch - many_batches).abs().max().item() <= 1e-5
     alone = torch.cat([encoder.embed_ids([row]) for row in ids])
     assert (one_batch - alone).abs().max().item() <= 1e-5
-
-
-def test_mistral_appends_eos_exactly_once(encoders):
-    encoder = encoders["mistral"]
-    eos = encoder.tokenizer.eos_token_id
-    plain = encoder.tokenizer("a text", add_special_tokens=True)["input_ids"]
-    assert plain[-1] != eos, "the tiny tokenizer must not add EOS itself (transformers 5 behaviour)"
-    for ids in encoder.tokenize(["a text", "another, longer text", ""]).ids:
-        assert ids[-1] == eos and ids[-2] != eos
-        assert ids.count(eos) == 1
-    assert encoder.tokenize(["a text"]).ids[0] == plain + [eos]
-
-
-def test_eos_is_not_doubled_when_the_tokenizer_adds_it(checkpoints, tmp_path):
-    path = shutil.copytree(checkpoints["mistral"], tmp_path / "mistral-adds-eos")
-    tokenizer_json = json.loads((path / "tokenizer.json").read_text())
-    post = tokenizer_json["post_processor"]
-    post["single"].append({"SpecialToken": {"id": "</s>", "type_id": 0}})
-    post["special_tokens"]["</s>"] = {"id": "</s>", "ids": [2], "tokens": ["</s>"]}
-    (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    encoder = load_encoder(get_spec("e5-mistral-7b-instruct"), path)
-    eos = encoder.tokenizer.eos_token_id
-    assert encoder.tokenizer("a text")["input_ids"][-1] == eos
-    ids = encoder.tokenize(["a text", "word " * 5000]).ids
-    for row in ids:
-        assert row[-1] == eos and row.count(eos) == 1
-    assert len(ids[1]) == 4096
-
-
-@pytest.mark.parametrize("key,limit", [("bert", 512), ("xlm-roberta", 512), ("mistral", 4096)])
-def test_truncation_cuts_to_the_limit_and_keeps_the_closing_token(key, limit, encoders):
-    encoder = encoders[key]
-    long_text = "protein " * (limit + 100)
-    tokens = encoder.tokenize(["short", long_text])
-    assert tokens.truncated == [False, True]
-    assert len(tokens.ids[1]) == limit < tokens.counted_lengths[1]
-    closing = encoder.tokenize(["short"]).ids[0][-1]
-    assert tokens.ids[1][-1] == closing
-    assert encoder.embed([long_text])[0].shape == (1, encoder.dimensions)
-
-
-def test_truncate_false_names_the_input_and_the_limit(encoders):
-    encoder = encoders["bert"]
-    with pytest.raises(TooLongError) as err:
-        encoder.tokenize(["fine", "protein " * 600], truncate=False, labels=["query", "texts[0]"])
-    assert str(err.value) == ("texts[0] has more than the 512 tokens that e5-small-v2 accepts; "
-                              "shorten it or set truncate=true")
-
-
-@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "mistral"])
-def test_tokenize_is_safe_to_share_between_threads(key, encoders):
-    # The predictor tokenises each request on its own thread; truncation on and off at once must not leak
-    # from one call into another (a shared tokenizer mutated per call once let 600-token rows reach the model).
-    encoder = encoders[key]
-    limit = encoder.max_tokens
-    texts = [("protein " * (limit + 40 * i)).strip() for i in (1, 2)] + [("protein " * (limit // 8)).strip(),
-                                                                          "short", "fine too"]
-    cut = encoder.tokenize(texts)
-    whole = encoder.tokenize(texts[2:], truncate=False)
-    assert all(len(row) <= limit for row in cut.ids) and cut.truncated == [True, True, False, False, False]
-    errors: list[str] = []
-
-    def hammer(seed: int) -> None:
-        for i in range(60):
-            try:
-                if (seed + i) % 2:
-                    got = encoder.tokenize(texts)
-                    if got.ids != cut.ids or got.truncated != cut.truncated:
-                        errors.append(f"truncated tokenisation differs (thread {seed}, call {i})")
-                else:
-                    got = encoder.tokenize(texts[2:], truncate=False)
-                    if got.ids != whole.ids:
-                        errors.append(f"untruncated tokenisation differs (thread {seed}, call {i})")
-                    try:
-                        encoder.tokenize(texts[:1], truncate=False)
-                        errors.append(f"an over-long text passed with truncate=False (thread {seed}, call {i})")
-                    except TooLongError:
-                        pass
-            except Exception as exc:  # noqa: BLE001 - any error is a failure of this test
-                errors.append(f"{type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not any(thread.is_alive() for thread in threads)
-    assert not errors, f"{len(errors)} wrong results, e.g. {errors[:3]}"
-
-
-@pytest.mark.parametrize("key", ["bert", "xlm-roberta", "mistral", "minilm"])
-def test_tokenize_equals_the_tokenizers_own_truncation(key, encoders, minilm_dir):
-    encoder = load_encoder(get_spec("demo-all-minilm-l6-v2"), minilm_dir) if key == "minilm" else encoders[key]
-    eos = [encoder.tokenizer.eos_token_id] if encoder.spec.append_eos else []
-    # The last four are read only up to a head past the limit: whitespace-free, CJK and punctuation-dense ones too.
-    texts = ["short", PASSAGES[0], PASSAGES[1] * 80, "protein " * (encoder.max_tokens + 7), "naïve café " * 900,
-             "x" * 60_000, "蛋白质的需求" * 9_000, "a,b;c." * 12_000, ("word " * 300 + "z" * 5_000) * 4]
-    reference = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_tokens - len(eos))["input_ids"]
-    assert encoder.tokenize(texts).ids == [row + eos for row in reference]
 
 
 def test_no_row_longer_than_the_model_accepts_reaches_it(encoders):
