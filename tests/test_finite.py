@@ -8,7 +8,6 @@ holding it fails alone, with an error that names the input, the precision and wh
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from types import SimpleNamespace
@@ -18,6 +17,7 @@ import pytest
 import torch
 from tiny_checkpoints import OVERFLOW_POISON
 from transformers import AutoModel
+from vectors import cosines, decode_vector
 
 from e5 import encoder as encoder_module
 from e5.encoder import Encoder
@@ -53,11 +53,6 @@ def float16(overflowing_bert, tmp_path_factory) -> Encoder:
 def float32(overflowing_bert, tmp_path_factory) -> Encoder:
     """The reference: the same weights in float32, in torch (no ONNX build to wait for)."""
     return load(overflowing_bert, tmp_path_factory.mktemp("cache"), E5_DTYPE="float32", E5_CPU_RUNTIME="torch")
-
-
-def cosines(a, b) -> np.ndarray:
-    a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 # --- the checkpoint really overflows float16, and only float16 -------------------------------
@@ -126,8 +121,7 @@ def test_float32_vectors_are_left_as_they_are_and_nothing_is_logged(float32, cap
 def _vectors(response, encoding: str) -> dict[str, np.ndarray]:
     """The response's vectors by field, decoded as a client would (ubinary: the sign bits, unpacked)."""
     def decode(text: str) -> np.ndarray:
-        raw = np.frombuffer(base64.b64decode(text), dtype="<f4" if encoding == "base64" else np.uint8)
-        return raw if encoding == "base64" else np.unpackbits(raw).astype(np.float32)
+        return decode_vector(text, encoding)
 
     if encoding in ("base64", "ubinary"):
         return {"query": decode(response.query_embedding_base64), "passage": decode(response.passage_embedding_base64),

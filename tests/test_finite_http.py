@@ -7,7 +7,6 @@ output JSON: expected value at line 1 column 100` (NaN vectors reached coglet's 
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import urllib.request
@@ -17,6 +16,7 @@ import pytest
 from cog_server import MAX_MESSAGE, CogServer, assert_no_internals, assert_ready, predict
 from conftest import serving
 from tiny_checkpoints import OVERFLOW_POISON
+from vectors import cosines, decode_vector
 
 from e5.encoder import Encoder
 from e5.loader import load_encoder
@@ -62,21 +62,14 @@ def _rows(out: dict, encoding: str) -> np.ndarray:
     if encoding == "npy":
         with urllib.request.urlopen(out["embeddings_file"]) as f:  # a data: URI from coglet 0.23
             return np.load(io.BytesIO(f.read()))
-    rows = [np.frombuffer(base64.b64decode(v), dtype="<f4" if encoding == "base64" else np.uint8)
-            for v in out["embeddings_base64"]]
-    return np.stack(rows if encoding == "base64" else [np.unpackbits(r) for r in rows]).astype(np.float32)
+    return np.stack([decode_vector(v, encoding) for v in out["embeddings_base64"]]).astype(np.float32)
 
 
 def _vector(out: dict, field: str, encoding: str) -> np.ndarray:
     """One vector (`query_embedding`, `passage_embedding`) as a client decodes it, as a row of one."""
     if encoding in ("float", "npy"):
         return np.asarray([out[field]], dtype=np.float32)
-    raw = np.frombuffer(base64.b64decode(out[field + "_base64"]), dtype="<f4" if encoding == "base64" else np.uint8)
-    return (raw if encoding == "base64" else np.unpackbits(raw)).astype(np.float32)[None]
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return decode_vector(out[field + "_base64"], encoding).astype(np.float32)[None]
 
 
 @pytest.mark.parametrize("encoding,long_texts", [
@@ -102,7 +95,7 @@ def test_a_checkpoint_that_overflows_float16_is_served_finite_in_every_format(fl
         if encoding == "ubinary":  # sign bits: nearly all agree with float32's
             assert (got == (reference > 0)).mean() > 0.9
         else:
-            assert _cosines(got, reference).min() > 0.99
+            assert cosines(got, reference).min() > 0.99
 
 
 def test_the_recompute_is_logged_with_its_count(float16_server):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 from cog_server import assert_no_internals, assert_ready, predict
+from vectors import cosines
 
 # Starts servers, runs the benchmark or loads real weights: not in the fast subset.
 pytestmark = pytest.mark.slow
@@ -69,11 +70,6 @@ def _json_schema(node):
     return {"anyOf": [converted, {"type": "null"}]} if node.get("nullable") else converted
 
 
-def _cosines(a, b) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def test_each_window_is_sentence_transformers_on_its_prompted_text(minilm_server, reference):
     texts = [SHORT[0], ARTICLE, SHORT[1]]
     out = _output(minilm_server.base, {"query": QUERY, "texts": texts, "long_texts": "chunks"})
@@ -88,7 +84,7 @@ def test_each_window_is_sentence_transformers_on_its_prompted_text(minilm_server
     article = [(start, end) for t, start, end in spans if t == 1]
     assert all(any(s <= a and b <= e for s, e in article) for a, b in offsets)
     expected = reference.encode(["passage: " + w for w in windows], convert_to_numpy=True, batch_size=8)
-    assert _cosines(rows, expected).min() >= 0.99999
+    assert cosines(rows, expected).min() >= 0.99999
     # MaxP: the article scores as its best window.
     assert out["scores"][1] == max(score for t, score in zip(owner, out["chunk_scores"]) if t == 1)
     assert out["truncated"] == [] and out["token_count"] > 3 * 400
@@ -112,7 +108,7 @@ def test_a_long_passage_is_its_windows_mean_and_scores_as_its_best(minilm_server
     weights = [len(reference.tokenizer("passage: " + ARTICLE[s:e])["input_ids"])
                for s, e in zip(chunks["chunk_start"], chunks["chunk_end"])]
     weighted = np.average(np.asarray(chunks["embeddings"]), axis=0, weights=weights)
-    assert _cosines([mean["embeddings"][0]], [weighted])[0] >= 0.99999
+    assert cosines([mean["embeddings"][0]], [weighted])[0] >= 0.99999
     assert mean["score"] == pytest.approx(max(chunks["chunk_scores"]), abs=1e-6)
     assert mean["scores"][0] == pytest.approx(max(chunks["chunk_scores"]), abs=1e-6)
 

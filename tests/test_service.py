@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from vectors import decode_vector
 
 from e5.prompts import DEFAULT_TASK, instruct_query
 from e5.service import EmbeddingFailed, EmbeddingRequest, EmbeddingService, RequestError, load_service
@@ -117,19 +118,15 @@ def test_document_is_another_name_for_passage(services):
     assert svc.handle(EmbeddingRequest(document="protein " * 5000)).truncated == ["document"]
 
 
-def _from_base64(text: str) -> list[float]:
-    return np.frombuffer(base64.b64decode(text), "<f4").tolist()
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 def test_base64_decodes_to_the_float_output_bit_for_bit(services, normalize):
     request = dict(query="how much protein", passage="46 grams a day", texts=["one", "two texts"], normalize=normalize)
     floats = services["xlm-roberta"].handle(EmbeddingRequest(**request))
     packed = services["xlm-roberta"].handle(EmbeddingRequest(**request, encoding_format="base64"))
     assert packed.query_embedding is packed.passage_embedding is packed.embeddings is None
-    assert _from_base64(packed.query_embedding_base64) == floats.query_embedding.tolist()
-    assert _from_base64(packed.passage_embedding_base64) == floats.passage_embedding.tolist()
-    assert [_from_base64(v) for v in packed.embeddings_base64] == floats.embeddings.tolist()
+    assert decode_vector(packed.query_embedding_base64).tolist() == floats.query_embedding.tolist()
+    assert decode_vector(packed.passage_embedding_base64).tolist() == floats.passage_embedding.tolist()
+    assert [decode_vector(v).tolist() for v in packed.embeddings_base64] == floats.embeddings.tolist()
     assert (packed.score, packed.scores.tolist()) == (floats.score, floats.scores.tolist())
     assert packed.embeddings_npy is None
 
