@@ -8,10 +8,8 @@ then visits every element of every exact `list` (two ABC isinstance checks each)
 through whole; `json.dumps` writes lists and tuples alike as JSON arrays. A `JsonArray`, whose `tolist()`
 gives tuples, so crosses both walks in C and comes out as JSON numbers.
 
-Measured with a no-op predictor under coglet, 32 clients, one vector per response (bench/bench.py
---sections floor; req/s): 384 floats as a list 109, as a numpy array 326, as a JsonArray 503-680;
-1,024 floats 45 / 159 / 521-546; 4,096 floats 12 / 45 / 209-215. Should a later coglet walk tuples too,
-the JSON stays the same; only the speed goes.
+Should a later coglet walk tuples too, the JSON stays the same; only the speed goes (what it saves:
+docs/performance.md, "Cog's floor by vector width").
 
 `json.dumps` writes a float32 value widened to float64 with the 17 digits float64 needs (0.03202113136649132);
 `short_float32_values` gives, for each value, the float64 nearest a decimal of 7 to 9 digits that reads back

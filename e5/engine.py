@@ -30,6 +30,7 @@ import torch
 from .encoder import Encoder, is_out_of_memory
 from .memory import HeapTrimmer
 from .settings import DEFAULT_BATCH_WAIT_MS
+from .threads import name_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,7 @@ class BatchingEngine:
         return joined
 
     def _work(self) -> None:
+        name_this_thread(self._thread.name)
         while (parts := self._next_pass()) is not None:
             try:
                 self._run(parts)

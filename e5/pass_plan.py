@@ -8,11 +8,10 @@ batch, split where their two cost lines cross. The default runtime keeps a pass 
 at least `SWITCH_MARGIN` faster there, so timing noise never swaps runtimes (or costs a second copy of
 the weights) for a few percent.
 
-Why per pass: on a 2-core Xeon with AMX, one short query took 7.9 ms in ONNX Runtime float32 and
-12.6 ms in torch bfloat16, while batches ran 3.2-3.5x sentence-transformers in bfloat16 against 1.1-1.3x
-in ONNX Runtime. On an AMD EPYC Zen 3 (AVX2, no bf16 units), bfloat16 ran 400 tok/s against 2,700-2,900 in
-float32, and ONNX Runtime answered the short query in 6 ms against torch's 21; on a Zen 4 (AVX-512 BF16)
-ONNX Runtime took short passes and bfloat16 ran 4 x 512 tokens in 0.52x ONNX Runtime's time.
+Why per pass: which runtime is cheaper depends on the CPU (its bf16 units, AVX-512) and on the pass's size, a
+short query and a large batch often preferring different ones (docs/performance.md, "The library and the
+runtime crossover").
+
 `Runtime` names what runs a pass. Everything here is pure: the loader measures (e5.pass_timing), this
 module decides and says why.
 """

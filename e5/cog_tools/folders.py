@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..threads import name_this_thread
+
 log = logging.getLogger(__name__)
 
 # coglet's own path, fixed in its code (not under $TMPDIR).
@@ -110,7 +112,7 @@ class PredictionFolders:
         """Sweep every `keep / 2` seconds on a daemon thread until `stop()` (no thread with `keep=None`)."""
         if self.keep is None:
             return self
-        self._thread = threading.Thread(target=self._sweep_forever, name="e5-prediction-folders", daemon=True)
+        self._thread = threading.Thread(target=self._sweep_forever, name="e5-folders", daemon=True)
         self._thread.start()
         return self
 
@@ -120,6 +122,7 @@ class PredictionFolders:
             self._thread.join()
 
     def _sweep_forever(self) -> None:
+        name_this_thread(self._thread.name)
         failed = False
         while not self._stop.wait(self.keep / 2):
             try:
