@@ -110,13 +110,13 @@ class Encoder:
 
     @property
     def runtimes(self) -> list[Runtime]:
-        """The names of the runtimes that serve passes: one, or two where a measured plan splits them."""
+        """The runtimes that serve passes: one, or two where a measured plan splits them."""
         return [b.name for b in self.backends]
 
     @property
     def runtime(self) -> str:
         """What runs the model, in words: 'torch float32', 'onnxruntime int8', or a measured plan's description."""
-        return self.plan.describe() if self.plan is not None else self.backend.name
+        return self.plan.describe() if self.plan is not None else str(self.backend.name)
 
     @property
     def precision(self) -> str:

@@ -24,7 +24,6 @@ from typing import Callable
 import torch
 
 from .errors import ServiceError
-from .pass_plan import Runtime
 
 # Precisions whose rows are recomputed in float32 when they are not finite: float16 overflows past 65,504;
 # bfloat16 has float32's range, so it rarely needs to, but its rows are recomputed alike.
@@ -39,7 +38,7 @@ class NonFiniteError(ServiceError):
 
 def precision_of(backend) -> str:
     """The precision a runtime computes in ('torch float16' -> 'float16')."""
-    return Runtime.named(backend.name).precision
+    return backend.name.precision
 
 
 def finite_rows(vectors: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from .pass_plan import (
     BF16_MATMUL_GATE, ONNX_FLOAT32, ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Engine, PassPlan, Runtime, fit_cost,
 )
 from .pass_timing import CoreWatch, Measurements
-from .plan_cache import LoadRecord, PlanCache, PlanKey, now, plan_key
+from .plan_cache import LoadRecord, PlanCache, PlanKey, PlanSettings, now, plan_key
 from .registry import ModelSpec
 from .runtimes import (
     TORCH, PackingChoice, PackingError, PackingMode, RuntimeChoice, TorchBackbone, choose_packing, choose_runtime,
@@ -116,10 +116,7 @@ def checkpoint_config(weights_dir: Path) -> SimpleNamespace:
 def _planned(spec: ModelSpec, weights_dir: Path, placement: Placement, settings: Settings, choice: RuntimeChoice,
              packing: PackingChoice, heap: HeapTrimmer, measurements: Measurements) -> Encoder:
     """The CPU's encoder as this machine's cached record says, else measured (and the record written)."""
-    key = plan_key(weights_dir, f"dtype {settings.dtype and settings.dtype.value}, quantize {settings.quantize.value}, "
-                               f"cpu_runtime {settings.cpu_runtime.value}, packing {settings.packing.value}, "
-                               f"token_budget {settings.token_budget}",
-                   torch.get_num_threads())
+    key = plan_key(weights_dir, PlanSettings.of(settings), torch.get_num_threads())
     cache = PlanCache(settings.cache_dir, spec.name)
     record, why = (None, "E5_REMEASURE=1") if settings.remeasure else cache.read(key)
     if record is not None:

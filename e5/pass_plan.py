@@ -34,40 +34,25 @@ class Engine(str, Enum):
 PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 
 
-PACKED = "packed"  # the last word of a padding-free runtime's name (e5.packed)
-
-
-class Runtime(str):
-    """An engine at a precision, padded or packed, named 'engine precision' or 'engine precision packed'
-    ('torch bfloat16', 'onnxruntime int8', 'torch float32 packed'). It compares, hashes and serialises as that
-    name (plans, logs, the plan cache), and tells its parts without parsing."""
+@dataclass(frozen=True)
+class Runtime:
+    """What runs a pass: an engine at a precision, padded or packed. Its name, `str(runtime)` ('torch
+    bfloat16', 'onnxruntime int8', 'torch float32 packed'), is for people (logs, reasons); code reads the
+    fields, and the plan cache stores them as fields."""
 
     engine: Engine
     precision: str
-    packed: bool
+    packed: bool = False
 
-    def __new__(cls, engine: Engine | str, precision: str, packed: bool = False) -> "Runtime":
-        engine = Engine(engine)
-        if precision not in PRECISIONS:
-            raise ValueError(f"a runtime's precision is one of {', '.join(PRECISIONS)}, not {precision!r}")
-        if packed and engine is not Engine.TORCH:
-            raise ValueError(f"packed passes run in torch, not {engine.value}")
-        runtime = super().__new__(cls, f"{engine.value} {precision}" + (f" {PACKED}" if packed else ""))
-        runtime.engine, runtime.precision, runtime.packed = engine, precision, packed
-        return runtime
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "engine", Engine(self.engine))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"a runtime's precision is one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.packed and self.engine is not Engine.TORCH:
+            raise ValueError(f"packed passes run in torch, not {self.engine.value}")
 
-    @classmethod
-    def named(cls, name: str) -> "Runtime":
-        """The runtime a name ('torch float32', 'torch bfloat16 packed') stands for; ValueError for any other text."""
-        if isinstance(name, Runtime):
-            return name
-        engine, precision, *rest = str(name).split(" ") + [""]
-        if rest not in ([""], [PACKED, ""]):
-            raise ValueError(f"not a runtime's name: {name!r}")
-        return cls(engine, precision, packed=rest[0] == PACKED)
-
-    def __getnewargs__(self):
-        return (self.engine, self.precision, self.packed)
+    def __str__(self) -> str:
+        return f"{self.engine.value} {self.precision}" + (" packed" if self.packed else "")
 
     def as_packed(self) -> "Runtime":
         """The same engine and precision run padding-free."""
@@ -130,11 +115,6 @@ class PassPlan:
     # What one more pass costs in padded tokens of the large-pass runtime's work (see e5.batching).
     overhead_tokens: int = OVERHEAD_TOKENS_RANGE[0]
 
-    def __post_init__(self):  # read back from the plan cache's JSON as plain names
-        object.__setattr__(self, "small", Runtime.named(self.small))
-        if self.large is not None:
-            object.__setattr__(self, "large", Runtime.named(self.large))
-
     @property
     def runtimes(self) -> tuple[Runtime, ...]:
         return (self.small,) if self.large is None else (self.small, self.large)
@@ -146,11 +126,11 @@ class PassPlan:
 
     def describe(self) -> str:
         if self.large is None:
-            return self.small
+            return str(self.small)
         return f"{self.small} for passes of up to {self.crossover_tokens} padded tokens, {self.large} above"
 
 
-def _fastest(costs: list[RuntimeCost], default: str, tokens: int, margin: float) -> RuntimeCost:
+def _fastest(costs: list[RuntimeCost], default: Runtime, tokens: int, margin: float) -> RuntimeCost:
     by_name = {cost.name: cost for cost in costs}
     best = min(costs, key=lambda cost: cost.seconds(tokens))
     if default in by_name and best.seconds(tokens) * margin > by_name[default].seconds(tokens):
@@ -158,7 +138,7 @@ def _fastest(costs: list[RuntimeCost], default: str, tokens: int, margin: float)
     return best
 
 
-def choose_plan(costs: list[RuntimeCost], default: str, small_tokens: int, large_tokens: int,
+def choose_plan(costs: list[RuntimeCost], default: Runtime, small_tokens: int, large_tokens: int,
                 margin: float = SWITCH_MARGIN) -> PassPlan:
     """The runtime for small and for large passes from each candidate's cost line, and the reason in one line.
 

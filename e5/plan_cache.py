@@ -25,12 +25,13 @@ from pathlib import Path
 
 from .onnx_build import RECIPE_VERSION
 from .pass_plan import PassPlan, Runtime
+from .settings import Settings
 from .weights import checkpoint_fingerprint
 
 log = logging.getLogger(__name__)
 
 # Bumped when what is measured, or how, changes: older records are then measured again.
-PLAN_VERSION = "2"
+PLAN_VERSION = "3"
 # The instruction sets that decide which runtime and precision are fastest (bf16 and int8 units, vector width).
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile",
                "fma", "f16c")
@@ -52,6 +53,22 @@ def cpu_identity(cpuinfo: str | None = None) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class PlanSettings:
+    """The settings a CPU load's measurement depends on, by their values (E5_DTYPE unset is None)."""
+
+    dtype: str | None
+    quantize: str
+    cpu_runtime: str
+    packing: str
+    token_budget: int | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> "PlanSettings":
+        return cls(settings.dtype and settings.dtype.value, settings.quantize.value, settings.cpu_runtime.value,
+                   settings.packing.value, settings.token_budget)
+
+
+@dataclass(frozen=True)
 class PlanKey:
     """Everything a CPU load's measurement depends on; a record is used only under an equal key."""
 
@@ -60,16 +77,20 @@ class PlanKey:
     threads: int
     checkpoint: str
     versions: str
-    settings: str
+    settings: PlanSettings
 
     def digest(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def differences(self, other: "PlanKey") -> list[str]:
-        """What differs from `other`, one phrase a field ("threads 4 -> 2")."""
-        return [f"{field.name} {getattr(other, field.name)!r} -> {getattr(self, field.name)!r}"
-                for field in dataclasses.fields(self) if getattr(self, field.name) != getattr(other, field.name)]
+        """What differs from `other`, one phrase a field ("threads 4 -> 2", "token_budget None -> 4096")."""
+        def changed(new, old) -> list[str]:
+            return [f"{field.name} {getattr(old, field.name)!r} -> {getattr(new, field.name)!r}"
+                    for field in dataclasses.fields(new) if getattr(new, field.name) != getattr(old, field.name)]
+
+        return [*(phrase for phrase in changed(self, other) if not phrase.startswith("settings ")),
+                *changed(self.settings, other.settings)]
 
 
 def library_versions() -> str:
@@ -89,12 +110,12 @@ def library_versions() -> str:
            f"onnxruntime {installed('onnxruntime')}, onnx recipe {RECIPE_VERSION}, plan {PLAN_VERSION}"
 
 
-def plan_key(weights_dir: Path, settings_text: str, threads: int, cpuinfo: str | None = None,
+def plan_key(weights_dir: Path, settings: PlanSettings, threads: int, cpuinfo: str | None = None,
              versions: str | None = None) -> PlanKey:
-    """The key of a load of `weights_dir` with these settings (in words) on this machine."""
+    """The key of a load of `weights_dir` with these settings on this machine."""
     cpu, flags = cpu_identity(cpuinfo)
     return PlanKey(cpu, flags, threads, checkpoint_fingerprint(weights_dir),
-                   library_versions() if versions is None else versions, settings_text)
+                   library_versions() if versions is None else versions, settings)
 
 
 @dataclass(frozen=True)
@@ -122,11 +143,12 @@ class LoadRecord:
     @classmethod
     def from_json(cls, text: str) -> "LoadRecord":
         data = json.loads(text)
-        data["key"] = PlanKey(**data["key"])
-        data["runtimes"] = tuple(Runtime.named(name) for name in data["runtimes"])
+        data["key"] = PlanKey(**{**data["key"], "settings": PlanSettings(**data["key"]["settings"])})
+        data["runtimes"] = tuple(Runtime(**runtime) for runtime in data["runtimes"])
         data["notes"] = tuple(data.get("notes", ()))
-        if data.get("plan") is not None:
-            data["plan"] = PassPlan(**data["plan"])
+        if (plan := data.get("plan")) is not None:
+            large = plan.pop("large")
+            data["plan"] = PassPlan(Runtime(**plan.pop("small")), None if large is None else Runtime(**large), **plan)
         return cls(**data)
 
 

@@ -23,7 +23,7 @@ from e5 import encoder as encoder_module
 from e5.encoder import Encoder
 from e5.finite import Float32Fallback, NonFiniteError, check_finite, finite_rows, non_finite_cause, overflow_warning
 from e5.loader import load_encoder
-from e5.pass_plan import Runtime
+from e5.pass_plan import ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Runtime
 from e5.registry import get_spec
 from e5.service import EmbeddingRequest, EmbeddingService
 from e5.settings import Settings
@@ -104,8 +104,8 @@ def test_the_float32_copy_is_made_once_and_leaves_the_served_model_in_float16(fl
     fallback = float16._float32_fallback()
     kept = fallback.backend
     float16.embed(["passage: two"])
-    assert float16._float32_fallback().backend is kept and kept.name == "torch float32"
-    assert float16.backend.name == "torch float16"
+    assert float16._float32_fallback().backend is kept and kept.name == TORCH_FLOAT32
+    assert str(float16.backend.name) == "torch float16"
     assert next(float16.backend.model.parameters()).dtype == torch.float16
 
 
@@ -216,8 +216,8 @@ def test_in_float32_the_input_that_overflows_fails_alone(float32, caplog):
 class NaNRows:
     """A backend that gives NaN vectors for the rows holding `poison_id`, under another runtime's name."""
 
-    def __init__(self, backend, poison_id: int, name: str):
-        self.backend, self.poison_id, self.name = backend, poison_id, Runtime.named(name)
+    def __init__(self, backend, poison_id: int, name: Runtime):
+        self.backend, self.poison_id, self.name = backend, poison_id, name
         self.config, self.model = backend.config, backend.model
 
     def embed(self, rows: list[list[int]]) -> torch.Tensor:
@@ -230,7 +230,7 @@ def test_whatever_runtime_gives_a_non_finite_vector_it_never_leaves_the_service(
     # int8 is never recomputed: the service's guard names the input and what may avoid it.
     encoder = load(checkpoints["bert"], tmp_path, E5_DTYPE="float32", E5_CPU_RUNTIME="torch")
     poison_id = encoder.tokenizer.convert_tokens_to_ids("protein")
-    encoder.backend = NaNRows(encoder.backend, poison_id, "onnxruntime int8")
+    encoder.backend = NaNRows(encoder.backend, poison_id, ONNX_INT8)
     service = EmbeddingService(encoder)
     for encoding in FORMATS:
         with pytest.raises(NonFiniteError) as err:
@@ -247,7 +247,7 @@ def test_a_measured_plans_bfloat16_rows_are_recomputed_in_its_float32_runtime_wi
     encoder = load(checkpoints["bert"], tmp_path, E5_DTYPE="float32", E5_CPU_RUNTIME="torch")
     reference = EmbeddingService(encoder).handle(EmbeddingRequest(texts=["how much protein", "a dog"])).embeddings
     marker = encoder.tokenizer.convert_tokens_to_ids("protein")
-    encoder.large_backend = NaNRows(encoder.backend, marker, "torch bfloat16")
+    encoder.large_backend = NaNRows(encoder.backend, marker, TORCH_BFLOAT16)
     encoder.plan = SimpleNamespace(large="torch bfloat16", runtime_for=lambda tokens: "torch bfloat16",
                                    overhead_tokens=48)
     with caplog.at_level("WARNING", logger="e5.encoder"):

@@ -1,5 +1,6 @@
 """cog.yaml, the pins and CI agree with each other."""
 
+import ast
 from pathlib import Path
 
 from conftest import REPO_ROOT
@@ -200,3 +201,35 @@ def test_the_package_lists_every_package_under_e5():
     listed = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     found = {".".join(init.parent.relative_to(REPO_ROOT).parts) for init in (REPO_ROOT / "e5").rglob("__init__.py")}
     assert sorted(listed) == sorted(found)
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """The modules of `e5` that the module at `path` (named `package`.x) imports, at any depth of its code."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            found |= {target, *(f"{target}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def test_the_package_imports_in_no_circle():
+    modules = {".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (REPO_ROOT / "e5").rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = {m for m in _imports(path, package) if m in modules and m != name and m != "e5"}
+    # A module is in a circle when it can reach itself.
+    circles = []
+    for start in graph:
+        seen, frontier = set(), set(graph[start])
+        while frontier:
+            seen |= frontier
+            frontier = {n for m in frontier for n in graph[m]} - seen
+        if start in seen:
+            circles.append(start)
+    assert not circles, f"modules that import themselves through others: {sorted(circles)}"

@@ -152,7 +152,7 @@ def test_fusing_query_key_and_value_leaves_the_padded_model_as_it_was(checkpoint
 
 def test_the_packed_backend_names_itself(checkpoints):
     _, packed = _backends(checkpoints["bert"], "e5-small-v2")
-    assert packed.name == "torch float32 packed" and packed.name.packed and packed.attention == "padded"
+    assert str(packed.name) == "torch float32 packed" and packed.name.packed and packed.attention == "padded"
 
 
 # --- what packs, and where -----------------------------------------------------------------------------------

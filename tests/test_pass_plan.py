@@ -58,7 +58,7 @@ def test_with_amx_short_queries_stay_in_onnxruntime_and_batches_go_to_bfloat16()
 def test_without_bf16_units_everything_stays_in_onnxruntime():
     plan = choose_plan(EPYC, ORT, 12, 512)
     assert plan.runtimes == (ORT,) and plan.runtime_for(10_000) == ORT and plan.large is None
-    assert plan.describe() == ORT and "fastest on both probe passes" in plan.reason
+    assert plan.describe() == str(ORT) and "fastest on both probe passes" in plan.reason
     assert plan.overhead_tokens == OVERHEAD_TOKENS_RANGE[0]
 
 
@@ -76,7 +76,7 @@ def test_a_packed_runtime_competes_as_any_other():
     # As a Xeon with AMX measured multilingual-e5-small: packed bfloat16 just ahead of padded on the batch probe.
     costs = [_cost(ORT, 6.5, 2_778), _cost(BF16, 17.4, 11_948), _cost(BF16.as_packed(), 16.3, 12_126)]
     plan = choose_plan(costs, ORT, 12, 2048)
-    assert plan.runtimes == (ORT, BF16.as_packed()) and plan.runtime_for(2048) == "torch bfloat16 packed"
+    assert plan.runtimes == (ORT, BF16.as_packed()) and plan.runtime_for(2048) == BF16.as_packed()
     assert plan.describe().endswith("torch bfloat16 packed above")
 
 
@@ -145,7 +145,7 @@ def test_a_two_runtime_plan_sends_each_pass_to_its_runtime(checkpoints):
     auto = _auto(checkpoints, forced)
     assert isinstance(auto.backend.backbone, OnnxBackbone) and next(auto.large_backend.model.parameters()).dtype == torch.bfloat16
     assert auto.backend_for(1, 40) is auto.backend and auto.backend_for(2, 21) is auto.large_backend
-    assert auto.runtimes == ["onnxruntime float32", "torch bfloat16"]
+    assert auto.runtimes == [ORT, BF16]
     assert auto.precision == "float32 and bfloat16" and auto.report.bf16_min_cosine >= 0.99
     float32 = _auto(checkpoints, dtype=DType.FLOAT32)
     short, long = ["query: protein"], ["passage: " + "protein grams women day " * 20]

@@ -13,13 +13,13 @@ from e5.encoder import Encoder
 from e5.loader import load_encoder
 from e5.pass_plan import ONNX_FLOAT32, TORCH_FLOAT32, Engine, PassPlan
 from e5.pass_timing import CoreUse, Measurements, alternating_timings
-from e5.plan_cache import LoadRecord, PlanCache, cpu_identity, plan_key
+from e5.plan_cache import LoadRecord, PlanCache, PlanSettings, cpu_identity, plan_key
 from e5.registry import get_spec
 from e5.settings import Settings
 
 EPYC = "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 avx512_vnni\n"
 XEON = "processor\t: 0\nmodel name\t: Intel Xeon Platinum 8488C\nflags\t\t: avx2 fma avx512f amx_bf16 amx_tile\n"
-SETTINGS = "dtype None, quantize none, cpu_runtime auto, token_budget None"
+SETTINGS = PlanSettings(None, "none", "auto", "auto", None)
 
 
 def _key(checkpoint, cpuinfo=EPYC, threads=2, versions="torch 2.13.0", settings=SETTINGS):
@@ -39,7 +39,7 @@ def test_every_part_of_the_key_changes_it(checkpoints, tmp_path):
         "cpu": _key(checkpoints["bert"], cpuinfo=XEON),
         "threads": _key(checkpoints["bert"], threads=4),
         "versions": _key(checkpoints["bert"], versions="torch 2.14.1"),
-        "settings": _key(checkpoints["bert"], settings=SETTINGS.replace("token_budget None", "token_budget 4096")),
+        "token_budget": _key(checkpoints["bert"], settings=dataclasses.replace(SETTINGS, token_budget=4096)),
         "checkpoint": _key(checkpoints["xlm-roberta"]),
     }
     for part, key in changed.items():

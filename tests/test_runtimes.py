@@ -7,7 +7,7 @@ import torch
 
 from e5.loader import load_encoder
 from e5.onnx_runtime import OnnxBackbone, OnnxRuntimeError
-from e5.pass_plan import ONNX_FLOAT32, ONNX_INT8, Engine, Runtime
+from e5.pass_plan import ONNX_FLOAT32, ONNX_INT8, TORCH_FLOAT32, Engine, Runtime
 from e5.runtimes import TORCH, PackingError, PackingMode, TorchBackbone, choose_packing, choose_runtime
 from e5.settings import CpuRuntime, Packing, Quantize
 
@@ -47,34 +47,27 @@ def test_with_nothing_set_the_reason_blames_no_setting():
     assert choice.reason == f"torch, as ONNX Runtime {REFUSED}" and "E5_" not in choice.reason
 
 
-def test_a_runtime_is_a_typed_name():
+def test_a_runtime_is_typed_and_named_for_people():
     bf16 = Runtime(Engine.TORCH, "bfloat16")
-    assert bf16 == "torch bfloat16" and (bf16.engine, bf16.precision) == (Engine.TORCH, "bfloat16")
-    assert Runtime.named("onnxruntime int8") == ONNX_INT8 and Runtime.named("onnxruntime int8").engine is Engine.ONNXRUNTIME
+    assert str(bf16) == "torch bfloat16" and (bf16.engine, bf16.precision, bf16.packed) == (Engine.TORCH, "bfloat16", False)
+    assert Runtime("onnxruntime", "int8") == ONNX_INT8 and Runtime("onnxruntime", "int8").engine is Engine.ONNXRUNTIME
+    assert bf16 != "torch bfloat16"  # a name is not a runtime
     assert (ONNX_FLOAT32.pass_overhead_tokens, bf16.pass_overhead_tokens) == (16, 48)
     with pytest.raises(ValueError):
-        Runtime.named("tensorrt float32")
+        Runtime("tensorrt", "float32")
     with pytest.raises(ValueError, match="precision is one of"):
         Runtime(Engine.TORCH, "fp8")
     import pickle
 
-    assert pickle.loads(pickle.dumps(bf16)).precision == "bfloat16"
+    assert pickle.loads(pickle.dumps(bf16)) == bf16
 
 
-def test_a_packed_runtime_is_named_and_read_back_as_one():
+def test_a_packed_runtime_is_torch_at_a_precision_padding_free():
     packed = Runtime(Engine.TORCH, "bfloat16", packed=True)
-    assert packed == "torch bfloat16 packed" == TORCH.value + " bfloat16 packed" and packed.packed
-    assert Runtime.named("torch bfloat16 packed") == packed and Runtime.named("torch bfloat16 packed").packed
-    assert Runtime(Engine.TORCH, "float32").as_packed() == "torch float32 packed"
-    assert not Runtime.named("torch bfloat16").packed and packed.precision == "bfloat16"
-    import pickle
-
-    assert pickle.loads(pickle.dumps(packed)).packed
+    assert str(packed) == TORCH.value + " bfloat16 packed" and packed.packed
+    assert Runtime(Engine.TORCH, "bfloat16").as_packed() == packed and {packed: 1}[packed.as_packed()] == 1
     with pytest.raises(ValueError, match="packed passes run in torch, not onnxruntime"):
         Runtime(Engine.ONNXRUNTIME, "float32", packed=True)
-    for name in ("torch float32 padded", "torch float32 packed extra"):
-        with pytest.raises(ValueError, match="not a runtime's name"):
-            Runtime.named(name)
 
 
 MISTRAL = "packed passes run the bert and xlm-roberta checkpoints, not e5-mistral-7b-instruct (mistral)"
@@ -132,7 +125,7 @@ def test_every_runtime_takes_ids_and_mask_and_gives_hidden_states(checkpoints):
     onnx = load_encoder(get_spec("e5-small-v2"), checkpoints["bert"], runtime=CpuRuntime.ONNXRUNTIME)
     assert isinstance(torch_encoder.backend.backbone, TorchBackbone)
     assert isinstance(onnx.backend.backbone, OnnxBackbone)
-    assert (torch_encoder.backend.name, onnx.backend.name) == ("torch float32", "onnxruntime float32")
+    assert (torch_encoder.backend.name, onnx.backend.name) == (TORCH_FLOAT32, ONNX_FLOAT32)
     ids = torch.tensor([[1, 5, 7, 2], [1, 5, 2, 0]])  # within the tiny vocabulary
     mask = (ids != 0).long()
     hidden = [backend.backbone(ids, mask) for backend in (torch_encoder.backend, onnx.backend)]
