@@ -283,11 +283,8 @@ class Encoder:
         fails its request."""
         return non_finite_cause([precision_of(b) for b in self.backends], self._fallback)
 
-    def tokenize(self, texts: list[str], truncate: bool = True, labels: list[str] | None = None) -> Tokenized:
-        """`TextTokenizer.tokenize` of this encoder's tokenizer: ids cut to the model's limit."""
-        return self.text_tokenizer.tokenize(texts, truncate, labels)
-
     def embed(self, texts: list[str], truncate: bool = True) -> tuple[torch.Tensor, Tokenized]:
-        """Embed already-formatted texts; returns float32 vectors and the tokenisation."""
-        tokens = self.tokenize(texts, truncate=truncate)
+        """Texts already prompted ('passage: ...') as float32 vectors, not normalised, and their tokenisation: the
+        model alone, in process, as the library benchmark times it; requests go through `EmbeddingService`."""
+        tokens = self.text_tokenizer.tokenize(texts, truncate)
         return self.embed_ids(tokens.ids), tokens

@@ -37,11 +37,6 @@ def as_float32(vectors) -> np.ndarray:
     return np.asarray(vectors, dtype=FLOAT32_LE)
 
 
-def vector_to_base64(vector) -> str:
-    """One vector as the base64 of its little-endian float32 bytes."""
-    return base64.b64encode(as_float32(vector).tobytes()).decode("ascii")
-
-
 def matrix_to_npy(matrix) -> bytes:
     """A [rows, dimensions] matrix as the bytes of a float32 .npy file (rows in order, no pickle)."""
     matrix = as_float32(matrix)

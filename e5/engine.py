@@ -9,8 +9,7 @@ costs more than a pass; on a GPU it counts padded tokens. A short query that arr
 request runs waits about one pass, not the whole request, and no request is passed over for
 younger ones that fit better (oldest first keeps the tail latency near the mean). Each request
 gets its rows back in order once its last slice is done. A failed shared pass is retried request by request, so a bad
-neighbour fails alone; a request cancelled before its turn, or (for asyncio callers) at any time,
-is not computed any further.
+neighbour fails alone; a request cancelled at any time is not computed any further.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -37,28 +35,8 @@ log = logging.getLogger(__name__)
 # How long the worker must find nothing to do before it trims the heap.
 IDLE_TRIM_SECONDS = 0.05
 
-class _ThreadSink:
-    """Delivers a job's result to a `concurrent.futures.Future`."""
-
-    def __init__(self, future: Future):
-        self.future = future
-
-    def start(self) -> bool:
-        return self.future.set_running_or_notify_cancel()
-
-    def cancelled(self) -> bool:
-        return self.future.cancelled()
-
-    def set_result(self, value) -> None:
-        self.future.set_result(value)
-
-    def set_exception(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-
 class _LoopSink:
-    """Delivers a job's result straight to an asyncio future on its event loop: no extra thread hand-off."""
+    """Delivers a job's result straight to its caller's asyncio future, on that future's event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
         self.loop, self.future = loop, future
@@ -93,15 +71,12 @@ def _settle_on_loop(loop: asyncio.AbstractEventLoop, settlements: list[tuple]) -
         pass
 
 
-def _deliver(results: list[tuple[_ThreadSink | _LoopSink, torch.Tensor]]) -> None:
+def _deliver(results: list[tuple[_LoopSink, torch.Tensor]]) -> None:
     """Each sink's result, with one wake-up per event loop for all its futures rather than one per future: at
     32 clients of one text each, a pass finishes many requests awaited on coglet's one loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
     for sink, value in results:
-        if isinstance(sink, _LoopSink):
-            by_loop.setdefault(sink.loop, []).append((asyncio.Future.set_result, sink.future, value))
-        else:
-            sink.set_result(value)
+        by_loop.setdefault(sink.loop, []).append((asyncio.Future.set_result, sink.future, value))
     for loop, settlements in by_loop.items():
         _settle_on_loop(loop, settlements)
 
@@ -109,7 +84,7 @@ def _deliver(results: list[tuple[_ThreadSink | _LoopSink, torch.Tensor]]) -> Non
 @dataclass(eq=False)
 class _Job:
     ids: list[list[int]]
-    sink: _ThreadSink | _LoopSink
+    sink: _LoopSink
     slices: deque[list[int]]  # row indices of each slice still to run, from `PassPolicy.slices`
     vectors: torch.Tensor | None = None
     in_flight: int = 0  # slices taken into a pass whose result has not been stored yet
@@ -121,7 +96,7 @@ class _Job:
 
 
 class BatchingEngine:
-    """Runs `encoder` on one background thread; concurrent `submit` calls share its passes."""
+    """Runs `encoder` on one background thread; concurrent `submit_async` calls share its passes."""
 
     def __init__(self, encoder: Encoder, max_wait_ms: float = DEFAULT_BATCH_WAIT_MS, dynamic: bool = True,
                  heap: HeapTrimmer | None = None, clock: Callable[[], float] = time.monotonic):
@@ -154,14 +129,9 @@ class BatchingEngine:
                 self._arriving -= 1
                 self._cond.notify_all()
 
-    def submit(self, ids: list[list[int]]) -> Future:
-        """Queue token ids; the future resolves to their float32 vectors in the same order."""
-        future: Future = Future()
-        self._enqueue(ids, _ThreadSink(future))
-        return future
-
     def submit_async(self, ids: list[list[int]]) -> asyncio.Future:
-        """Like `submit`, for a caller on an event loop; cancelling the future stops the remaining passes."""
+        """Queue token ids from a caller on an event loop; the future resolves there to their float32 vectors in
+        the same order. Cancelling it stops the remaining passes."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._enqueue(ids, _LoopSink(loop, future))

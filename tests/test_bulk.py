@@ -109,7 +109,7 @@ def test_every_format_gives_the_librarys_vectors_under_its_ids(fmt, encoders, tm
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), encoder.dimensions)
     assert pq.ParquetFile(tmp_path / "out.parquet").num_row_groups == 2  # one per chunk of 4
-    assert table["token_count"].to_pylist() == [len(row) for row in encoder.tokenize(
+    assert table["token_count"].to_pylist() == [len(row) for row in encoder.text_tokenizer.tokenize(
         [format_text(t, InputType.PASSAGE, encoder.spec.prompt_style, DEFAULT_TASK) for t in texts]).ids]
     assert not parts_dir(tmp_path / "out.parquet").exists()
 

@@ -119,7 +119,7 @@ def test_a_text_in_a_batch_equals_the_text_alone(key, encoders):
 def test_any_token_budget_gives_the_same_vectors_in_the_callers_order(key, encoders):
     encoder = encoders[key]
     texts = [("protein " * n).strip() for n in (40, 3, 25, 1, 60, 8, 12)]
-    ids = encoder.tokenize(texts).ids
+    ids = encoder.text_tokenizer.tokenize(texts).ids
     one_batch = encoder.embed_ids(ids, token_budget=100_000)
     many_batches = encoder.embed_ids(ids, token_budget=64)
     assert (one_batch - many_batches).abs().max().item() <= 1e-5
@@ -129,7 +129,7 @@ def test_any_token_budget_gives_the_same_vectors_in_the_callers_order(key, encod
 
 def test_no_row_longer_than_the_model_accepts_reaches_it(encoders):
     encoder = encoders["bert"]
-    row = encoder.tokenize(["protein " * 600]).ids[0]
+    row = encoder.text_tokenizer.tokenize(["protein " * 600]).ids[0]
     with pytest.raises(TooLongError, match="513 tokens, more than the 512"):
         encoder.embed_ids([row[:10], row[:-1] + [row[-1], row[-1]]])
 

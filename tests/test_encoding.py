@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from e5.encoding import (
-    EncodingFormat, as_float32, matrix_to_npy, pack_sign_bits, vector_to_base64, vectors_to_text,
+    EncodingFormat, as_float32, matrix_to_npy, pack_sign_bits, vectors_to_text,
 )
 
 # Values whose float32 bits are easy to check, and ones that no short decimal writes exactly.
@@ -20,8 +20,8 @@ AWKWARD = [0.0, -0.0, 1.0, -2.5, 1e-38, 3.4028234663852886e38, 0.1, -0.333333343
 def test_base64_is_the_little_endian_float32_bytes_as_openai_sends_them():
     # struct "<f" is the reference for the byte layout; OpenAI's own client decodes with frombuffer("<f4").
     expected = base64.b64encode(struct.pack(f"<{len(AWKWARD)}f", *AWKWARD)).decode("ascii")
-    assert vector_to_base64(AWKWARD) == expected
-    assert vector_to_base64([1.0]) == "AACAPw=="  # 0x3f800000, little-endian
+    assert vectors_to_text([AWKWARD], EncodingFormat.BASE64) == [expected]
+    assert vectors_to_text([[1.0]], EncodingFormat.BASE64) == ["AACAPw=="]  # 0x3f800000, little-endian
 
 
 def test_base64_decodes_bit_for_bit_to_the_float_output():
@@ -55,7 +55,8 @@ def test_npy_refuses_anything_but_a_matrix():
 
 def test_text_formats_give_one_string_per_row():
     matrix = np.arange(6, dtype=np.float32).reshape(2, 3)
-    assert vectors_to_text(matrix, EncodingFormat.BASE64) == [vector_to_base64(matrix[0]), vector_to_base64(matrix[1])]
+    assert vectors_to_text(matrix, EncodingFormat.BASE64) == [base64.b64encode(row.astype("<f4").tobytes()).decode()
+                                                               for row in matrix]
     assert [base64.b64decode(t) for t in vectors_to_text(matrix, EncodingFormat.UBINARY)] == [b"\x60", b"\xe0"]
     assert EncodingFormat.BASE64.as_text and EncodingFormat.UBINARY.as_text
     assert not EncodingFormat.FLOAT.as_text and not EncodingFormat.NPY.as_text

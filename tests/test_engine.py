@@ -16,6 +16,7 @@ from e5.engine import BatchingEngine
 from e5.loader import load_encoder
 from e5.service import EmbeddingRequest, EmbeddingService, RequestError
 from e5.settings import Settings
+from engine_caller import submit
 
 POISON = "fox"  # a whole word in the tiny BERT vocabulary
 
@@ -46,7 +47,7 @@ def bert(encoders):
 
 
 def _ids(encoder, texts):
-    return encoder.tokenize(texts).ids
+    return encoder.text_tokenizer.tokenize(texts).ids
 
 
 def _wait_for(predicate, seconds=5.0):
@@ -60,9 +61,9 @@ def test_requests_that_arrive_while_a_pass_runs_share_the_next_pass(bert):
     gated = GatedEncoder(bert)
     engine = BatchingEngine(gated, max_wait_ms=0)
     texts = [f"passage: text number {i} " + "word " * i for i in range(12)]
-    first = engine.submit(_ids(bert, ["passage: the first one"]))
+    first = submit(engine, _ids(bert, ["passage: the first one"]))
     _wait_for(lambda: gated.passes)  # the worker is now inside the first pass
-    futures = [engine.submit(_ids(bert, [t])) for t in texts]
+    futures = [submit(engine, _ids(bert, [t])) for t in texts]
     gated.gate.set()
     results = [f.result(10) for f in futures]
     first.result(10)
@@ -77,9 +78,9 @@ def test_requests_that_arrive_while_a_pass_runs_share_the_next_pass(bert):
 def test_with_dynamic_batching_off_each_pass_serves_one_request(bert):
     gated = GatedEncoder(bert)
     engine = BatchingEngine(gated, dynamic=False)
-    first = engine.submit(_ids(bert, ["passage: a"]))
+    first = submit(engine, _ids(bert, ["passage: a"]))
     _wait_for(lambda: gated.passes)
-    futures = [engine.submit(_ids(bert, [f"passage: {i}", f"passage: {i}!"])) for i in range(4)]
+    futures = [submit(engine, _ids(bert, [f"passage: {i}", f"passage: {i}!"])) for i in range(4)]
     gated.gate.set()
     for f in futures + [first]:
         f.result(10)
@@ -92,10 +93,10 @@ def test_a_failing_request_fails_alone_and_its_neighbours_get_correct_vectors(be
     assert poison_id != bert.tokenizer.unk_token_id, "the tiny vocabulary must hold the poison word"
     gated = GatedEncoder(bert, poison_id=poison_id)
     engine = BatchingEngine(gated, max_wait_ms=0)
-    first = engine.submit(_ids(bert, ["passage: warm"]))
+    first = submit(engine, _ids(bert, ["passage: warm"]))
     _wait_for(lambda: gated.passes)
-    good = [engine.submit(_ids(bert, [f"passage: good {i}"])) for i in range(3)]
-    bad = engine.submit(_ids(bert, [f"passage: {POISON}"]))
+    good = [submit(engine, _ids(bert, [f"passage: good {i}"])) for i in range(3)]
+    bad = submit(engine, _ids(bert, [f"passage: {POISON}"]))
     gated.gate.set()
     first.result(10)
     with pytest.raises(RuntimeError, match="injected fault"):
@@ -111,10 +112,10 @@ def test_a_failing_request_fails_alone_and_its_neighbours_get_correct_vectors(be
 def test_a_cancelled_request_is_not_computed(bert):
     gated = GatedEncoder(bert)
     engine = BatchingEngine(gated, max_wait_ms=0)
-    first = engine.submit(_ids(bert, ["passage: busy"]))
+    first = submit(engine, _ids(bert, ["passage: busy"]))
     _wait_for(lambda: gated.passes)
-    cancelled = engine.submit(_ids(bert, ["passage: never mind", "passage: at all"]))
-    kept = engine.submit(_ids(bert, ["passage: kept"]))
+    cancelled = submit(engine, _ids(bert, ["passage: never mind", "passage: at all"]))
+    kept = submit(engine, _ids(bert, ["passage: kept"]))
     assert cancelled.cancel()
     gated.gate.set()
     first.result(10)
@@ -128,8 +129,8 @@ def test_the_worker_waits_for_a_request_announced_while_it_tokenises(bert):
     gated.gate.set()
     engine = BatchingEngine(gated, max_wait_ms=600_000)  # a bound no test run reaches
     with engine.arriving():
-        early = engine.submit(_ids(bert, ["passage: early"]))
-        late = engine.submit(_ids(bert, ["passage: late"]))
+        early = submit(engine, _ids(bert, ["passage: early"]))
+        late = submit(engine, _ids(bert, ["passage: late"]))
     early.result(10), late.result(10)
     engine.close()
     assert gated.passes == [2]  # the early request waited for the announced one
@@ -140,7 +141,7 @@ def test_the_worker_waits_for_announced_requests_no_longer_than_the_bound(bert):
     ticks = itertools.count()
     engine = BatchingEngine(bert, max_wait_ms=200, clock=lambda: float(next(ticks)))
     with engine.arriving():  # announced, never submitted
-        assert engine.submit(_ids(bert, ["passage: alone"])).result(10).shape == (1, bert.dimensions)
+        assert submit(engine, _ids(bert, ["passage: alone"])).result(10).shape == (1, bert.dimensions)
     engine.close()
 
 
@@ -209,10 +210,10 @@ def test_a_short_request_is_served_between_the_passes_of_a_large_one(bert):
     recording = RecordingEncoder(bert)
     engine = BatchingEngine(recording, max_wait_ms=0)
     large_texts = [f"passage: {i} " + "protein the fox " * 120 for i in range(40)]  # 8 texts per 2048-token pass
-    large = engine.submit(_ids(bert, large_texts))
+    large = submit(engine, _ids(bert, large_texts))
     _wait_for(lambda: recording.passes)  # the large request's first pass is running
     short_ids = _ids(bert, ["query: how much protein"])
-    short = engine.submit(short_ids)
+    short = submit(engine, short_ids)
     recording.gate.set()
     short_vector = short.result(10)
     got = large.result(30)
@@ -237,7 +238,7 @@ def test_cancelling_a_running_async_request_stops_its_remaining_passes(bert):
             await task
 
     asyncio.run(cancel_after_first_pass())
-    engine.submit(_ids(bert, ["passage: after"])).result(10)  # the worker is free again
+    submit(engine, _ids(bert, ["passage: after"])).result(10)  # the worker is free again
     engine.close()
     assert len(recording.passes) <= 3  # the first pass, at most one taken before the cancel was seen, then "after"
 
@@ -246,11 +247,11 @@ def test_waiting_requests_join_a_pass_oldest_first_not_shortest_first(bert):
     # Shortest first, 32 clients of single texts saw p99 at 3.1x the mean latency: long texts were passed over.
     recording = RecordingEncoder(bert)
     engine = BatchingEngine(recording, max_wait_ms=0)
-    first = engine.submit(_ids(bert, ["passage: warm"]))
+    first = submit(engine, _ids(bert, ["passage: warm"]))
     _wait_for(lambda: recording.passes)  # the gated first pass runs; everything below waits behind it
     old_ids = [_ids(bert, [f"passage: {i} " + "protein the fox " * 40]) for i in range(10)]
-    old = [engine.submit(ids) for ids in old_ids]
-    young = [engine.submit(_ids(bert, [f"query: {i}"])) for i in range(40)]
+    old = [submit(engine, ids) for ids in old_ids]
+    young = [submit(engine, _ids(bert, [f"query: {i}"])) for i in range(40)]
     recording.gate.set()
     for f in [first, *old, *young]:
         f.result(10)

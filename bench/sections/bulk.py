@@ -53,7 +53,7 @@ def bench_bulk(args) -> dict:
     engine = load_encoder(spec, demo_weights_dir(), quantize="none")
     texts = [t.removeprefix("passage: ") for t in mixed_texts(engine.tokenizer, args.bulk_texts, 16, 128, seed=2)]
     formatted = ["passage: " + t for t in texts]  # what embed-file's default input type makes of them
-    tokens = engine.tokenize(formatted).token_count
+    tokens = engine.text_tokenizer.tokenize(formatted).token_count
     scratch = Path(tempfile.mkdtemp(prefix="e5-bench-bulk-"))
     source = _write_jsonl(scratch / "corpus.jsonl", texts)
 

