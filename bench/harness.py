@@ -176,6 +176,27 @@ def send_load(base: str, texts: list[str] | list[dict], clients: int, requests_t
             "failures": failures, "refused_409_retried": refused, "failure_reasons": reasons}
 
 
+def measured_load(server: ServerProcess, inputs: list, clients: int, count: int, protocol: str = "cog") -> dict:
+    """`send_load` with the server's CPU around it (/proc): in all, and per request by thread name."""
+    threads_before = server.cpu_by_thread()
+    cpu_before, started = server.cpu_seconds(), time.perf_counter()
+    run = send_load(server.base, inputs, clients, count, protocol)
+    cpu, wall = server.cpu_seconds() - cpu_before, time.perf_counter() - started
+    threads = {name: 1000 * (seconds - threads_before.get(name, 0.0)) / count
+               for name, seconds in server.cpu_by_thread().items()}
+    return {**run, "server_cpu_seconds": cpu, "wall_seconds": wall, "requests": count,
+            "cpu_ms_per_request": 1000 * cpu / count,
+            "cpu_ms_per_request_by_thread": {name: ms for name, ms in threads.items() if ms > 0}}
+
+
+def median_by_thread(rounds: list[dict]) -> dict[str, float]:
+    """Each thread name's median CPU ms per request over `rounds`, largest first (0 in a round it was idle)."""
+    names = {name for run in rounds for name in run.get("cpu_ms_per_request_by_thread", {})}
+    medians = {name: median([run.get("cpu_ms_per_request_by_thread", {}).get(name, 0.0) for run in rounds])
+               for name in names}
+    return dict(sorted(((n, ms) for n, ms in medians.items() if ms >= 0.005), key=lambda item: -item[1]))
+
+
 def baseline_tree(rev: str) -> Path:
     """A detached checkout of `rev` beside the working tree, removed when the benchmark exits."""
     import atexit

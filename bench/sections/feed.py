@@ -25,7 +25,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness import BEFORE, Server, converted_e5_small, median, print_table, send_load, texts_for
+from harness import (BEFORE, Server, converted_e5_small, measured_load, median, median_by_thread, print_table,
+                     send_load, texts_for)
 
 # The server CPU that the feed figures are scaled to: the two cores of the machines this project is tested on.
 FEED_CORES = 2
@@ -82,27 +83,12 @@ def _worker_pid(server) -> int | None:
 
 
 def _measured(server, inputs: list, clients: int, count: int) -> dict:
-    """One load run with the server's CPU time around it."""
-    threads_before = server.cpu_by_thread()
-    cpu_before, started = server.cpu_seconds(), time.perf_counter()
-    run = send_load(server.base, inputs, clients, count)
-    cpu, wall = server.cpu_seconds() - cpu_before, time.perf_counter() - started
-    threads = {name: 1000 * (seconds - threads_before.get(name, 0.0)) / count
-               for name, seconds in server.cpu_by_thread().items()}
-    tokens = run["tokens_per_second"] * wall
-    return {**run, "server_cpu_seconds": cpu, "requests": count, "tokens": tokens,
-            "cpu_ms_per_request_by_thread": {name: ms for name, ms in threads.items() if ms > 0},
-            "cpu_us_per_token": 1e6 * cpu / tokens if tokens else None,
-            "cpu_ms_per_request": 1000 * cpu / count,
+    """One load run with the server's CPU time around it, per token and per FEED_CORES cores too."""
+    run = measured_load(server, inputs, clients, count)
+    cpu = run["server_cpu_seconds"]
+    tokens = run["tokens_per_second"] * run["wall_seconds"]
+    return {**run, "tokens": tokens, "cpu_us_per_token": 1e6 * cpu / tokens if tokens else None,
             "feed_tokens_per_second": FEED_CORES * tokens / cpu if cpu else None}
-
-
-def _median_by_thread(rounds: list[dict]) -> dict[str, float]:
-    """Each thread name's median CPU ms per request over `rounds`, largest first (0 in a round it was idle)."""
-    names = {name for run in rounds for name in run.get("cpu_ms_per_request_by_thread", {})}
-    medians = {name: median([run.get("cpu_ms_per_request_by_thread", {}).get(name, 0.0) for run in rounds])
-               for name in names}
-    return dict(sorted(((n, ms) for n, ms in medians.items() if ms >= 0.005), key=lambda item: -item[1]))
 
 
 def _phase(frames: list[str]) -> str:
@@ -262,7 +248,7 @@ def bench_feed(args) -> dict:
                  f"feed ({FEED_CORES} cores)", "of A40", "before/now", "failed"], rows)
     for key, level in results["configs"].items():
         for name, run in level["loads"].get(f"{SINGLE_CLIENTS} clients x 1 passage", {}).items():
-            by_thread = _median_by_thread(run["rounds"])
+            by_thread = median_by_thread(run["rounds"])
             print(f"feed CPU per request by thread at {key}, {SINGLE_CLIENTS} clients x 1 passage, {name}: "
                   + ", ".join(f"{thread} {ms:.2f} ms" for thread, ms in by_thread.items()))
         if level["profile"]:
