@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Sequence
 
-import torch
+import numpy as np
 
 # Neighbouring windows share about an eighth of a window, so a sentence cut by one is whole in the next.
 DEFAULT_OVERLAP_FRACTION = 8
@@ -89,21 +89,21 @@ def group_rows(owners: Sequence[int], count: int) -> list[list[int]]:
     return rows
 
 
-def weighted_means(vectors: torch.Tensor, groups: list[list[int]], weights: Sequence[int]) -> torch.Tensor:
+def weighted_means(vectors: np.ndarray, groups: list[list[int]], weights: Sequence[int]) -> np.ndarray:
     """One vector per group: its row itself when it has one (bit for bit), else the rows' mean weighted by
     `weights` (the tokens each window holds)."""
     if all(len(group) == 1 for group in groups):
         return vectors[[group[0] for group in groups]]
-    out = torch.empty((len(groups), vectors.shape[1]), dtype=vectors.dtype)
+    out = np.empty((len(groups), vectors.shape[1]), dtype=vectors.dtype)
     for i, group in enumerate(groups):
         if len(group) == 1:
             out[i] = vectors[group[0]]
         else:
-            w = torch.tensor([float(weights[r]) for r in group], dtype=vectors.dtype)
+            w = np.asarray([float(weights[r]) for r in group], dtype=vectors.dtype)
             out[i] = (vectors[group] * w[:, None]).sum(0) / w.sum()
     return out
 
 
-def best_per_group(scores: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
+def best_per_group(scores: np.ndarray, groups: list[list[int]]) -> np.ndarray:
     """Each group's highest score (MaxP: a long text is as relevant as its most relevant window)."""
-    return torch.stack([scores[group].max() for group in groups]) if groups else scores[:0]
+    return np.asarray([scores[group].max() for group in groups], dtype=scores.dtype) if groups else scores[:0]

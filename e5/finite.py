@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .errors import ServiceError
@@ -126,12 +127,13 @@ def non_finite_cause(precisions: list[str], fallback: Float32Fallback) -> str:
             "the checkpoint's weights")
 
 
-def check_finite(vectors: torch.Tensor, label_of_row: Callable[[int], str], cause: Callable[[], str]) -> None:
-    """`NonFiniteError` naming the first input (`label_of_row(row)`) a row of `vectors` that is not finite
-    belongs to, and how many other inputs share its fate; `cause()` is asked only then."""
-    finite = finite_rows(vectors)
+def check_finite(vectors: np.ndarray, label_of_row: Callable[[int], str], cause: Callable[[], str]) -> None:
+    """`NonFiniteError` naming the first input (`label_of_row(row)`) a row of `vectors` (an array, as
+    `e5.collapse` holds them) that is not finite belongs to, and how many other inputs share its fate; `cause()`
+    is asked only then."""
+    finite = np.isfinite(vectors).all(axis=1)
     if bool(finite.all()):
         return
-    labels = list(dict.fromkeys(label_of_row(int(row)) for row in torch.nonzero(~finite).flatten()))
+    labels = list(dict.fromkeys(label_of_row(int(row)) for row in np.flatnonzero(~finite)))
     others = f" (and {len(labels) - 1} other input{'s' if len(labels) > 2 else ''})" if len(labels) > 1 else ""
     raise NonFiniteError(f"{labels[0]}{others} could not be embedded: {cause()}")

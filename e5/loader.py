@@ -44,6 +44,7 @@ from .runtimes import (
     TORCH, PackingChoice, PackingError, PackingMode, RuntimeChoice, TorchBackbone, choose_packing, choose_runtime,
 )
 from .settings import CpuRuntime, Packing, Quantize, Settings
+from .threads import run_on_own_thread
 from .tokenizer import CheckpointTokenizer, TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,17 @@ def load_encoder(spec: ModelSpec, weights_dir: Path, settings: Settings | None =
     environment here, as the library's entry points do); `quantize` (`Quantize.NONE`/`INT8`), `runtime`
     (`CpuRuntime.TORCH`/`ONNXRUNTIME`/`AUTO`) and `packing` (`Packing.AUTO`/`ON`/`OFF`) override them.
     `measurements` replaces what the CPU's plan measures and decides by (tests).
+
+    The load runs on a thread of its own that ends with it, so that its probe passes leave no OpenMP pool
+    beside the one of the thread that will serve (`e5.threads`).
     """
+    return run_on_own_thread(lambda: _load(spec, weights_dir, settings, placement, quantize, runtime, measurements,
+                                           packing), "e5-load")
+
+
+def _load(spec: ModelSpec, weights_dir: Path, settings: Settings | None, placement: Placement | None,
+          quantize: Quantize | str | None, runtime: CpuRuntime | str | None, measurements: Measurements | None,
+          packing: Packing | str | None) -> Encoder:
     settings = settings if settings is not None else Settings.from_env()
     weights_dir = Path(weights_dir)
     check_weights_dir(weights_dir, settings)

@@ -1,4 +1,4 @@
-"""Pooling, normalisation and similarity: small pure tensor functions."""
+"""Pooling: a pass's token states to one vector per row, small pure tensor functions."""
 
 from __future__ import annotations
 
@@ -20,16 +20,6 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return hidden[rows, last].to(torch.float32)
-
-
-def l2_normalize(vectors: torch.Tensor) -> torch.Tensor:
-    """Scale each row to unit length (a zero row stays zero)."""
-    return torch.nn.functional.normalize(vectors.to(torch.float32), p=2, dim=-1)
-
-
-def cosine_scores(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every query row with every passage row, in [-1, 1]."""
-    return (l2_normalize(queries) @ l2_normalize(passages).T).clamp(-1.0, 1.0)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:

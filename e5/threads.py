@@ -1,11 +1,23 @@
-"""The operating system's name for a thread, so that per-thread CPU (`/proc/PID/task/*/comm`, top -H, py-spy)
-tells the library's threads apart from the Python process's others."""
+"""Threads: the operating system's name for one, so that per-thread CPU (`/proc/PID/task/*/comm`, top -H,
+py-spy) tells the library's threads apart from the Python process's others; and one-off torch work on a thread
+that ends with it.
+
+OpenMP (libgomp, torch's CPU thread pool) keeps a pool of threads for every thread that runs a parallel region,
+for as long as that thread lives, and once the pooled threads outnumber the cores it stops spinning between
+regions: each of the hundreds of regions of a pass then waits for its threads to wake, and a single passage's
+pass takes about 1.5 times as long. So the torch work of a process that serves runs on one long-lived thread
+(the engine's, or the caller's), and one-off work, such as a load's probe passes, on a thread of its own.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import sys
+import threading
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 _PR_SET_NAME = 15  # prctl(2)
 
@@ -27,3 +39,23 @@ def name_this_thread(name: str) -> bool:
     if _LIBC is None:
         return False
     return _LIBC.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0) == 0
+
+
+def run_on_own_thread(function: Callable[[], T], name: str) -> T:
+    """`function()` on a new thread named `name` that ends with it: its value, or its exception raised here."""
+    outcome: list = []
+
+    def run() -> None:
+        name_this_thread(name)
+        try:
+            outcome.append((True, function()))
+        except BaseException as exc:  # handed to the caller, re-raised there
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

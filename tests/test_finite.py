@@ -265,7 +265,7 @@ def test_finite_rows_marks_each_row():
 
 
 def test_check_finite_names_the_first_input_and_counts_the_others():
-    vectors = torch.tensor([[1.0], [float("nan")], [float("nan")], [float("-inf")], [0.0]])
+    vectors = np.array([[1.0], [np.nan], [np.nan], [-np.inf], [0.0]], dtype=np.float32)
     labels = ["query", "texts[0]", "texts[0]", "texts[1]", "texts[2]"]
     with pytest.raises(NonFiniteError, match=r"^texts\[0\] \(and 1 other input\) could not be embedded: why$"):
         check_finite(vectors, labels.__getitem__, lambda: "why")

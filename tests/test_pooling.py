@@ -1,6 +1,6 @@
 import torch
 
-from e5.pooling import cosine_scores, l2_normalize, last_token_pool, mean_pool, pool
+from e5.pooling import last_token_pool, mean_pool, pool
 from e5.registry import Pooling
 
 
@@ -43,10 +43,3 @@ def test_pool_dispatches_on_the_registry_value():
     mask = torch.ones(1, 3, dtype=torch.long)
     assert torch.equal(pool(hidden, mask, Pooling.LAST_TOKEN), hidden[:, -1])
     assert torch.allclose(pool(hidden, mask, Pooling.MEAN), hidden.mean(dim=1))
-
-
-def test_l2_normalize_and_cosine():
-    v = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
-    assert torch.allclose(l2_normalize(v), torch.tensor([[0.6, 0.8], [0.0, 0.0]]))
-    scores = cosine_scores(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [-1.0, 0.0], [1.0, 1.0]]))
-    assert torch.allclose(scores, torch.tensor([[1.0, -1.0, 2 ** -0.5]]), atol=1e-6)
