@@ -6,11 +6,14 @@ import tempfile
 import weakref
 from typing import Optional
 
-# Before torch loads OpenMP, which reads it once: torch's idle intra-op threads sleep rather than spin between
-# passes, leaving the cores to coglet, tokenising and output. Serving 64-passage requests on two cores
-# (bench feed), spinning cost 20-35% more server CPU per request at lower throughput. OMP_WAIT_POLICY=ACTIVE
-# restores spinning.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP (libgomp), which reads these once: torch's idle intra-op threads spin about a tenth
+# of a millisecond (GOMP_SPINCOUNT; libgomp counts about 100,000 spins a millisecond) before they sleep. A pass
+# runs hundreds of parallel regions microseconds apart: threads that sleep at once (OMP_WAIT_POLICY=PASSIVE)
+# are woken for every one, which slows a single passage's pass by half, and threads that spin for long
+# (libgomp's default, about 3 ms) burn, after each pass, the cores coglet, tokenising and output need. Either
+# variable set by the user is left to libgomp.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from cog import BaseModel, BaseRunner, Input, Path, concurrent  # noqa: E402
 
