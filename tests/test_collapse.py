@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +77,29 @@ def test_a_mean_that_overflows_is_caught_too():
     collapsed = collapse(_rows([0, 0, 1], [1, 1, 1], ["texts[0]", "texts[1]"]), raw, False, lambda: "too large")
     with pytest.raises(NonFiniteError, match=r"^texts\[0\] could not be embedded: too large$"):
         collapsed.vectors(range(0, 2))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads counted in /proc")
+def test_collapse_starts_no_thread_pool_on_the_thread_that_calls_it():
+    # A torch operation this large runs in parallel and leaves an OpenMP pool on the calling thread, beside the
+    # pass thread's own; libgomp then stops spinning and every later pass is slower (e5.threads).
+    raw = torch.randn(512, 1024)
+    rows = _rows(list(range(256)) + [255] * 256, [3] * 512, ["query"] + [f"texts[{i}]" for i in range(255)])
+    done, release, counts = threading.Event(), threading.Event(), []
+
+    def respond() -> None:
+        collapsed = collapse(rows, raw, True, _never)
+        collapsed.scores(collapsed.row_scores(0), range(1, 256))
+        collapsed.vectors(range(256))
+        collapsed.row_vectors(slice(None))
+        done.set()
+        release.wait(10)
+
+    before = len(os.listdir("/proc/self/task"))
+    caller = threading.Thread(target=respond)
+    caller.start()
+    assert done.wait(30)
+    counts.append(len(os.listdir("/proc/self/task")))
+    release.set()
+    caller.join(10)
+    assert counts == [before + 1]  # the caller itself, nothing else

@@ -4,6 +4,7 @@ padded path at load, padded passes and one log line that says why where they do 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from e5.loader import load_encoder
 from e5.packed import PackedBackend
-from e5.pass_timing import Measurements
+from e5.pass_timing import Measurements, alternating_timings
 from e5.registry import get_spec
 from e5.runtimes import PackingError, PackingMode
 from e5.settings import Settings
@@ -124,3 +125,17 @@ def test_pinned_torch_stays_padded_unless_packing_is_on(checkpoints, tmp_path):
     assert "E5_PACKING=on packs them" in encoder.report.why()
     torch.testing.assert_close(encoder.embed(TEXTS)[0], _load(checkpoints, "bert", tmp_path, cpu_runtime="torch",
                                                               packing="on").embed(TEXTS)[0], atol=1e-5, rtol=0)
+
+
+def test_the_load_and_its_probe_passes_run_on_a_thread_that_ends_with_it(checkpoints, tmp_path):
+    timed_on: list[threading.Thread] = []
+
+    def timings(backends, rows):  # the plan's probe passes, as the loader runs them
+        timed_on.append(threading.current_thread())
+        return alternating_timings(backends, rows)
+
+    encoder = _load(checkpoints, "bert", tmp_path, Measurements(timings=timings, bf16_matmul_speedup=lambda: 0.5),
+                    dtype=None, remeasure=True)
+    assert encoder.embed(TEXTS)[0].shape == (3, encoder.dimensions)
+    assert timed_on and timed_on[0] is not threading.current_thread() and timed_on[0].name == "e5-load"
+    assert not any(t.is_alive() for t in timed_on)  # no thread of the load is left to keep an OpenMP pool

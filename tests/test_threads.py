@@ -1,4 +1,4 @@
-"""e5.threads: the OS sees the library's threads by name."""
+"""e5.threads: the OS sees the library's threads by name; one-off work runs on a thread that ends with it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e5.threads import name_this_thread
+from e5.threads import name_this_thread, run_on_own_thread
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are Linux's")
@@ -23,3 +23,21 @@ def test_a_named_thread_shows_its_name_in_proc():
     thread.start()
     thread.join(10)
     assert seen == ["e5-test-a-very-"]  # the kernel keeps 15 bytes
+
+
+def test_work_on_its_own_thread_gives_back_its_value_or_its_exception_and_the_thread_ends():
+    ran_on: list[threading.Thread] = []
+
+    def work() -> int:
+        ran_on.append(threading.current_thread())
+        return 42
+
+    assert run_on_own_thread(work, "e5-test-work") == 42
+    assert ran_on[0] is not threading.current_thread() and ran_on[0].name == "e5-test-work"
+    assert not ran_on[0].is_alive()
+
+    def fail() -> None:
+        raise KeyError("the load's own error")
+
+    with pytest.raises(KeyError, match="the load's own error"):
+        run_on_own_thread(fail, "e5-test-fail")

@@ -47,6 +47,11 @@ def bench_served(args) -> dict:
     library_runs = {"one text a call": 1, f"{LIBRARY_BATCH} texts a call": LIBRARY_BATCH}
     servers = {"e5 (default)": Server("e5", env, serve_args=(), startup_seconds=300)}
     protocols = {"e5 (default)": "cog"}
+    if args.served_env:
+        variant = f"e5 ({' '.join(args.served_env)})"
+        servers[variant] = Server("e5", {**env, **dict(setting.split("=", 1) for setting in args.served_env)},
+                                  serve_args=(), startup_seconds=300)
+        protocols[variant] = "cog"
     if args.baseline:
         servers[BEFORE] = Server(BEFORE, env, serve_args=(), startup_seconds=300, repo=args.baseline_tree)
         protocols[BEFORE] = "cog"
