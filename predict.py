@@ -9,7 +9,7 @@ from typing import Optional
 # Before torch loads OpenMP (libgomp), which reads these once: torch's idle intra-op threads spin about a tenth
 # of a millisecond (GOMP_SPINCOUNT; libgomp counts about 100,000 spins a millisecond) before they sleep. A pass
 # runs hundreds of parallel regions microseconds apart: threads that sleep at once (OMP_WAIT_POLICY=PASSIVE)
-# are woken for every one, which slows a single passage's pass by half, and threads that spin for long
+# are woken for every one, and a single passage's pass takes about 1.5 times as long; threads that spin long
 # (libgomp's default, about 3 ms) burn, after each pass, the cores coglet, tokenising and output need. Either
 # variable set by the user is left to libgomp.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
