@@ -58,7 +58,8 @@ def _serve_case(second_pool: bool, passages: int, repeats: int) -> dict:
             cpu, wall = time.process_time(), time.perf_counter()
             for row in ids:
                 encoder.embed_ids(row)
-            results.append((1000 * (time.perf_counter() - wall) / len(ids), 1000 * (time.process_time() - cpu) / len(ids)))
+            results.append((1000 * (time.perf_counter() - wall) / len(ids),
+                            1000 * (time.process_time() - cpu) / len(ids)))
 
     thread = threading.Thread(target=serve)
     thread.start()

@@ -85,12 +85,12 @@ class PlanKey:
 
     def differences(self, other: "PlanKey") -> list[str]:
         """What differs from `other`, one phrase a field ("threads 4 -> 2", "token_budget None -> 4096")."""
-        def changed(new, old) -> list[str]:
+        def changed(new, old, apart: tuple[str, ...] = ()) -> list[str]:
             return [f"{field.name} {getattr(old, field.name)!r} -> {getattr(new, field.name)!r}"
-                    for field in dataclasses.fields(new) if getattr(new, field.name) != getattr(old, field.name)]
+                    for field in dataclasses.fields(new)
+                    if field.name not in apart and getattr(new, field.name) != getattr(old, field.name)]
 
-        return [*(phrase for phrase in changed(self, other) if not phrase.startswith("settings ")),
-                *changed(self.settings, other.settings)]
+        return [*changed(self, other, apart=("settings",)), *changed(self.settings, other.settings)]
 
 
 def library_versions() -> str:

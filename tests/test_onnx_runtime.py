@@ -41,7 +41,8 @@ def test_int8_runs_through_onnx_runtime_and_is_built_once(family, model, checkpo
     spec = get_spec(model)
     fp32 = load_encoder(spec, checkpoints[family], quantize="none", runtime="torch")
     int8 = load_encoder(spec, checkpoints[family], quantize="int8")
-    assert isinstance(int8.backend.backbone, OnnxBackbone) and int8.runtime == "onnxruntime int8" == str(int8.report.choice.runtime)
+    assert isinstance(int8.backend.backbone, OnnxBackbone)
+    assert int8.runtime == "onnxruntime int8" == str(int8.report.choice.runtime)
     built = sorted(path / "model.onnx" for path in cache.glob("*-int8-*"))
     assert len(built) == 1 and len(list(cache.glob("*-float32-*"))) == 1  # int8 is timed against float32
     check = int8.report.int8_check

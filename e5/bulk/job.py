@@ -16,7 +16,6 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
 import pyarrow as pa
 
 from ..chunking import LongTexts
@@ -152,7 +151,7 @@ def embed_records(service: EmbeddingService, settings: JobSettings,
 
 
 def _embedding_column(vectors) -> pa.FixedSizeListArray:
-    flat = pa.array(np.asarray(vectors).reshape(-1), type=pa.float32())
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
