@@ -35,7 +35,7 @@ from .memory import HeapTrimmer
 from .onnx_runtime import PROBE_TEXTS, OnnxRuntimeError, cosine_check, onnx_backbones, onnx_model, onnx_refusal
 from .packed import PackedBackend, attention_for, spec_refusal
 from .pass_plan import (
-    BF16_MATMUL_GATE, ONNX_FLOAT32, ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Engine, PassPlan, Runtime, fit_cost,
+    BF16_MATMUL_GATE, ONNX_FLOAT32, ONNX_INT8, TORCH_BFLOAT16, TORCH_FLOAT32, Framework, PassPlan, Runtime, fit_cost,
 )
 from .pass_timing import CoreWatch, Measurements
 from .plan_cache import LoadRecord, PlanCache, PlanKey, PlanSettings, now, plan_key
@@ -221,7 +221,7 @@ def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokeniz
     models: dict[str, torch.nn.Module] = {}  # one torch model a precision, whether run padded, packed or both
     backends: dict[Runtime, Backend] = {}
     for name in record.runtimes:
-        if name.engine is Engine.ONNXRUNTIME:
+        if name.framework is Framework.ONNXRUNTIME:
             onnx = onnx_model(spec, weights_dir, config, settings.cache_dir, name.precision)
             backends[name] = PaddedBackend(onnx, padding, spec.pooling)
             continue
@@ -357,7 +357,7 @@ def _add_packed(spec: ModelSpec, tokenizer: CheckpointTokenizer, candidates: dic
     why any was refused."""
     cosines: dict[Runtime, float] = {}
     refusals: list[str] = []
-    for name in [name for name in candidates if name.engine is Engine.TORCH and not name.packed]:
+    for name in [name for name in candidates if name.framework is Framework.TORCH and not name.packed]:
         backend, note, cosine = packed_twin(spec, tokenizer, candidates[name], placement, measurements, required=only)
         if cosine is None:
             refusals.append(note)

@@ -31,7 +31,7 @@ import torch
 
 from .errors import ServiceError
 from .onnx_build import MODEL_FILE, RECIPE_VERSION, build_in_subprocess
-from .pass_plan import Engine, Runtime
+from .pass_plan import Framework, Runtime
 from .registry import Family, ModelSpec
 from .threads import threads_started_named
 from .weights import checkpoint_fingerprint
@@ -161,7 +161,7 @@ def onnx_backbones(spec: ModelSpec, weights_dir: Path, config, cache_dir: Path,
         cache_dir.mkdir(parents=True, exist_ok=True)  # an unusable cache fails here, not in the child
         log.info("onnx: building %s", ", ".join(map(str, missing.values())))
         build_in_subprocess(weights_dir, missing, torch.get_num_threads())
-    return {Runtime(Engine.ONNXRUNTIME, precision): onnx_model(spec, weights_dir, config, cache_dir, precision)
+    return {Runtime(Framework.ONNXRUNTIME, precision): onnx_model(spec, weights_dir, config, cache_dir, precision)
             for precision in precisions}
 
 
@@ -170,7 +170,7 @@ def onnx_model(spec: ModelSpec, weights_dir: Path, config, cache_dir: Path, prec
     path = build_dir(spec, weights_dir, cache_dir, precision) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {precision} ONNX build at {path}")
-    return OnnxBackbone(path, config, torch.get_num_threads(), Runtime(Engine.ONNXRUNTIME, precision))
+    return OnnxBackbone(path, config, torch.get_num_threads(), Runtime(Framework.ONNXRUNTIME, precision))
 
 
 def cosine_check(int8_vectors: torch.Tensor, float32_vectors: torch.Tensor) -> Int8Check:

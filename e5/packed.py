@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pass_plan import Engine, Runtime
+from .pass_plan import Framework, Runtime
 from .registry import Family, ModelSpec, Pooling
 
 # The Hugging Face model types that run packed: BERT (e5-*-v2, multilingual-e5-small, MiniLM) and XLM-RoBERTa
@@ -254,7 +254,7 @@ class PackedBackend:
         self.config = model.config
         self.device = next(model.parameters()).device
         precision = str(next(model.parameters()).dtype).removeprefix("torch.")
-        self.name = Runtime(Engine.TORCH, precision, packed=True)
+        self.name = Runtime(Framework.TORCH, precision, packed=True)
 
     @property
     def attention(self) -> str:

@@ -24,8 +24,8 @@ from enum import Enum
 from .batching import CPU_PASS_OVERHEAD_TOKENS
 
 
-class Engine(str, Enum):
-    """What executes a model's forward pass."""
+class Framework(str, Enum):
+    """The library that executes a model's forward pass (not `e5.engine`, which batches requests into passes)."""
 
     TORCH = "torch"
     ONNXRUNTIME = "onnxruntime"
@@ -36,39 +36,39 @@ PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 
 @dataclass(frozen=True)
 class Runtime:
-    """What runs a pass: an engine at a precision, padded or packed. Its name, `str(runtime)` ('torch
+    """What runs a pass: a framework at a precision, padded or packed. Its name, `str(runtime)` ('torch
     bfloat16', 'onnxruntime int8', 'torch float32 packed'), is for people (logs, reasons); code reads the
     fields, and the plan cache stores them as fields."""
 
-    engine: Engine
+    framework: Framework
     precision: str
     packed: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "engine", Engine(self.engine))
+        object.__setattr__(self, "framework", Framework(self.framework))
         if self.precision not in PRECISIONS:
             raise ValueError(f"a runtime's precision is one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.packed and self.engine is not Engine.TORCH:
-            raise ValueError(f"packed passes run in torch, not {self.engine.value}")
+        if self.packed and self.framework is not Framework.TORCH:
+            raise ValueError(f"packed passes run in torch, not {self.framework.value}")
 
     def __str__(self) -> str:
-        return f"{self.engine.value} {self.precision}" + (" packed" if self.packed else "")
+        return f"{self.framework.value} {self.precision}" + (" packed" if self.packed else "")
 
     def as_packed(self) -> "Runtime":
-        """The same engine and precision run padding-free."""
-        return Runtime(self.engine, self.precision, packed=True)
+        """The same framework and precision run padding-free."""
+        return Runtime(self.framework, self.precision, packed=True)
 
     @property
     def pass_overhead_tokens(self) -> int:
-        """What one more pass costs on the CPU in padded tokens of this engine's work (e5.batching)."""
-        return CPU_PASS_OVERHEAD_TOKENS[self.engine.value]
+        """What one more pass costs on the CPU in padded tokens of this framework's work (e5.batching)."""
+        return CPU_PASS_OVERHEAD_TOKENS[self.framework.value]
 
 
 # The CPU's candidate runtimes.
-ONNX_FLOAT32 = Runtime(Engine.ONNXRUNTIME, "float32")
-ONNX_INT8 = Runtime(Engine.ONNXRUNTIME, "int8")
-TORCH_FLOAT32 = Runtime(Engine.TORCH, "float32")
-TORCH_BFLOAT16 = Runtime(Engine.TORCH, "bfloat16")
+ONNX_FLOAT32 = Runtime(Framework.ONNXRUNTIME, "float32")
+ONNX_INT8 = Runtime(Framework.ONNXRUNTIME, "int8")
+TORCH_FLOAT32 = Runtime(Framework.TORCH, "float32")
+TORCH_BFLOAT16 = Runtime(Framework.TORCH, "bfloat16")
 # How much faster than the default another runtime must be on a pass shape to take it over.
 SWITCH_MARGIN = 1.15
 # bfloat16 is timed as a model only where a bf16 matmul runs at least this much faster than float32:

@@ -31,7 +31,7 @@ from .weights import checkpoint_fingerprint
 log = logging.getLogger(__name__)
 
 # Bumped when what is measured, or how, changes: older records are then measured again.
-PLAN_VERSION = "3"
+PLAN_VERSION = "4"
 # The instruction sets that decide which runtime and precision are fastest (bf16 and int8 units, vector width).
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile",
                "fma", "f16c")

@@ -20,10 +20,10 @@ from typing import Protocol
 import torch
 
 from .onnx_runtime import OnnxRuntimeError
-from .pass_plan import ONNX_FLOAT32, ONNX_INT8, Engine, Runtime
+from .pass_plan import ONNX_FLOAT32, ONNX_INT8, Framework, Runtime
 from .settings import CpuRuntime, Packing, Quantize
 
-TORCH = Engine.TORCH  # in the dtype the placement chose: its backbone is "torch float32", "torch bfloat16" ...
+TORCH = Framework.TORCH  # in the dtype the placement chose: its backbone is "torch float32", "torch bfloat16" ...
 
 
 class Backbone(Protocol):
@@ -41,7 +41,7 @@ class TorchBackbone:
     def __init__(self, model):
         self.model = model
         self.config = model.config
-        self.name = Runtime(Engine.TORCH, str(next(model.parameters()).dtype).removeprefix("torch."))
+        self.name = Runtime(Framework.TORCH, str(next(model.parameters()).dtype).removeprefix("torch."))
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -52,7 +52,7 @@ class RuntimeChoice:
     """What `load_encoder` loads: `runtime` (TORCH, ONNX_FLOAT32 or ONNX_INT8), whether to time the CPU's
     candidates at load (`measure`), whether a failed ONNX build may fall back to torch, and why."""
 
-    runtime: Runtime | Engine
+    runtime: Runtime | Framework
     measure: bool
     fallback_to_torch: bool
     reason: str

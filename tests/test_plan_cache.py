@@ -11,7 +11,7 @@ import pytest
 
 from e5.encoder import Encoder
 from e5.loader import load_encoder
-from e5.pass_plan import ONNX_FLOAT32, TORCH_FLOAT32, Engine, PassPlan
+from e5.pass_plan import ONNX_FLOAT32, TORCH_FLOAT32, Framework, PassPlan
 from e5.pass_timing import CoreUse, Measurements, alternating_timings
 from e5.plan_cache import LoadRecord, PlanCache, PlanSettings, cpu_identity, plan_key
 from e5.registry import get_spec
@@ -189,7 +189,7 @@ def test_an_unwritable_cache_still_serves_measuring_each_time(checkpoints, tmp_p
     with caplog.at_level(logging.WARNING, logger="e5.loader"):
         encoder = _load(checkpoints["bert"], tmp_path / "cache", timings)
     # The ONNX build cannot be made there, so torch serves (padded, packed, or split between the two).
-    assert {runtime.engine for runtime in encoder.runtimes} == {Engine.TORCH} and "not cached (" in caplog.text
+    assert {runtime.framework for runtime in encoder.runtimes} == {Framework.TORCH} and "not cached (" in caplog.text
     assert "the next boot measures again" in caplog.text
     texts = ["query: protein"]
     assert encoder.embed(texts)[0].shape == (1, encoder.dimensions)

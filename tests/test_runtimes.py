@@ -7,7 +7,7 @@ import torch
 
 from e5.loader import load_encoder
 from e5.onnx_runtime import OnnxBackbone, OnnxRuntimeError
-from e5.pass_plan import ONNX_FLOAT32, ONNX_INT8, TORCH_FLOAT32, Engine, Runtime
+from e5.pass_plan import ONNX_FLOAT32, ONNX_INT8, TORCH_FLOAT32, Framework, Runtime
 from e5.runtimes import TORCH, PackingError, PackingMode, TorchBackbone, choose_packing, choose_runtime
 from e5.settings import CpuRuntime, Packing, Quantize
 
@@ -48,27 +48,28 @@ def test_with_nothing_set_the_reason_blames_no_setting():
 
 
 def test_a_runtime_is_typed_and_named_for_people():
-    bf16 = Runtime(Engine.TORCH, "bfloat16")
+    bf16 = Runtime(Framework.TORCH, "bfloat16")
     assert str(bf16) == "torch bfloat16"
-    assert (bf16.engine, bf16.precision, bf16.packed) == (Engine.TORCH, "bfloat16", False)
-    assert Runtime("onnxruntime", "int8") == ONNX_INT8 and Runtime("onnxruntime", "int8").engine is Engine.ONNXRUNTIME
+    assert (bf16.framework, bf16.precision, bf16.packed) == (Framework.TORCH, "bfloat16", False)
+    int8 = Runtime("onnxruntime", "int8")
+    assert int8 == ONNX_INT8 and int8.framework is Framework.ONNXRUNTIME
     assert bf16 != "torch bfloat16"  # a name is not a runtime
     assert (ONNX_FLOAT32.pass_overhead_tokens, bf16.pass_overhead_tokens) == (16, 48)
     with pytest.raises(ValueError):
         Runtime("tensorrt", "float32")
     with pytest.raises(ValueError, match="precision is one of"):
-        Runtime(Engine.TORCH, "fp8")
+        Runtime(Framework.TORCH, "fp8")
     import pickle
 
     assert pickle.loads(pickle.dumps(bf16)) == bf16
 
 
 def test_a_packed_runtime_is_torch_at_a_precision_padding_free():
-    packed = Runtime(Engine.TORCH, "bfloat16", packed=True)
+    packed = Runtime(Framework.TORCH, "bfloat16", packed=True)
     assert str(packed) == TORCH.value + " bfloat16 packed" and packed.packed
-    assert Runtime(Engine.TORCH, "bfloat16").as_packed() == packed and {packed: 1}[packed.as_packed()] == 1
+    assert Runtime(Framework.TORCH, "bfloat16").as_packed() == packed and {packed: 1}[packed.as_packed()] == 1
     with pytest.raises(ValueError, match="packed passes run in torch, not onnxruntime"):
-        Runtime(Engine.ONNXRUNTIME, "float32", packed=True)
+        Runtime(Framework.ONNXRUNTIME, "float32", packed=True)
 
 
 MISTRAL = "packed passes run the bert and xlm-roberta checkpoints, not e5-mistral-7b-instruct (mistral)"
