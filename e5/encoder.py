@@ -145,44 +145,43 @@ class Encoder:
         """Pooled float32 vectors (not normalised) for token id lists, in the given order, on the CPU, in the
         passes the encoder's `pass_policy` cuts (with `token_budget` in place of its budget, if given): the one
         place passes are cut, for the batching engine's turns and for direct callers alike."""
+        return self.issue(ids, token_budget).result()
+
+    def issue(self, ids: list[list[int]], token_budget: int | None = None) -> "IssuedPasses":
+        """`embed_ids` in two halves: the passes issued now, their vectors by `result()`. On a GPU the passes
+        run while the caller prepares the next ones; on the CPU they have run by the time this returns."""
         policy = self.pass_policy
         if token_budget is not None:
             policy = replace(policy, token_budget=token_budget)
-        return self.run_passes(ids, policy.passes([len(row) for row in ids]))
+        return self.issue_passes(ids, policy.passes([len(row) for row in ids]))
 
-    @torch.inference_mode()
+    @property
+    def asynchronous(self) -> bool:
+        """Whether issued passes run while the host goes on (a GPU), so that issuing the next before collecting
+        the last keeps the device busy; on the CPU a pass has run by the time it is issued."""
+        return self.placement.device.type == "cuda"
+
     def run_passes(self, ids: list[list[int]], passes: list[list[int]]) -> torch.Tensor:
         """Pooled float32 vectors of `ids` in their order, on the CPU, running exactly `passes` (lists of row
-        indices); a pass the device has no memory for is halved and retried. Rows a float16 or bfloat16 pass
-        gives that are not finite are recomputed in float32 (`e5.finite`); a row that is still not finite is
-        returned as it is, for the service to fail the request it belongs to, and no other."""
-        if not ids:
-            return torch.empty((0, self.dimensions), dtype=torch.float32)
+        indices); see `issue_passes` and `IssuedPasses.result`."""
+        return self.issue_passes(ids, passes).result()
+
+    @torch.inference_mode()
+    def issue_passes(self, ids: list[list[int]], passes: list[list[int]]) -> "IssuedPasses":
+        """Issue exactly `passes` (lists of row indices of `ids`); a pass the device has no memory for is halved
+        and retried. The vectors stay on the device until `result()`: one copy back, no sync per pass."""
         self.check_fits(ids)
-        order: list[int] = []
-        pooled: list[torch.Tensor] = []
-        finite: list[torch.Tensor] = []
-        runs: list[tuple[int, Backend]] = []  # how many rows each piece holds, and what computed them
+        issued = IssuedPasses(self, ids)
         for batch in passes:
             for rows, vectors, backend in self._forward_splitting(batch, ids):
-                order.extend(rows)
-                pooled.append(vectors)
-                finite.append(finite_rows(vectors))  # on the device, like the vectors: no sync per pass
-                runs.append((len(rows), backend))
+                issued.order.extend(rows)
+                issued.pooled.append(vectors)
+                issued.finite.append(finite_rows(vectors))  # on the device, like the vectors: no sync per pass
+                issued.runs.append((len(rows), backend))
             if self.heap is not None:
                 self.heap.trim_if_grown()  # rising shapes grow the heap a pass at a time (see e5.memory)
-        # Results stay on the device until every pass is queued: one copy back, no sync per pass.
-        vectors = (torch.cat(pooled) if len(pooled) > 1 else pooled[0]).cpu()
-        finite_mask = (torch.cat(finite) if len(finite) > 1 else finite[0]).cpu()
-        if not bool(finite_mask.all()):
-            self._recompute_non_finite(ids, vectors, order, finite_mask, runs)
-        if order != list(range(len(ids))):
-            ordered = torch.empty_like(vectors)
-            ordered[torch.tensor(order)] = vectors
-            vectors = ordered
-        if self.heap is not None:
-            self.heap.trim_if_due()
-        return vectors
+        issued.copy_back()
+        return issued
 
     def check_fits(self, ids: list[list[int]]) -> None:
         """`TooLongError` unless every row fits the model's position table: no out-of-range index reaches a device."""
@@ -288,3 +287,53 @@ class Encoder:
         model alone, in process, as the library benchmark times it; requests go through `EmbeddingService`."""
         tokens = self.text_tokenizer.tokenize(texts, truncate)
         return self.embed_ids(tokens.ids), tokens
+
+
+class IssuedPasses:
+    """Passes an encoder has issued for `ids`, their vectors copied back in one copy queued behind them
+    (`copy_back`). `result()` waits for that copy alone, not for passes issued after it (the host waits for
+    the device there), recomputes in float32 the rows a float16 or bfloat16 pass gave that are not finite
+    (`e5.finite`; a row still not finite is returned as it is, for the service to fail the request it belongs
+    to, and no other), and puts the rows in the order of `ids`."""
+
+    def __init__(self, encoder: Encoder, ids: list[list[int]]):
+        self.encoder = encoder
+        self.ids = ids
+        self.order: list[int] = []
+        self.pooled: list[torch.Tensor] = []
+        self.finite: list[torch.Tensor] = []
+        self.runs: list[tuple[int, Backend]] = []  # how many rows each piece holds, and what computed them
+        self._vectors: torch.Tensor | None = None
+        self._finite: torch.Tensor | None = None
+        self._copied = None  # a CUDA event, recorded once the copy back is queued
+
+    def copy_back(self) -> None:
+        """Queue the one copy of the vectors and their finite flags to the host, right behind the passes."""
+        if not self.pooled:
+            return
+        vectors = torch.cat(self.pooled) if len(self.pooled) > 1 else self.pooled[0]
+        finite = torch.cat(self.finite) if len(self.finite) > 1 else self.finite[0]
+        if vectors.device.type == "cuda":  # into pinned memory, asynchronously; the event marks its end
+            self._vectors, self._finite = vectors.to("cpu", non_blocking=True), finite.to("cpu", non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        else:
+            self._vectors, self._finite = vectors, finite
+
+    @torch.inference_mode()
+    def result(self) -> torch.Tensor:
+        encoder = self.encoder
+        if not self.ids:
+            return torch.empty((0, encoder.dimensions), dtype=torch.float32)
+        if self._copied is not None:
+            self._copied.synchronize()
+        vectors, finite_mask = self._vectors, self._finite
+        if not bool(finite_mask.all()):
+            encoder._recompute_non_finite(self.ids, vectors, self.order, finite_mask, self.runs)
+        if self.order != list(range(len(self.ids))):
+            ordered = torch.empty_like(vectors)
+            ordered[torch.tensor(self.order)] = vectors
+            vectors = ordered
+        if encoder.heap is not None:
+            encoder.heap.trim_if_due()
+        return vectors

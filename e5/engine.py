@@ -10,6 +10,11 @@ request runs waits about one pass, not the whole request, and no request is pass
 younger ones that fit better (oldest first keeps the tail latency near the mean). Each request
 gets its rows back in order once its last slice is done. A failed shared pass is retried request by request, so a bad
 neighbour fails alone; a request cancelled at any time is not computed any further.
+
+On a GPU (`Encoder.asynchronous`) the worker keeps one turn in flight, as text-embeddings-inference's queue
+keeps a channel of one: it issues the next turn from what is already waiting while the device runs the last,
+then collects the last turn's vectors and delivers them. On the CPU a pass has run by the time it is issued,
+and each turn is delivered before the next is gathered.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .encoder import Encoder, is_out_of_memory
+from .encoder import Encoder, IssuedPasses, is_out_of_memory
 from .memory import HeapTrimmer
 from .settings import DEFAULT_BATCH_WAIT_MS
 from .threads import name_this_thread
@@ -95,12 +100,34 @@ class _Job:
         return sum(len(self.ids[i]) for i in self.slices[0]) if self.slices else 0
 
 
+class _Ran:
+    """A turn already run to the end (the CPU's, or without overlap): its vectors as they are."""
+
+    def __init__(self, vectors: torch.Tensor):
+        self.vectors = vectors
+
+    def result(self) -> torch.Tensor:
+        return self.vectors
+
+
+@dataclass(eq=False)
+class _Turn:
+    """One turn of the rotation, issued: its jobs' slices and what the encoder gave for them."""
+
+    parts: list[tuple[_Job, list[int]]]
+    issued: IssuedPasses | _Ran | None = None
+    error: BaseException | None = None
+
+
 class BatchingEngine:
-    """Runs `encoder` on one background thread; concurrent `submit_async` calls share its passes."""
+    """Runs `encoder` on one background thread; concurrent `submit_async` calls share its passes. With `overlap`
+    (default: `encoder.asynchronous`) the next turn is issued before the last one's vectors are collected."""
 
     def __init__(self, encoder: Encoder, max_wait_ms: float = DEFAULT_BATCH_WAIT_MS, dynamic: bool = True,
-                 heap: HeapTrimmer | None = None, clock: Callable[[], float] = time.monotonic):
+                 heap: HeapTrimmer | None = None, clock: Callable[[], float] = time.monotonic,
+                 overlap: bool | None = None):
         self.encoder = encoder
+        self.overlap = encoder.asynchronous if overlap is None else overlap
         self.heap = heap  # trimmed whenever the worker falls idle after some work (see e5.memory)
         self._worked_since_trim = False
         self.max_wait = max_wait_ms / 1000
@@ -159,15 +186,17 @@ class BatchingEngine:
 
     # --- the worker ------------------------------------------------------------------------
 
-    def _next_pass(self) -> list[tuple[_Job, list[int]]] | None:
-        """The slices of the next forward pass, or None once closed and drained."""
+    def _next_pass(self, wait: bool = True) -> list[tuple[_Job, list[int]]] | None:
+        """The slices of the next forward pass, or None once closed and drained; without `wait`, None as soon as
+        nothing is waiting to run (a turn is in flight: its results are not held back for requests still on
+        their way)."""
         with self._cond:
             while True:
-                while not self._rotation and not self._closed:
+                while wait and not self._rotation and not self._closed:
                     self._wait_idle()
                 if not self._rotation:
                     return None
-                if self.dynamic:
+                if self.dynamic and wait:
                     self._wait_for_arrivals()
                 for job in [job for job in self._rotation if job.sink.cancelled()]:
                     self._drop(job)
@@ -239,21 +268,47 @@ class BatchingEngine:
 
     def _work(self) -> None:
         name_this_thread(self._thread.name)
-        while (parts := self._next_pass()) is not None:
-            try:
-                self._run(parts)
-            except BaseException as exc:  # never leave a caller waiting for ever
-                for job, _ in parts:
-                    self._fail(job, exc)
+        in_flight: _Turn | None = None
+        while True:
+            parts = self._next_pass(wait=in_flight is None)
+            if parts is None and in_flight is None:
+                return  # closed and drained
+            turn = self._issue(parts) if parts is not None else None
+            if in_flight is not None:
+                self._finish(in_flight)  # the device ran it while the next turn was gathered and issued
+            in_flight = turn
+            if in_flight is not None and not self.overlap:
+                self._finish(in_flight)
+                in_flight = None
 
     def _embed(self, ids: list[list[int]]) -> torch.Tensor:
         """The rows of one turn of the rotation, in the passes the encoder cuts them into (on the CPU, a joined
         turn is cut again where padding costs more than a pass)."""
         return self.encoder.embed_ids(ids)
 
-    def _run(self, parts: list[tuple[_Job, list[int]]]) -> None:
+    def _issue(self, parts: list[tuple[_Job, list[int]]]) -> _Turn:
+        """A turn's passes issued (with `overlap`; else run to the end); what fails is kept for `_finish`."""
+        ids = [job.ids[i] for job, slice_ in parts for i in slice_]
         try:
-            vectors = self._embed([job.ids[i] for job, slice_ in parts for i in slice_])
+            if self.overlap:
+                return _Turn(parts, issued=self.encoder.issue(ids))
+            return _Turn(parts, issued=_Ran(self._embed(ids)))
+        except BaseException as exc:  # failed in `_finish`, where its requests are failed or retried
+            return _Turn(parts, error=exc)
+
+    def _finish(self, turn: _Turn) -> None:
+        try:
+            self._run(turn)
+        except BaseException as exc:  # never leave a caller waiting for ever
+            for job, _ in turn.parts:
+                self._fail(job, exc)
+
+    def _run(self, turn: _Turn) -> None:
+        parts = turn.parts
+        try:
+            if turn.error is not None:
+                raise turn.error
+            vectors = turn.issued.result()
         except Exception as exc:
             if len(parts) == 1:
                 self._fail(parts[0][0], exc)

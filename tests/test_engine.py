@@ -24,6 +24,8 @@ POISON = "fox"  # a whole word in the tiny BERT vocabulary
 class GatedEncoder:
     """Wraps a real encoder: the first pass waits for `gate`, every pass is recorded, poison fails."""
 
+    asynchronous = False  # as on the CPU: the engine delivers each turn before it gathers the next
+
     def __init__(self, encoder, poison_id: int | None = None):
         self.encoder = encoder
         # Passes cut by a budget of padded tokens alone, as on a GPU: a few long texts fill one.
@@ -295,3 +297,88 @@ def test_a_row_that_stays_non_finite_fails_only_its_request_in_a_shared_pass(ove
     for name in ("query_embedding", "passage_embedding"):
         assert torch.allclose(torch.tensor(getattr(good, name)), torch.tensor(getattr(alone, name)), atol=1e-5)
     assert torch.isfinite(torch.tensor(warm.passage_embedding)).all()
+
+
+# --- one turn in flight (a GPU's overlap) ------------------------------------------------------------------------
+
+class DeviceLikeEncoder:
+    """Wraps a real encoder as a GPU's would behave: `issue` returns at once, `result()` is where the host waits.
+    The first issue waits for `gate`; every issue and result is recorded in `events`; poison fails at result()."""
+
+    asynchronous = True
+
+    def __init__(self, encoder, poison_id: int | None = None):
+        self.encoder = encoder
+        self.pass_policy = PassPolicy(encoder.token_budget)
+        self.gate = threading.Event()
+        self.events: list[tuple[str, int]] = []
+        self.poison_id = poison_id
+        self.turns = 0
+
+    def issue(self, ids):
+        self.turns += 1
+        turn = self.turns
+        self.events.append(("issue", turn))
+        if turn == 1:
+            assert self.gate.wait(10), "test never opened the gate"
+        issued = self.encoder.issue(ids)
+        poisoned = self.poison_id is not None and any(self.poison_id in row for row in ids)
+        wrapper = self
+
+        class Issued:
+            def result(self):
+                wrapper.events.append(("result", turn))
+                if poisoned:
+                    raise RuntimeError("injected fault, seen when the device is synchronised")
+                return issued.result()
+
+        return Issued()
+
+    def embed_ids(self, ids):  # the one-by-one retry after a shared turn failed
+        if self.poison_id is not None and any(self.poison_id in row for row in ids):
+            raise RuntimeError("injected fault")
+        return self.encoder.embed_ids(ids)
+
+
+def test_on_a_gpu_the_next_turn_is_issued_before_the_last_is_collected(bert):
+    device = DeviceLikeEncoder(bert)
+    engine = BatchingEngine(device, max_wait_ms=0)
+    assert engine.overlap and not BatchingEngine(bert).overlap  # the CPU's encoder runs a pass as it is issued
+    first = submit(engine, _ids(bert, ["passage: the first one"]))
+    _wait_for(lambda: device.events)  # turn 1 is being issued
+    texts = [f"passage: waiting {i} " + "word " * i for i in range(3)]
+    waiting = [submit(engine, _ids(bert, [t])) for t in texts]
+    device.gate.set()
+    results = [f.result(10) for f in waiting]
+    first_vector = first.result(10)
+    engine.close()
+    assert device.events == [("issue", 1), ("issue", 2), ("result", 1), ("result", 2)]
+    assert (first_vector - bert.embed(["passage: the first one"])[0]).abs().max().item() <= 1e-5
+    for text, got in zip(texts, results):  # each request its own rows, in order
+        assert (got - bert.embed([text])[0]).abs().max().item() <= 1e-5
+
+
+def test_on_a_gpu_a_turn_that_fails_when_collected_fails_only_its_requests(bert):
+    poison_id = bert.tokenizer.convert_tokens_to_ids(POISON)
+    device = DeviceLikeEncoder(bert, poison_id=poison_id)
+    engine = BatchingEngine(device, max_wait_ms=0)
+    first = submit(engine, _ids(bert, ["passage: warm"]))
+    _wait_for(lambda: device.events)
+    good = [submit(engine, _ids(bert, [f"passage: good {i}"])) for i in range(3)]
+    bad = submit(engine, _ids(bert, [f"passage: {POISON}"]))
+    device.gate.set()
+    first.result(10)  # turn 1, in flight while turn 2 was issued, is not touched by turn 2's failure
+    with pytest.raises(RuntimeError, match="injected fault"):
+        bad.result(10)
+    for i, f in enumerate(good):
+        assert (f.result(10) - bert.embed([f"passage: good {i}"])[0]).abs().max().item() <= 1e-5
+    engine.close()
+    assert device.events[:3] == [("issue", 1), ("issue", 2), ("result", 1)]
+
+
+def test_the_encoders_two_halves_give_what_embed_ids_gives(bert):
+    ids = _ids(bert, ["passage: one", "query: two words", "passage: " + "three " * 40])
+    issued = bert.issue(ids, token_budget=64)  # several passes, all issued before any is collected
+    assert not bert.asynchronous and len(issued.pooled) > 1
+    assert torch.equal(issued.result(), bert.embed_ids(ids, token_budget=64))
+    assert bert.issue([]).result().shape == (0, bert.dimensions)
