@@ -6,8 +6,9 @@
 #                                           commit to compare with, default HEAD~1) as a plain tree
 #   bash bench/gpu_check.sh run             there (the device tool's carry: [".device"]), in at most 6 minutes:
 #                                           packed against padded parity through the loader and on full-size
-#                                           configs, the gpu table padded and packed, and the feed section at
-#                                           384:12,1024:24 with E5_PACKING=on against REV; a summary table last
+#                                           configs, the gpu table padded, packed and graphed (CUDA graphs), and
+#                                           the feed section at 384:12,1024:24 with E5_PACKING=on
+#                                           E5_CUDA_GRAPHS=on against REV; a summary table last
 #
 # The GPU machines have Python 3.12 with torch, transformers and tokenizers, and reach no package registry.
 set -euo pipefail
@@ -41,7 +42,7 @@ run() {
     | grep -v "Loading weights\|Writing model\|weights have"
   timeout 170 python3 bench/bench.py --sections feed --feed-configs 384:12,1024:24 --rounds 3 \
     --feed-single-requests 1000 --feed-batch-requests 48 --feed-tokenizer "$DEVICE_DIR/tokenizer" \
-    --baseline "$DEVICE_DIR/baseline" --feed-env E5_PACKING=on --out "$out/feed.json" 2>&1 | tee "$out/feed.log" \
+    --baseline "$DEVICE_DIR/baseline" --feed-env E5_PACKING=on --feed-env E5_CUDA_GRAPHS=on --out "$out/feed.json" 2>&1 | tee "$out/feed.log" \
     | tail -40 || echo "feed: did not finish (see $out/feed.log)"
   python3 bench/gpu_summary.py "$out/gpu.json" "$out/feed.json" "$(cat "$DEVICE_DIR/baseline.rev" 2>/dev/null)"
 }

@@ -40,6 +40,25 @@ def rows(gpu: dict, feed: dict) -> list[list[str]]:
             ratio = packed["tokens_per_second"] / padded["tokens_per_second"]
             out.append([f"{model} {MIXED}, packed over padded tok/s", ">= 1.5x", f"{ratio:.2f}x",
                         "holds" if ratio >= 1.5 else "misses"])
+        graphs, graphed_check = models.get(f"{model} graphs"), models.get(f"{model} graphed parity")
+        if graphs:
+            memory = graphs["memory_bytes"]
+            out.append([f"{model} CUDA graphs: record seconds, memory", "reported",
+                        f"{graphs['record_seconds']:.1f} s" + (f", {memory / 2**20:,.0f} MiB" if memory else ""), ""])
+        if graphed_check:
+            ok = graphed_check["min_cosine"] >= 0.9999 and graphed_check["finite"]
+            out.append([f"{model} graphed parity, {MIXED}", ">= 0.9999", f"{graphed_check['min_cosine']:.6f}",
+                        "holds" if ok else "FAILS"])
+        for shape in ("1 x 128", "64 x 128"):
+            if (level := models.get(f"{model}@{shape}/graphed")) is not None:
+                cpu = 1000 * level["cpu_seconds"]
+                out.append([f"{model} {shape} graphed: host CPU ms to issue", "<= 0.5", f"{cpu:.2f}",
+                            "holds" if cpu <= 0.5 else "misses"])
+        if (level := models.get(f"{model}@64 x 128/graphed")) is not None:
+            target = 0.70 if model == "e5-large-v2" else 0.50
+            share = level["share_of_matmul_peak"]
+            out.append([f"{model} 64 x 128 graphed: share of peak", f">= {100 * target:.0f}%", f"{100 * share:.0f}%",
+                        "holds" if share >= target else "misses"])
         for shape in (FULL, "1 x 128"):
             for layout in ("padded", "packed"):
                 if (level := models.get(f"{model}@{shape}/{layout}")) is not None:

@@ -14,13 +14,15 @@ class LoadReport:
     """What a load chose and why: `choice` (`choose_runtime`'s decision), `packing` (`choose_packing`'s),
     `record` (the CPU's measured or cached plan and checks; None where nothing is measured: a GPU, or torch
     pinned), where the plan came from (`source`), and, where nothing is measured, what became of packing
-    (`packed_note`, the measured plan keeps its note in the record)."""
+    (`packed_note`, the measured plan keeps its note in the record) and, on a GPU, whether passes are recorded
+    in CUDA graphs (`graphs_note`)."""
 
     choice: RuntimeChoice
     packing: PackingChoice | None = None
     record: LoadRecord | None = None
     source: str = "nothing measured"
     packed_note: str | None = None
+    graphs_note: str | None = None
 
     @property
     def onnx_max_abs_diff(self) -> float | None:
@@ -64,5 +66,5 @@ class LoadReport:
             checks.append(f"int8 cosine to float32 min {int8.min_cosine:.4f}, mean {int8.mean_cosine:.4f}")
         if checks:
             why += f"; on {len(PROBE_TEXTS)} probe texts: " + ", ".join(checks)
-        notes = self.record.notes if self.record else tuple(filter(None, [self.packed_note]))
+        notes = self.record.notes if self.record else tuple(filter(None, [self.packed_note, self.graphs_note]))
         return "; ".join([why, *notes])

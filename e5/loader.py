@@ -27,9 +27,10 @@ from types import SimpleNamespace
 import torch
 
 from .backend import Backend, PaddedBackend, Padding
-from .batching import CPU_TOKEN_BUDGET
+from .batching import CPU_TOKEN_BUDGET, DEFAULT_MAX_BATCH, default_token_budget
 from .devices import Placement, choose_placement
-from .encoder import Encoder, check_weights_dir
+from .encoder import Encoder, check_weights_dir, position_capacity
+from .graphs import bucket_ladder, choose_graphs, graphed_twin
 from .load_report import LoadReport
 from .memory import HeapTrimmer
 from .onnx_runtime import PROBE_TEXTS, OnnxRuntimeError, cosine_check, onnx_backbones, onnx_model, onnx_refusal
@@ -88,7 +89,9 @@ def _load(spec: ModelSpec, weights_dir: Path, settings: Settings | None, placeme
                if quantize == Quantize.INT8 or runtime != CpuRuntime.TORCH else None)
     choice = choose_runtime(device.type, settings.dtype is not None, quantize, runtime, refusal, settings.packing)
     packing_choice = choose_packing(settings.packing, device.type, choice.measure, spec_refusal(spec))
-    log.info("%s: %s (%s); %s", spec.name, choice.runtime, choice.reason, packing_choice.reason)
+    graphs, graphs_why = choose_graphs(settings.cuda_graphs, device.type, packing_choice.mode is PackingMode.ONLY,
+                                       attention_for(device, dtype))
+    log.info("%s: %s (%s); %s; %s", spec.name, choice.runtime, choice.reason, packing_choice.reason, graphs_why)
     heap = HeapTrimmer(settings.heap_trim_seconds)
     if choice.runtime == TORCH and not choice.measure:
         tokenizer = checkpoint_tokenizer(weights_dir)
@@ -97,7 +100,10 @@ def _load(spec: ModelSpec, weights_dir: Path, settings: Settings | None, placeme
         if packing_choice.mode is PackingMode.ONLY:  # nothing is measured, so packing is all or nothing
             backend, note, _ = packed_twin(spec, tokenizer, padded, placement, measurements or Measurements(),
                                            required=True)
-        report = LoadReport(choice, packing_choice, packed_note=note)
+        if graphs:
+            backend, graphs_why = recorded_twin(spec, tokenizer, backend, settings, measurements or Measurements())
+        report = LoadReport(choice, packing_choice, packed_note=note,
+                            graphs_note=graphs_why if device.type == "cuda" else None)
         encoder = Encoder(spec, tokenizer, backend, placement, settings.token_budget, heap, report=report)
         # A warning so that it reaches Cog's setup log: what serves and why (on a GPU, whether passes are packed).
         log.warning("%s on %s: %s. Why: %s", spec.name, device.type, encoder.runtime, report.why())
@@ -211,6 +217,17 @@ def packed_twin(spec: ModelSpec, tokenizer: CheckpointTokenizer, padded: PaddedB
     message = f"packed passes refused, {padded.name} stays padded: {refusal}"
     log.warning("%s: %s", spec.name, message)
     return padded, message, None
+
+
+def recorded_twin(spec: ModelSpec, tokenizer: CheckpointTokenizer, packed: PackedBackend, settings: Settings,
+                  measurements: Measurements) -> tuple[Backend, str]:
+    """`packed` with its passes recorded in CUDA graphs for a ladder of buckets up to its pass budget
+    (`e5.graphs`), where every bucket replays `PROBE_TEXTS` as `packed` runs them, else `packed` itself; with
+    the sentence that says which and why."""
+    ladder = bucket_ladder(default_token_budget(packed.device.type, settings.token_budget), DEFAULT_MAX_BATCH,
+                           min(spec.max_tokens, position_capacity(spec, packed.config)))
+    rows = TextTokenizer(tokenizer, spec, spec.max_tokens).encode(PROBE_TEXTS)
+    return graphed_twin(packed, ladder, rows, measurements.graph_recorder)
 
 
 def _from_record(record: LoadRecord, spec: ModelSpec, weights_dir: Path, tokenizer: CheckpointTokenizer,

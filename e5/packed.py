@@ -43,7 +43,12 @@ class PackedPass:
     """One pass's texts end to end on a device: `ids`, `positions` and `segments` (the text each token belongs
     to) have one entry a token; `cu_seqlens` (int32) the start of each text and the end of the last;
     `lengths` (int64) each text's tokens; `longest` the longest text; `grid` where each token sits in a
-    [texts, longest] grid (its text's row, its place in that text), for attention padded per text."""
+    [texts, longest] grid (its text's row, its place in that text), for attention padded per text.
+
+    A pass of fixed sizes (`e5.graphs`) also has `padding`, True for the tokens past the texts' end: they
+    belong to no text of `cu_seqlens`, sit in a last, empty text of the grid and are pooled into it, so that
+    whatever a kernel leaves in them (a variable-length kernel does not write them) never reaches a real
+    token: every other operation of a pass is per token."""
 
     ids: torch.Tensor
     positions: torch.Tensor
@@ -52,6 +57,7 @@ class PackedPass:
     lengths: torch.Tensor
     grid: torch.Tensor
     longest: int
+    padding: torch.Tensor | None = None
 
     @property
     def texts(self) -> int:
@@ -97,7 +103,7 @@ def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: P
     the real tokens gathered back. Padded query rows attend to real keys, so nothing there is NaN."""
     tokens, heads, head_dim = q.shape
     texts, longest, place = batch.texts, batch.longest, batch.grid
-    if texts * longest == tokens:  # texts of one length (or one text): the flat row is the grid, no mask
+    if batch.padding is None and texts * longest == tokens:  # texts of one length: the row is the grid, no mask
         out = F.scaled_dot_product_attention(*(x.view(texts, longest, heads, head_dim).transpose(1, 2)
                                                for x in (q, k, v)))
         return out.transpose(1, 2).reshape(tokens, heads, head_dim)
@@ -239,10 +245,10 @@ class PackedModel:
 
 
 def mean_by_text(hidden: torch.Tensor, batch: PackedPass) -> torch.Tensor:
-    """Each text's mean token state, accumulated in float32: [texts, hidden]."""
+    """Each text's mean token state, accumulated in float32: [texts, hidden] (zeros for an empty text)."""
     sums = torch.zeros((batch.texts, hidden.shape[1]), dtype=torch.float32, device=hidden.device)
     sums.index_add_(0, batch.segments, hidden.to(torch.float32))
-    return sums / batch.lengths.to(torch.float32)[:, None]
+    return sums / batch.lengths.clamp(min=1).to(torch.float32)[:, None]
 
 
 class PackedBackend:

@@ -149,6 +149,8 @@ class Measurements:
     packed_min_cosine: float = PACKED_MIN_COSINE
     # What makes a packed backend of a torch model and its attention (default: e5.packed.PackedBackend).
     packed_backend: Callable | None = None
+    # What records a pass for replay (e5.graphs.Recorder; default: a CUDA graph), where E5_CUDA_GRAPHS=on.
+    graph_recorder: Callable | None = None
     onnx_float32_tolerance: float = ONNX_FLOAT32_TOLERANCE
     choose_plan: Callable = field(default=choose_plan)
     # The machine's use of its cores, to tell timings taken beside another busy process.

@@ -52,6 +52,15 @@ class Packing(str, Enum):
     OFF = "off"
 
 
+class CudaGraphs(str, Enum):
+    """E5_CUDA_GRAPHS: `auto` leaves packed passes unrecorded until a GPU has confirmed the recorded path
+    (e5.graphs); `on` records them on a CUDA device (packed passes needed: E5_PACKING=on); `off` never."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class DType(str, Enum):
     """E5_DTYPE: the precision the model runs in (unset: per device)."""
 
@@ -79,6 +88,7 @@ class Settings:
     quantize: Quantize = Quantize.NONE  # E5_QUANTIZE
     cpu_runtime: CpuRuntime = CpuRuntime.AUTO  # E5_CPU_RUNTIME, for float32 on the CPU
     packing: Packing = Packing.AUTO  # E5_PACKING: padding-free passes (BERT and XLM-RoBERTa)
+    cuda_graphs: CudaGraphs = CudaGraphs.AUTO  # E5_CUDA_GRAPHS: packed passes recorded on a GPU (e5.graphs)
     # E5_CACHE_DIR: ONNX builds and the CPU's measured plans (else $XDG_CACHE_HOME/e5, as Hugging Face's caches)
     cache_dir: Path = Path.home() / ".cache" / "e5"
     remeasure: bool = False  # E5_REMEASURE: measure the CPU's plan at this boot even where one is cached
@@ -110,6 +120,7 @@ class Settings:
             quantize=env.member("E5_QUANTIZE", Quantize, defaults.quantize, lower=True),
             cpu_runtime=env.member("E5_CPU_RUNTIME", CpuRuntime, defaults.cpu_runtime, lower=True),
             packing=env.member("E5_PACKING", Packing, defaults.packing, lower=True),
+            cuda_graphs=env.member("E5_CUDA_GRAPHS", CudaGraphs, defaults.cuda_graphs, lower=True),
             cache_dir=env.path("E5_CACHE_DIR") or _under(env.path("XDG_CACHE_HOME"), "e5") or defaults.cache_dir,
             remeasure=env.flag("E5_REMEASURE", defaults.remeasure),
             token_budget=env.positive_int("E5_TOKEN_BUDGET", None, "number of tokens"),

@@ -71,9 +71,12 @@ def test_the_benchmark_runs_every_section_and_loses_no_request(tmp_path):
     assert all(r["giant"]["rss_peak_mb"] >= r["giant"]["rss_before_mb"] > 100 for r in giant.values())
 
     gpu = report["gpu"]["models"]
-    assert set(gpu) == {"e5-small-v2 parity"} | {f"e5-small-v2@{shape}/{layout}" for layout in ("padded", "packed")
-                                                 for shape in ("1 x 16", "1 x 128", "8 x 128", "8 x 16-128")}
-    assert gpu["e5-small-v2 parity"]["min_cosine"] >= 0.9999 and gpu["e5-small-v2 parity"]["finite"]
+    assert set(gpu) == {"e5-small-v2 parity", "e5-small-v2 graphed parity", "e5-small-v2 graphs"} | {
+        f"e5-small-v2@{shape}/{layout}" for layout in ("padded", "packed", "graphed")
+        for shape in ("1 x 16", "1 x 128", "8 x 128", "8 x 16-128")}
+    for parity in ("e5-small-v2 parity", "e5-small-v2 graphed parity"):
+        assert gpu[parity]["min_cosine"] >= 0.9999 and gpu[parity]["finite"]
+    assert gpu["e5-small-v2 graphs"]["record_seconds"] > 0 and gpu["e5-small-v2 graphs"]["memory_bytes"] is None
     assert all(0 < p["cpu_seconds"] and 0 < p["wall_seconds"] for p in report["gpu"]["passes"].values())
     rate = gpu["e5-small-v2@8 x 128/packed"]
     assert rate["tokens_per_second"] == pytest.approx(8 * 128 / rate["wall_seconds"])

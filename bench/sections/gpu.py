@@ -1,5 +1,7 @@
-"""gpu: full-size random-initialised e5-small, e5-large and e5-mistral-7b configs, padded and packed (e5.packed) in
-the same rounds, against the FLOP limit from the card's measured matmul rate; the host CPU that issues a pass."""
+"""gpu: full-size random-initialised e5-small, e5-large and e5-mistral-7b configs, padded, packed (e5.packed) and
+packed replayed from CUDA graphs (e5.graphs, the service's bucket ladder) in the same rounds, against the FLOP limit
+from the card's measured matmul rate; the host CPU that issues a pass. On the CPU (a smoke test) the "graphed"
+layout replays by running the recorded function again, as tests/test_graphs.py does."""
 
 from __future__ import annotations
 
@@ -67,17 +69,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _backends(name: str, model, device: torch.device, dtype: torch.dtype) -> dict:
-    """The padded backend and, for the families that pack, the packed one over the same model."""
+def _backends(name: str, model, device: torch.device, dtype: torch.dtype) -> tuple[dict, float | None]:
+    """The padded backend and, for the families that pack, the packed one over the same model and the packed one
+    recorded for the service's bucket ladder; with the seconds the recording took."""
     from e5.backend import PaddedBackend, Padding
+    from e5.batching import DEFAULT_MAX_BATCH, GPU_TOKEN_BUDGET
+    from e5.graphs import CudaGraphRecorder, GraphedBackend, bucket_ladder
     from e5.packed import PackedBackend, attention_for, spec_refusal
     from e5.runtimes import TorchBackbone
 
     spec = get_spec(name)
     backends = {"padded": PaddedBackend(TorchBackbone(model), Padding(0, device), spec.pooling)}
-    if spec_refusal(spec) is None:
-        backends["packed"] = PackedBackend(model, attention_for(device, dtype)[0])
-    return backends
+    if spec_refusal(spec) is not None:
+        return backends, None
+    backends["packed"] = PackedBackend(model, attention_for(device, dtype)[0])
+    recorder = CudaGraphRecorder() if device.type == "cuda" else (lambda run: run)
+    with torch.inference_mode():
+        backends["graphed"] = GraphedBackend(backends["packed"], bucket_ladder(GPU_TOKEN_BUDGET, DEFAULT_MAX_BATCH,
+                                                                               spec.max_tokens), recorder)
+    return backends, backends["graphed"].record_seconds
 
 
 def _one_pass(backend, rows, device) -> tuple[float, float]:
@@ -90,12 +100,12 @@ def _one_pass(backend, rows, device) -> tuple[float, float]:
     return issued, time.perf_counter() - started
 
 
-def parity(backends: dict, rows: list[list[int]]) -> dict | None:
-    """The packed vectors against the padded ones on `rows`: least cosine and largest difference."""
-    if "packed" not in backends:
+def parity(backends: dict, rows: list[list[int]], layout: str = "packed") -> dict | None:
+    """The `layout` vectors against the padded ones on `rows`: least cosine and largest difference."""
+    if layout not in backends:
         return None
     with torch.inference_mode():
-        padded, packed = (backends[layout].embed(rows).float().cpu() for layout in ("padded", "packed"))
+        padded, packed = (backends[name].embed(rows).float().cpu() for name in ("padded", layout))
     cosine = torch.nn.functional.cosine_similarity(padded, packed, dim=1)
     return {"min_cosine": float(cosine.min()), "max_abs_diff": float((padded - packed).abs().max()),
             "finite": bool(torch.isfinite(packed).all())}
@@ -180,15 +190,20 @@ def bench_gpu(args) -> dict:
             model = AutoModel.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # as the loader serves it (E5 pools the token states itself)
-        backends = _backends(name, model, device, dtype)
+        backends, recorded = _backends(name, model, device, dtype)
         generator = random.Random(1)
         rows_of = {shape: [[generator.randrange(3, config.vocab_size) for _ in range(n)] for n in lengths]
                    for shape, lengths in shapes.items()}
-        checked = parity(backends, rows_of[list(shapes)[-1]])
-        if checked is not None:
-            parities.append([name, list(shapes)[-1], f"{checked['min_cosine']:.6f}", f"{checked['max_abs_diff']:.1e}",
-                             "yes" if checked["finite"] else "NO"])
-            results[f"{name} parity"] = checked
+        for layout, key in (("packed", f"{name} parity"), ("graphed", f"{name} graphed parity")):
+            checked = parity(backends, rows_of[list(shapes)[-1]], layout)
+            if checked is not None:
+                parities.append([name, layout, list(shapes)[-1], f"{checked['min_cosine']:.6f}",
+                                 f"{checked['max_abs_diff']:.1e}", "yes" if checked["finite"] else "NO"])
+                results[key] = checked
+        if recorded is not None:
+            results[f"{name} graphs"] = {"record_seconds": recorded,
+                                         "memory_bytes": backends["graphed"].memory_bytes}
+            print(f"{name}: {backends['graphed'].describe()}")
         seconds: dict = {}
         calls: dict = {}
         with torch.inference_mode():
@@ -213,7 +228,7 @@ def bench_gpu(args) -> dict:
                 results[key] = {"tokens_per_second": rate, "share_of_matmul_peak": share, "cpu_seconds": cpu,
                                 "wall_seconds": wall, "tokens": sum(lengths)}
                 passes[key] = {"cpu_seconds": cpu, "wall_seconds": wall}
-                speedup = walls["padded"] / wall if layout == "packed" else None
+                speedup = walls["padded"] / wall if layout != "padded" else None
                 table.append([name, shape, layout, f"{rate:,.0f}", f"{100 * share:.0f}%", f"{1000 * cpu:.2f}",
                               f"{1000 * wall:.2f}", f"{speedup:.2f}x" if speedup else ""])
         del model, backends
@@ -221,8 +236,8 @@ def bench_gpu(args) -> dict:
             torch.cuda.empty_cache()
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test, tiny config)"
     if parities:
-        print_table(f"gpu parity: packed against padded vectors, {dtype}, on the {list(shapes)[-1]} pass",
-                    ["model", "pass", "min cosine", "max |diff|", "finite"], parities)
+        print_table(f"gpu parity: packed and graphed against padded vectors, {dtype}, on the {list(shapes)[-1]} pass",
+                    ["model", "layout", "pass", "min cosine", "max |diff|", "finite"], parities)
     print_table(f"gpu: {card}, {dtype}, random-initialised configs, measured {dtype} matmul peak "
                 f"{peak / 1e12:,.1f} TFLOP/s; real tokens a second and the share of peak their work is (padding "
                 f"not counted), host CPU to issue a pass and its wall time; median of {args.rounds} rounds of "
