@@ -90,23 +90,29 @@ def test_with_dynamic_batching_off_each_pass_serves_one_request(bert):
     assert gated.passes == [1, 2, 2, 2, 2]
 
 
-def test_a_failing_request_fails_alone_and_its_neighbours_get_correct_vectors(bert):
-    poison_id = bert.tokenizer.convert_tokens_to_ids(POISON)
-    assert poison_id != bert.tokenizer.unk_token_id, "the tiny vocabulary must hold the poison word"
-    gated = GatedEncoder(bert, poison_id=poison_id)
-    engine = BatchingEngine(gated, max_wait_ms=0)
+def _poisoned_turn(bert, wrapper, started) -> None:
+    """A warm-up request held at `wrapper.gate`, then three good requests and a poisoned one that share the next
+    turn: the poisoned one fails with the injected fault, the others get their own vectors."""
+    engine = BatchingEngine(wrapper, max_wait_ms=0)
     first = submit(engine, _ids(bert, ["passage: warm"]))
-    _wait_for(lambda: gated.passes)
+    _wait_for(started)
     good = [submit(engine, _ids(bert, [f"passage: good {i}"])) for i in range(3)]
     bad = submit(engine, _ids(bert, [f"passage: {POISON}"]))
-    gated.gate.set()
-    first.result(10)
+    wrapper.gate.set()
+    first.result(10)  # the turn before is not touched by the failure
     with pytest.raises(RuntimeError, match="injected fault"):
         bad.result(10)
     for i, f in enumerate(good):
         alone = bert.embed([f"passage: good {i}"])[0]
         assert (f.result(10) - alone).abs().max().item() <= 1e-5
     engine.close()
+
+
+def test_a_failing_request_fails_alone_and_its_neighbours_get_correct_vectors(bert):
+    poison_id = bert.tokenizer.convert_tokens_to_ids(POISON)
+    assert poison_id != bert.tokenizer.unk_token_id, "the tiny vocabulary must hold the poison word"
+    gated = GatedEncoder(bert, poison_id=poison_id)
+    _poisoned_turn(bert, gated, lambda: gated.passes)
     assert gated.passes[1] == 4  # the shared pass was tried first, then one by one
     assert sorted(gated.passes[2:]) == [1, 1, 1, 1]
 
@@ -359,20 +365,9 @@ def test_on_a_gpu_the_next_turn_is_issued_before_the_last_is_collected(bert):
 
 
 def test_on_a_gpu_a_turn_that_fails_when_collected_fails_only_its_requests(bert):
-    poison_id = bert.tokenizer.convert_tokens_to_ids(POISON)
-    device = DeviceLikeEncoder(bert, poison_id=poison_id)
-    engine = BatchingEngine(device, max_wait_ms=0)
-    first = submit(engine, _ids(bert, ["passage: warm"]))
-    _wait_for(lambda: device.events)
-    good = [submit(engine, _ids(bert, [f"passage: good {i}"])) for i in range(3)]
-    bad = submit(engine, _ids(bert, [f"passage: {POISON}"]))
-    device.gate.set()
-    first.result(10)  # turn 1, in flight while turn 2 was issued, is not touched by turn 2's failure
-    with pytest.raises(RuntimeError, match="injected fault"):
-        bad.result(10)
-    for i, f in enumerate(good):
-        assert (f.result(10) - bert.embed([f"passage: good {i}"])[0]).abs().max().item() <= 1e-5
-    engine.close()
+    device = DeviceLikeEncoder(bert, poison_id=bert.tokenizer.convert_tokens_to_ids(POISON))
+    _poisoned_turn(bert, device, lambda: device.events)
+    # Turn 1 was still in flight when turn 2 was issued, and was collected whole before turn 2 failed.
     assert device.events[:3] == [("issue", 1), ("issue", 2), ("result", 1)]
 
 
