@@ -164,7 +164,8 @@ class _Recording:
             if self.device.type == "cuda":  # pinned, so that the copy runs asynchronously with the last pass
                 host = host.pin_memory()
             self.tensors[name].copy_(host, non_blocking=self.device.type == "cuda")
-        # A copy of the rows asked: the next replay overwrites the recording's output.
+        # A copy of the rows asked, queued right behind the replay: the next replay of this bucket, or of another
+        # whose recording reuses this one's memory in the shared pool, overwrites the recording's output.
         return self.replay()[:len(rows)].clone()
 
 
