@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 from .chunking import Window, default_overlap, window_end, window_spans
 from .errors import RequestError
 from .registry import ModelSpec
+from .threads import threads_started_named
 from .weights import WeightsError
 
 # A token covers 3-5 characters of text in the E5 tokenizers' languages (one for CJK): a head of 8 characters
@@ -62,6 +63,11 @@ class CheckpointTokenizer:
     def __post_init__(self) -> None:
         self.rust.no_truncation()  # `TextTokenizer` cuts to the model's limit itself
         self.rust.no_padding()
+        # The Rust tokenizer tokenises a batch on one thread pool for the whole process, started by the first
+        # batch, whose threads would take the name of whichever thread that was (the load's, say): started here
+        # under a name of its own, per-thread CPU shows tokenising as tokenising.
+        with threads_started_named("e5-tokenize"):
+            self.rust.encode_batch(["", ""])
 
     @property
     def padding_id(self) -> int:
@@ -75,7 +81,7 @@ class CheckpointTokenizer:
         Hugging Face's per-call `truncation=`/`max_length=` reconfigure the Rust tokenizer, which would race
         between threads: the caller hands `tokenizer` over and no longer calls it."""
         eos = tokenizer.eos_token_id
-        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+        ids = tokenizer.backend_tokenizer.encode("a", add_special_tokens=True).ids  # one text: no batch (above)
         adds_eos = eos is not None and bool(ids) and ids[-1] == eos
         return cls(tokenizer.backend_tokenizer, eos, tokenizer.pad_token_id, adds_eos, str(tokenizer.name_or_path))
 

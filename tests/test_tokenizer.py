@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -156,3 +158,20 @@ def test_windows_cover_every_token_of_a_real_text(minilm):
                 for w1, w2 in zip(windows, windows[1:])]
     assert all(default_overlap(room) - 8 <= n <= default_overlap(room) + 8 for n in overlaps), overlaps
 
+
+_POOL_NAMES = """
+import os, sys
+from e5.loader import checkpoint_tokenizer
+from e5.threads import run_on_own_thread
+tokenizer = run_on_own_thread(lambda: checkpoint_tokenizer(sys.argv[1]), "e5-load")
+tokenizer.rust.encode_batch(["a text"] * 64)
+print(" ".join(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names in /proc are Linux's")
+def test_the_tokenizers_batch_pool_is_named_for_tokenising_not_for_the_thread_that_loaded_it(checkpoints):
+    """The Rust tokenizer's pool is the process's, started by its first batch: per-thread CPU reads it by name."""
+    names = subprocess.run([sys.executable, "-c", _POOL_NAMES, str(checkpoints["xlm-roberta"])], capture_output=True,
+                           text=True, check=True, timeout=120).stdout.split()
+    assert "e5-tokenize" in names and "e5-load" not in names, names
