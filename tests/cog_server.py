@@ -50,8 +50,14 @@ def until_accepted(send: Callable[[], requests.Response], attempts: int = 50) ->
     pytest.fail(f"refused {attempts} times in a row: {response.text[:200]}")
 
 
-def assert_ready(base: str) -> None:
-    assert requests.get(f"{base}/health-check", timeout=5).json()["status"] == "READY"
+def assert_ready(base: str, seconds: float = 10.0) -> None:
+    """The server answers READY: at once when idle, or within `seconds` while coglet frees the slot of a
+    prediction that has just ended (its webhook, or a cancel's, can arrive before the slot is counted free).
+    A server left BUSY, DEFUNCT or failed stays so and fails this with its status."""
+    deadline = time.monotonic() + seconds
+    while (status := requests.get(f"{base}/health-check", timeout=5).json()["status"]) != "READY":
+        assert time.monotonic() < deadline, f"health-check says {status}, not READY, after {seconds:.0f} s"
+        time.sleep(0.05)
 
 
 def assert_no_internals(*texts: str) -> None:
