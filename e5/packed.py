@@ -68,23 +68,40 @@ class PackedPass:
         return int(self.ids.shape[0])
 
 
+@dataclass(frozen=True)
+class TextLayout:
+    """`rows` of token ids end to end, in numpy: each row's `lengths`, and for every token its `ids`, the row it
+    belongs to (`segments`) and its place in that row (`places`)."""
+
+    lengths: np.ndarray
+    ids: np.ndarray
+    segments: np.ndarray
+    places: np.ndarray
+
+    @classmethod
+    def of(cls, rows: list[list[int]]) -> "TextLayout":
+        """Built in one go (no array per row); `ValueError` for no rows, or a row of no tokens."""
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        if len(rows) == 0 or int(lengths.min()) < 1:
+            raise ValueError("a packed pass needs at least one row, and every row at least one token")
+        total = int(lengths.sum())
+        starts = np.cumsum(lengths) - lengths
+        segments = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+        places = np.arange(total, dtype=np.int64) - starts[segments]
+        ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+        return cls(lengths, ids, segments, places)
+
+
 def pack(rows: list[list[int]], position_offset: int = 0, device: torch.device | None = None) -> PackedPass:
     """`rows` of token ids end to end, with positions from `position_offset` restarting at every row.
 
-    Built in numpy in one go (no tensor per row) and copied to `device` from pinned memory on CUDA.
+    Built in numpy in one go (`TextLayout`) and copied to `device` from pinned memory on CUDA.
     """
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    if len(rows) == 0 or int(lengths.min()) < 1:
-        raise ValueError("a packed pass needs at least one row, and every row at least one token")
-    total = int(lengths.sum())
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    longest = int(lengths.max())
-    segments = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    places = np.arange(total, dtype=np.int64) - starts[segments]
-    ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
-    cu_seqlens = np.concatenate([[0], ends]).astype(np.int32)
-    arrays = (ids, places + position_offset, segments, cu_seqlens, lengths, segments * longest + places)
+    layout = TextLayout.of(rows)
+    longest = int(layout.lengths.max())
+    cu_seqlens = np.concatenate([[0], np.cumsum(layout.lengths)]).astype(np.int32)
+    arrays = (layout.ids, layout.places + position_offset, layout.segments, cu_seqlens, layout.lengths,
+              layout.segments * longest + layout.places)
     host = [torch.from_numpy(a) for a in arrays]
     if device is not None and device.type == "cuda":
         # Pinned host memory lets the copies run asynchronously with the previous pass.
