@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import ServiceError
-from .packed import PackedBackend, PackedPass, mean_by_text
+from .packed import PackedBackend, PackedPass, TextLayout, mean_by_text
 from .settings import CudaGraphs
 
 log = logging.getLogger(__name__)
@@ -80,25 +80,18 @@ def static_arrays(rows: list[list[int]], bucket: Bucket, position_offset: int = 
     """`rows` laid out in `bucket`'s fixed sizes, as `e5.packed.pack` lays them in their own (names are
     `PackedPass`'s fields): the texts in slots 0..len(rows)-1, empty slots after them, and one more, empty slot
     that the padding tokens (id 0, first position) are pooled into and attend in."""
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    if len(rows) == 0 or int(lengths.min()) < 1:
-        raise ValueError("a pass needs at least one row, and every row at least one token")
-    if not bucket.holds(int(lengths.sum()), len(rows), int(lengths.max())):
-        raise ValueError(f"a pass of {len(rows)} texts, {int(lengths.sum())} tokens, the longest "
-                         f"{int(lengths.max())}, does not fit {bucket}")
-    real = int(lengths.sum())
-    dump = bucket.texts  # the slot of the padding tokens
+    layout = TextLayout.of(rows)
+    real, longest = int(layout.lengths.sum()), int(layout.lengths.max())
+    if not bucket.holds(real, len(rows), longest):
+        raise ValueError(f"a pass of {len(rows)} texts, {real} tokens, the longest {longest}, does not fit {bucket}")
     slot_lengths = np.zeros(bucket.texts + 1, dtype=np.int64)
-    slot_lengths[:len(rows)] = lengths
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    segments = np.full(bucket.tokens, dump, dtype=np.int64)
-    segments[:real] = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
-    places = np.zeros(bucket.tokens, dtype=np.int64)
-    places[:real] = np.arange(real, dtype=np.int64) - starts[segments[:real]]
-    places[real:] = np.arange(bucket.tokens - real, dtype=np.int64) % bucket.longest  # inside the empty slot
+    slot_lengths[:len(rows)] = layout.lengths
+    segments = np.full(bucket.tokens, bucket.texts, dtype=np.int64)  # the last slot takes the padding tokens
+    segments[:real] = layout.segments
+    places = np.arange(bucket.tokens, dtype=np.int64) % bucket.longest  # padding: inside the empty slot
+    places[:real] = layout.places
     ids = np.zeros(bucket.tokens, dtype=np.int64)
-    ids[:real] = np.fromiter((token for row in rows for token in row), dtype=np.int64, count=real)
+    ids[:real] = layout.ids
     cu_seqlens = np.concatenate([[0], np.cumsum(slot_lengths)]).astype(np.int32)
     padding = np.arange(bucket.tokens) >= real
     positions = np.where(padding, 0, places) + position_offset
@@ -207,8 +200,7 @@ class GraphedBackend:
                 f"{self.record_seconds:.1f} s{memory}")
 
 
-def choose_graphs(setting: CudaGraphs, device_type: str, packed: bool,
-                  attention: tuple[str, str] = ("varlen", "")) -> tuple[bool, str]:
+def choose_graphs(setting: CudaGraphs, device_type: str, packed: bool, attention: tuple[str, str]) -> tuple[bool, str]:
     """Whether packed passes are recorded, and why; `GraphError` where E5_CUDA_GRAPHS=on cannot be kept.
     `attention` is `e5.packed.attention_for`'s answer: a bucket's passes are recorded with FlashAttention's
     varlen kernel only, since attention padded per text would run over the bucket's whole grid of text slots

@@ -10,7 +10,6 @@ until a GPU runs bench/gpu_check.sh.
 from __future__ import annotations
 
 import logging
-import random
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from e5.packed import PackedBackend, padded_attention
 from e5.pass_timing import Measurements
 from e5.registry import get_spec
 from e5.settings import CudaGraphs, Settings, SettingsError
+from tiny_checkpoints import random_rows
 
 
 def rerun(run):
@@ -37,9 +37,7 @@ def _packed(path) -> PackedBackend:
     return PackedBackend(AutoModel.from_pretrained(path, attn_implementation="sdpa").eval())
 
 
-def _rows(lengths: list[int], seed: int = 0, vocab: int = 60) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(5, vocab) for _ in range(length)] for length in lengths]
+VOCAB = 60  # ids every tiny checkpoint has
 
 
 LADDER = (Bucket(16, 4, 16), Bucket(32, 8, 24), Bucket(64, 8, 24))
@@ -90,7 +88,7 @@ def test_the_texts_come_first_and_the_padding_belongs_to_no_text():
 
 def test_a_pass_that_does_not_fit_its_bucket_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
-        static_arrays(_rows([7]), Bucket(16, 4, 6))
+        static_arrays(random_rows(VOCAB, [7]), Bucket(16, 4, 6))
     with pytest.raises(ValueError, match="at least one row"):
         static_arrays([], Bucket(16, 4, 6))
 
@@ -104,7 +102,7 @@ def test_a_replay_gives_the_vectors_of_the_pass_run_as_always(checkpoints, famil
     with torch.inference_mode():
         # Large, then small in the same bucket: what the large pass left in the buffers must not count.
         for lengths in ([24, 24, 10], [3, 5], [4, 4, 4, 4], [20, 2], [1], [24, 24, 10, 6]):
-            rows = _rows(lengths, seed=len(lengths))
+            rows = random_rows(VOCAB, lengths, seed=len(lengths))
             got, want = graphed.embed(rows), packed.embed(rows)
             assert got.shape == (len(rows), packed.config.hidden_size)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -117,9 +115,9 @@ def test_a_pass_beyond_the_ladder_runs_as_always(checkpoints):
     original = packed.embed
     packed.embed = lambda rows: calls.append(len(rows)) or original(rows)
     with torch.inference_mode():
-        graphed.embed(_rows([3, 3]))
+        graphed.embed(random_rows(VOCAB, [3, 3]))
         assert calls == []
-        rows = _rows([30, 30, 30])
+        rows = random_rows(VOCAB, [30, 30, 30])
         torch.testing.assert_close(graphed.embed(rows), original(rows))
     assert calls == [3]
 
@@ -127,7 +125,7 @@ def test_a_pass_beyond_the_ladder_runs_as_always(checkpoints):
 def test_whatever_attention_leaves_in_the_padding_never_reaches_a_text(checkpoints):
     """A variable-length kernel leaves the padding tokens' output unwritten: here it is NaN."""
     packed = _packed(checkpoints["bert"])
-    expected_rows = _rows([5, 9, 2], seed=3)
+    expected_rows = random_rows(VOCAB, [5, 9, 2], seed=3)
     with torch.inference_mode():
         want = packed.embed(expected_rows)
 
@@ -147,9 +145,9 @@ def test_a_replays_output_is_the_callers_own(checkpoints):
     """The next replay overwrites the recording's output: what a pass returned must not change with it."""
     graphed = GraphedBackend(_packed(checkpoints["bert"]), LADDER, rerun)
     with torch.inference_mode():
-        first = graphed.embed(_rows([3, 4], seed=1))
+        first = graphed.embed(random_rows(VOCAB, [3, 4], seed=1))
         kept = first.clone()
-        graphed.embed(_rows([6, 2], seed=2))
+        graphed.embed(random_rows(VOCAB, [6, 2], seed=2))
     assert torch.equal(first, kept)
 
 
@@ -164,7 +162,7 @@ def _nudged(vectors: torch.Tensor) -> torch.Tensor:
 
 def test_recordings_that_agree_serve_and_say_so(checkpoints):
     packed = _packed(checkpoints["bert"])
-    backend, why = graphed_twin(packed, LADDER, _rows([5, 7, 12, 3, 9]), rerun)
+    backend, why = graphed_twin(packed, LADDER, random_rows(VOCAB, [5, 7, 12, 3, 9]), rerun)
     assert isinstance(backend, GraphedBackend) and backend.name == packed.name
     assert "3 CUDA graphs (16-64 tokens) recorded in" in why and "min cosine 1.0000" in why
 
@@ -180,7 +178,7 @@ def test_recordings_that_disagree_or_fail_leave_the_pass_unrecorded_with_one_log
                                                                                       recorder, reason):
     packed = _packed(checkpoints["bert"])
     with caplog.at_level(logging.WARNING, logger="e5.graphs"):
-        backend, why = graphed_twin(packed, LADDER, _rows([5, 7, 12]), recorder)
+        backend, why = graphed_twin(packed, LADDER, random_rows(VOCAB, [5, 7, 12]), recorder)
     assert backend is packed and why.startswith("CUDA graphs refused, passes run unrecorded: ") and reason in why
     assert [r.getMessage() for r in caplog.records] == [why]
 
@@ -196,16 +194,20 @@ def test_the_loaders_ladder_runs_to_the_pass_budget_and_the_models_longest_text(
 
 # --- when passes are recorded -------------------------------------------------------------------------------------
 
+VARLEN = ("varlen", "FlashAttention's varlen kernel")  # e5.packed.attention_for on an sm_80 or later GPU
+
+
 def test_passes_are_recorded_only_when_asked_on_a_cuda_device_with_packed_passes():
-    assert choose_graphs(CudaGraphs.ON, "cuda", packed=True) == (True, "E5_CUDA_GRAPHS=on")
-    on, why = choose_graphs(CudaGraphs.AUTO, "cuda", packed=True)  # untested on a GPU: not by default
+    assert choose_graphs(CudaGraphs.ON, "cuda", packed=True, attention=VARLEN) == (True, "E5_CUDA_GRAPHS=on")
+    on, why = choose_graphs(CudaGraphs.AUTO, "cuda", packed=True, attention=VARLEN)  # untested on a GPU: not by default
     assert not on and "until a GPU has confirmed" in why
-    assert choose_graphs(CudaGraphs.OFF, "cuda", packed=True)[0] is False
-    assert choose_graphs(CudaGraphs.AUTO, "cpu", packed=True) == (False, "CUDA graphs are for CUDA devices")
+    assert choose_graphs(CudaGraphs.OFF, "cuda", packed=True, attention=VARLEN)[0] is False
+    cpu = choose_graphs(CudaGraphs.AUTO, "cpu", packed=True, attention=("padded", "attention padded per text"))
+    assert cpu == (False, "CUDA graphs are for CUDA devices")
     with pytest.raises(GraphError, match="E5_CUDA_GRAPHS=on: CUDA graphs need a CUDA device, and this one is cpu"):
-        choose_graphs(CudaGraphs.ON, "cpu", packed=True)
+        choose_graphs(CudaGraphs.ON, "cpu", packed=True, attention=VARLEN)
     with pytest.raises(GraphError, match="record packed passes, and these are padded; set E5_PACKING=on"):
-        choose_graphs(CudaGraphs.ON, "cuda", packed=False)
+        choose_graphs(CudaGraphs.ON, "cuda", packed=False, attention=VARLEN)
     t4 = ("padded", "attention padded per text, as the varlen kernel needs compute capability 8.0 or later, and "
                     "this GPU has 7.5")
     with pytest.raises(GraphError, match="varlen kernel, and here packed passes run attention padded per text"):

@@ -3,7 +3,6 @@ padded path for every family that packs."""
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from e5.packed import (
 )
 from e5.registry import Pooling, get_spec
 from e5.runtimes import TorchBackbone
+from tiny_checkpoints import random_rows
 
 # The tiny checkpoints that pack, with the registry entry each stands in for (conftest.FAMILY_MODELS).
 PACKING_FAMILIES = {"bert": "e5-small-v2", "xlm-roberta": "multilingual-e5-small"}
@@ -32,11 +32,6 @@ def _backends(path, model_name):
     pad_id = model.config.pad_token_id or 0
     padded = PaddedBackend(TorchBackbone(model), Padding(pad_id, torch.device("cpu")), get_spec(model_name).pooling)
     return padded, PackedBackend(model)
-
-
-def _random_rows(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(5, vocab) for _ in range(length)] for length in lengths]
 
 
 # --- packing --------------------------------------------------------------------------------------------------
@@ -105,7 +100,7 @@ def test_mean_by_text_averages_each_texts_tokens_in_float32():
                          ids=["mixed", "one token", "one-token rows", "a single row", "at the limit"])
 def test_packed_vectors_equal_the_padded_ones(family, lengths, checkpoints):
     padded, packed = _backends(checkpoints[family], PACKING_FAMILIES[family])
-    rows = _random_rows(padded.config.vocab_size, lengths)
+    rows = random_rows(padded.config.vocab_size, lengths)
     with torch.inference_mode():
         expected, got = padded.embed(rows), packed.embed(rows)
     assert got.shape == expected.shape == (len(lengths), padded.config.hidden_size) and got.dtype == torch.float32
@@ -115,7 +110,7 @@ def test_packed_vectors_equal_the_padded_ones(family, lengths, checkpoints):
 @pytest.mark.parametrize("family", PACKING_FAMILIES)
 def test_a_text_packed_among_others_equals_the_text_alone(family, checkpoints):
     _, packed = _backends(checkpoints[family], PACKING_FAMILIES[family])
-    rows = _random_rows(packed.config.vocab_size, [12, 200, 5, 77], seed=3)
+    rows = random_rows(packed.config.vocab_size, [12, 200, 5, 77], seed=3)
     with torch.inference_mode():
         together = packed.embed(rows)
         alone = torch.cat([packed.embed([row]) for row in rows])

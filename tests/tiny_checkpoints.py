@@ -6,6 +6,7 @@ They load through exactly the code that loads real weights; only sizes differ.
 from __future__ import annotations
 
 import json
+import random
 import string
 from pathlib import Path
 
@@ -32,6 +33,12 @@ CORPUS = [
     "南瓜的家常做法 清炒南瓜丝 Größe café naïve",
 ]
 
+
+
+def random_rows(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    """Rows of random token ids below `vocab`, past the special tokens, one row of each of `lengths`."""
+    rng = random.Random(seed)
+    return [[rng.randrange(5, vocab) for _ in range(length)] for length in lengths]
 
 
 def build_bert(path: Path, seed: int = 0) -> Path:
