@@ -161,11 +161,6 @@ class Encoder:
         the last keeps the device busy; on the CPU a pass has run by the time it is issued."""
         return self.placement.device.type == "cuda"
 
-    def run_passes(self, ids: list[list[int]], passes: list[list[int]]) -> torch.Tensor:
-        """Pooled float32 vectors of `ids` in their order, on the CPU, running exactly `passes` (lists of row
-        indices); see `issue_passes` and `IssuedPasses.result`."""
-        return self.issue_passes(ids, passes).result()
-
     @torch.inference_mode()
     def issue_passes(self, ids: list[list[int]], passes: list[list[int]]) -> "IssuedPasses":
         """Issue exactly `passes` (lists of row indices of `ids`); a pass the device has no memory for is halved

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .encoder import Encoder, IssuedPasses, is_out_of_memory
+from .encoder import Encoder, is_out_of_memory
 from .memory import HeapTrimmer
 from .settings import DEFAULT_BATCH_WAIT_MS
 from .threads import name_this_thread
@@ -100,23 +100,13 @@ class _Job:
         return sum(len(self.ids[i]) for i in self.slices[0]) if self.slices else 0
 
 
-class _Ran:
-    """A turn already run to the end (the CPU's, or without overlap): its vectors as they are."""
-
-    def __init__(self, vectors: torch.Tensor):
-        self.vectors = vectors
-
-    def result(self) -> torch.Tensor:
-        return self.vectors
-
-
 @dataclass(eq=False)
 class _Turn:
-    """One turn of the rotation, issued: its jobs' slices and what the encoder gave for them."""
+    """One turn of the rotation, issued: its jobs' slices, and what gives its vectors (`collect`: on a GPU it
+    waits for the passes issued, on the CPU it runs them; a failure is raised there)."""
 
     parts: list[tuple[_Job, list[int]]]
-    issued: IssuedPasses | _Ran | None = None
-    error: BaseException | None = None
+    collect: Callable[[], torch.Tensor]
 
 
 class BatchingEngine:
@@ -276,10 +266,10 @@ class BatchingEngine:
             turn = self._issue(parts) if parts is not None else None
             if in_flight is not None:
                 self._finish(in_flight)  # the device ran it while the next turn was gathered and issued
+            if turn is not None and not self.overlap:
+                self._finish(turn)  # the CPU's: run to the end and delivered before the next is gathered
+                turn = None
             in_flight = turn
-            if in_flight is not None and not self.overlap:
-                self._finish(in_flight)
-                in_flight = None
 
     def _embed(self, ids: list[list[int]]) -> torch.Tensor:
         """The rows of one turn of the rotation, in the passes the encoder cuts them into (on the CPU, a joined
@@ -287,14 +277,19 @@ class BatchingEngine:
         return self.encoder.embed_ids(ids)
 
     def _issue(self, parts: list[tuple[_Job, list[int]]]) -> _Turn:
-        """A turn's passes issued (with `overlap`; else run to the end); what fails is kept for `_finish`."""
+        """A turn's passes issued with `overlap`, their vectors collected later; without it, run when collected."""
         ids = [job.ids[i] for job, slice_ in parts for i in slice_]
+        if not self.overlap:
+            return _Turn(parts, lambda: self._embed(ids))
         try:
-            if self.overlap:
-                return _Turn(parts, issued=self.encoder.issue(ids))
-            return _Turn(parts, issued=_Ran(self._embed(ids)))
-        except BaseException as exc:  # failed in `_finish`, where its requests are failed or retried
-            return _Turn(parts, error=exc)
+            return _Turn(parts, self.encoder.issue(ids).result)
+        except BaseException as exc:  # raised in `_finish`, where its requests are failed or retried
+            error = exc  # `exc` itself is unbound when the block ends
+
+            def fail() -> torch.Tensor:
+                raise error
+
+            return _Turn(parts, fail)
 
     def _finish(self, turn: _Turn) -> None:
         try:
@@ -306,9 +301,7 @@ class BatchingEngine:
     def _run(self, turn: _Turn) -> None:
         parts = turn.parts
         try:
-            if turn.error is not None:
-                raise turn.error
-            vectors = turn.issued.result()
+            vectors = turn.collect()
         except Exception as exc:
             if len(parts) == 1:
                 self._fail(parts[0][0], exc)

@@ -4,7 +4,7 @@ float16, which a T4 serves in, ends at 65,504: a checkpoint whose activations pa
 bfloat16) gives inf, then NaN, hidden states there, and a NaN in a response is not JSON (coglet then fails
 the prediction with a parser error that names no input). Two checks keep them out:
 
-- the encoder (`Encoder.run_passes`) checks the pooled rows of every pass (`finite_rows`) and recomputes the
+- the encoder (`Encoder.issue_passes`) checks the pooled rows of every pass (`finite_rows`) and recomputes the
   rows a float16 or bfloat16 model could not hold in float32 (`Float32Fallback`: a float32 runtime the encoder
   already has, else a float32 copy of the torch model made on first need and kept), and logs how many
   (`overflow_warning`);
@@ -50,7 +50,7 @@ def finite_rows(vectors: torch.Tensor) -> torch.Tensor:
 def float32_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A float32 copy of a float16 or bfloat16 torch model, on its device; the served model is left as it is.
 
-    Made outside inference mode (the encoder asks for it from `run_passes`, which runs in it), so that its
+    Made outside inference mode (the encoder asks for it from `IssuedPasses.result`, which runs in it), so that its
     parameters are ordinary tensors rather than inference tensors, which autograd refuses everywhere else.
     """
     with torch.inference_mode(False):

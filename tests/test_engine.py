@@ -26,8 +26,9 @@ class GatedEncoder:
 
     asynchronous = False  # as on the CPU: the engine delivers each turn before it gathers the next
 
-    def __init__(self, encoder, poison_id: int | None = None):
+    def __init__(self, encoder, poison_id: int | None = None, at: str = "result"):
         self.encoder = encoder
+        self.at = at
         # Passes cut by a budget of padded tokens alone, as on a GPU: a few long texts fill one.
         self.pass_policy = PassPolicy(encoder.token_budget)
         self.gate = threading.Event()
@@ -309,12 +310,14 @@ def test_a_row_that_stays_non_finite_fails_only_its_request_in_a_shared_pass(ove
 
 class DeviceLikeEncoder:
     """Wraps a real encoder as a GPU's would behave: `issue` returns at once, `result()` is where the host waits.
-    The first issue waits for `gate`; every issue and result is recorded in `events`; poison fails at result()."""
+    The first issue waits for `gate`; every issue and result is recorded in `events`; poison fails at result(),
+    or `at` issue (a launch the device refuses)."""
 
     asynchronous = True
 
-    def __init__(self, encoder, poison_id: int | None = None):
+    def __init__(self, encoder, poison_id: int | None = None, at: str = "result"):
         self.encoder = encoder
+        self.at = at
         self.pass_policy = PassPolicy(encoder.token_budget)
         self.gate = threading.Event()
         self.events: list[tuple[str, int]] = []
@@ -327,8 +330,10 @@ class DeviceLikeEncoder:
         self.events.append(("issue", turn))
         if turn == 1:
             assert self.gate.wait(10), "test never opened the gate"
-        issued = self.encoder.issue(ids)
         poisoned = self.poison_id is not None and any(self.poison_id in row for row in ids)
+        if poisoned and self.at == "issue":
+            raise RuntimeError("injected fault, at launch")
+        issued = self.encoder.issue(ids)
         wrapper = self
 
         class Issued:
@@ -364,11 +369,13 @@ def test_on_a_gpu_the_next_turn_is_issued_before_the_last_is_collected(bert):
         assert (got - bert.embed([text])[0]).abs().max().item() <= 1e-5
 
 
-def test_on_a_gpu_a_turn_that_fails_when_collected_fails_only_its_requests(bert):
-    device = DeviceLikeEncoder(bert, poison_id=bert.tokenizer.convert_tokens_to_ids(POISON))
+@pytest.mark.parametrize("at", ["result", "issue"])
+def test_on_a_gpu_a_turn_that_fails_when_issued_or_collected_fails_only_its_requests(bert, at):
+    device = DeviceLikeEncoder(bert, poison_id=bert.tokenizer.convert_tokens_to_ids(POISON), at=at)
     _poisoned_turn(bert, device, lambda: device.events)
     # Turn 1 was still in flight when turn 2 was issued, and was collected whole before turn 2 failed.
     assert device.events[:3] == [("issue", 1), ("issue", 2), ("result", 1)]
+    assert ("result", 2) in device.events if at == "result" else ("result", 2) not in device.events
 
 
 def test_the_encoders_two_halves_give_what_embed_ids_gives(bert):
